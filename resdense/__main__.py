@@ -1,0 +1,5 @@
+import sys
+
+from resdense.cli import main
+
+sys.exit(main())

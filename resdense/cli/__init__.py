@@ -1,0 +1,44 @@
+"""The ``resdense`` command line: parse, load, call the library. Nothing else lives here.
+
+Each subcommand is a module in this package exposing ``register(subparsers)``; it sets ``func`` on its parser.
+Errors derived from :class:`resdense.errors.ResdenseError` are printed as one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from resdense.errors import ResdenseError
+
+from . import summary
+
+# Explicit list: adding a subcommand means adding its module here.
+_COMMANDS = (summary,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="resdense", description="ResNet backbones for dense prediction.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in _COMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except ResdenseError as err:
+        print(f"resdense {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as err:
+        print(f"resdense {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+__all__ = ["main", "build_parser"]

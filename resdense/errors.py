@@ -1,0 +1,30 @@
+"""Exception types of resdense.
+
+Every error raised on bad user input derives from :class:`ResdenseError`, so the CLI can print it as one line
+and exit with code 2. Each also derives from the built-in type a caller would naturally catch (``ValueError``,
+``FileNotFoundError``), so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ResdenseError", "ConfigError", "WeightsError", "DataError", "EvaluationError"]
+
+
+class ResdenseError(Exception):
+    """Base class: a problem with the user's input, reported in one line."""
+
+
+class ConfigError(ResdenseError, ValueError):
+    """A constructor argument or config value that cannot be honoured (names the key and value)."""
+
+
+class WeightsError(ResdenseError, ValueError):
+    """A weight file that cannot be read or does not fit the model (names the file and the key)."""
+
+
+class DataError(ResdenseError, ValueError):
+    """A dataset file or annotation that is missing or malformed (names the file, field and value)."""
+
+
+class EvaluationError(ResdenseError, ValueError):
+    """Inputs to a metric that cannot be scored correctly (names what was found)."""
