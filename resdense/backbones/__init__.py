@@ -1,0 +1,44 @@
+"""ResNet-family backbones behind one feature-extractor contract.
+
+>>> from resdense.backbones import create_backbone
+>>> net = create_backbone("resnet50", out_features=("c3", "c4", "c5"))
+>>> [(f.name, f.channels, f.stride) for f in net.feature_info]
+[('c3', 512, 8), ('c4', 1024, 16), ('c5', 2048, 32)]
+"""
+
+from ._contract import FeatureExtractor, FeatureInfo
+from .blocks import BasicBlock, Bottleneck
+from .factory import ARCHS, BACKBONES, create_backbone, create_classifier, list_backbones, register_backbone
+from .inference import fold_batchnorm, optimize_for_inference
+from .norm import get_norm_layer
+from .resnet import DEFAULT_OUT_FEATURES, STAGE_NAMES, ResNet, ResNetClassifier
+from .summary import format_summary, layer_summary
+from .weights import IMAGENET_MEAN, IMAGENET_STD, LoadReport, adapt_input_conv, load_weights, read_state_dict
+
+__all__ = [
+    "ARCHS",
+    "BACKBONES",
+    "BasicBlock",
+    "Bottleneck",
+    "DEFAULT_OUT_FEATURES",
+    "FeatureExtractor",
+    "FeatureInfo",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "LoadReport",
+    "ResNet",
+    "ResNetClassifier",
+    "STAGE_NAMES",
+    "adapt_input_conv",
+    "create_backbone",
+    "create_classifier",
+    "fold_batchnorm",
+    "format_summary",
+    "get_norm_layer",
+    "layer_summary",
+    "list_backbones",
+    "load_weights",
+    "optimize_for_inference",
+    "read_state_dict",
+    "register_backbone",
+]

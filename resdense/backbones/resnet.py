@@ -1,0 +1,235 @@
+"""ResNet, ResNeXt and Wide ResNet as feature extractors (He et al. 2016; Xie et al. 2017; Zagoruyko & Komodakis 2016).
+
+``ResNet.forward(x[N, C, H, W])`` returns ``{"c1": ..., "c5": ...}`` limited to ``out_features``; stages after the
+last requested one are not built. Module names are torchvision's, so its ImageNet checkpoints load strictly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from resdense.errors import ConfigError
+
+from ._contract import FeatureExtractor, FeatureInfo, select_features
+from .blocks import BasicBlock, Bottleneck
+from .norm import BATCH_NORMS, get_norm_layer
+
+__all__ = ["ResNet", "ResNetClassifier", "STAGE_NAMES", "DEFAULT_OUT_FEATURES", "VALID_OUTPUT_STRIDES"]
+
+STAGE_NAMES = ("c1", "c2", "c3", "c4", "c5")
+DEFAULT_OUT_FEATURES = ("c2", "c3", "c4", "c5")
+# Which of layer2..layer4 trade their stride for dilation (DeepLab, Chen et al. 2017), per output stride.
+_DILATE = {32: (False, False, False), 16: (False, False, True), 8: (False, True, True)}
+VALID_OUTPUT_STRIDES = tuple(sorted(_DILATE))
+
+
+class ResNet(FeatureExtractor):
+    """A ResNet feature extractor.
+
+    Args:
+        block: ``BasicBlock`` or ``Bottleneck``.
+        layers: number of blocks in layer1..layer4.
+        groups, width_per_group: ResNeXt cardinality and width (Wide ResNet: width_per_group=128).
+        out_features: names among ``c1..c5`` to return (c1: stem after ReLU, stride 2; c2..c5: layer1..layer4).
+        output_stride: 32, 16 or 8; below 32 the last stages use dilation instead of stride.
+        frozen_stages: -1 freezes nothing; k >= 0 freezes the stem and layer1..layer_k (no gradients, norm in eval).
+        norm: "bn", "frozen_bn", "gn", "sync_bn" or a callable ``f(num_channels) -> nn.Module``.
+        in_channels: channels of the input image.
+        grad_checkpointing: recompute each stage's activations in backward to save memory.
+        zero_init_residual: zero the last norm's weight in each block (Goyal et al. 2017), as torchvision offers.
+        name: architecture name, used in messages.
+    """
+
+    def __init__(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        layers: Sequence[int],
+        *,
+        groups: int = 1,
+        width_per_group: int = 64,
+        out_features: Sequence[str] = DEFAULT_OUT_FEATURES,
+        output_stride: int = 32,
+        frozen_stages: int = -1,
+        norm: str | Callable[[int], nn.Module] = "bn",
+        in_channels: int = 3,
+        grad_checkpointing: bool = False,
+        zero_init_residual: bool = False,
+        name: str = "resnet",
+    ) -> None:
+        super().__init__()
+        self.name = name
+        if output_stride not in _DILATE:
+            raise ConfigError(f"{name}: output_stride={output_stride!r} is not supported; choose from {VALID_OUTPUT_STRIDES}")
+        if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= 4:
+            raise ConfigError(f"{name}: frozen_stages={frozen_stages!r} must be an int in -1..4")
+        if not isinstance(in_channels, int) or in_channels < 1:
+            raise ConfigError(f"{name}: in_channels={in_channels!r} must be a positive int")
+        self.in_channels = in_channels
+        self.output_stride = output_stride
+        self.frozen_stages = frozen_stages
+        self.grad_checkpointing = grad_checkpointing
+        self.groups, self.base_width = groups, width_per_group
+        norm_layer = get_norm_layer(norm)
+        self._norm_layer = norm_layer
+
+        all_info = self._all_feature_info(block.expansion, output_stride)
+        self.feature_info = select_features(all_info, out_features, name)
+        self._return = frozenset(self.out_features)
+        self._num_stages = max(STAGE_NAMES.index(n) for n in self.out_features) + 1  # stem counts as stage 1
+
+        self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = norm_layer(64)
+        self.relu = nn.ReLU(inplace=True)
+        if self._num_stages > 1:
+            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.inplanes, self.dilation = 64, 1
+        for idx, (planes, stride) in enumerate(zip((64, 128, 256, 512), (1, 2, 2, 2), strict=True)):
+            if idx + 2 > self._num_stages:
+                break
+            dilate = idx > 0 and _DILATE[output_stride][idx - 1]
+            setattr(self, f"layer{idx + 1}", self._make_layer(block, planes, layers[idx], stride, dilate))
+        del self.inplanes, self.dilation
+        self._init_weights(zero_init_residual)
+        self._freeze()
+
+    @staticmethod
+    def _all_feature_info(expansion: int, output_stride: int) -> tuple[FeatureInfo, ...]:
+        strides, s = [2, 4], 4
+        for dilate in _DILATE[output_stride]:
+            s = s if dilate else s * 2
+            strides.append(s)
+        channels = [64, 64 * expansion, 128 * expansion, 256 * expansion, 512 * expansion]
+        return tuple(FeatureInfo(n, c, st) for n, c, st in zip(STAGE_NAMES, channels, strides, strict=True))
+
+    def _make_layer(self, block, planes: int, blocks: int, stride: int, dilate: bool) -> nn.Sequential:
+        # Same recipe as torchvision: the first block keeps the previous dilation, later ones use the new one.
+        previous_dilation = self.dilation
+        if dilate:
+            self.dilation *= stride
+            stride = 1
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride=stride, bias=False),
+                self._norm_layer(planes * block.expansion),
+            )
+        common = dict(groups=self.groups, base_width=self.base_width, norm_layer=self._norm_layer)
+        layers = [block(self.inplanes, planes, stride, downsample, dilation=self.dilation,
+                        first_dilation=previous_dilation, **common)]
+        self.inplanes = planes * block.expansion
+        layers += [block(self.inplanes, planes, dilation=self.dilation, **common) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def _init_weights(self, zero_init_residual: bool) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+        if zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, (BasicBlock, Bottleneck)) and getattr(m.last_norm(), "weight", None) is not None:
+                    nn.init.constant_(m.last_norm().weight, 0)
+
+    # ---- freezing -------------------------------------------------------------------------------------------
+    def frozen_modules(self) -> list[nn.Module]:
+        """The stem and layer1..layer_k for ``frozen_stages=k`` (empty for -1)."""
+        if self.frozen_stages < 0:
+            return []
+        mods: list[nn.Module] = [self.conv1, self.bn1]
+        mods += [getattr(self, f"layer{i}") for i in range(1, self.frozen_stages + 1) if hasattr(self, f"layer{i}")]
+        return mods
+
+    def _freeze(self) -> None:
+        for m in self.frozen_modules():
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> ResNet:
+        super().train(mode)
+        for m in self.frozen_modules():  # frozen stages keep their norm statistics fixed (mmdet/detectron2)
+            m.eval()
+        return self
+
+    # ---- forward --------------------------------------------------------------------------------------------
+    def stages(self) -> Iterator[tuple[str, nn.Module]]:
+        """(feature name, layer) for the built layers, c2..c5."""
+        for i in range(1, 5):
+            layer = getattr(self, f"layer{i}", None)
+            if layer is not None:
+                yield STAGE_NAMES[i], layer
+
+    def _run_stage(self, layer: nn.Module, x: Tensor) -> Tensor:
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(layer, x, use_reentrant=False, context_fn=lambda: (_noop(), _keep_norm_stats(layer)))
+        return layer(x)
+
+    def forward_features(self, x: Tensor) -> dict[str, Tensor]:
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"{self.name}: expected input [N, {self.in_channels}, H, W], got {list(x.shape)}")
+        out: dict[str, Tensor] = {}
+        x = self.relu(self.bn1(self.conv1(x)))
+        if "c1" in self._return:
+            out["c1"] = x
+        if self._num_stages == 1:
+            return out
+        x = self.maxpool(x)
+        for name, layer in self.stages():
+            x = self._run_stage(layer, x)
+            if name in self._return:
+                out[name] = x
+        return out
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        """``x[N, in_channels, H, W]`` -> ``{name: [N, C_name, ceil(H/stride), ceil(W/stride)]}`` in stride order."""
+        return self.forward_features(x)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name}, out_features={self.out_features}, output_stride={self.output_stride}"
+
+
+class ResNetClassifier(ResNet):
+    """The full ResNet for image classification: features, global average pool, ``fc`` (torchvision key layout).
+
+    ``forward(x[N, C, H, W]) -> logits[N, num_classes]``; ``forward_features`` still gives the feature dict.
+    """
+
+    def __init__(self, block, layers, *, num_classes: int = 1000, dropout: float = 0.0, **kwargs) -> None:
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ConfigError(f"num_classes={num_classes!r} must be a positive int")
+        kwargs["out_features"] = ("c5",)
+        super().__init__(block, layers, **kwargs)
+        self.num_classes = num_classes
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.fc = nn.Linear(self.feature_info[-1].channels, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.forward_features(x)["c5"]
+        return self.fc(self.dropout(torch.flatten(self.avgpool(x), 1)))
+
+
+@contextmanager
+def _noop():
+    yield
+
+
+@contextmanager
+def _keep_norm_stats(module: nn.Module):
+    """Restore BatchNorm running statistics after checkpoint recomputation, so they are updated once, not twice."""
+    norms = [m for m in module.modules() if isinstance(m, BATCH_NORMS) and getattr(m, "running_mean", None) is not None]
+    saved = [{k: b.clone() for k, b in m.named_buffers(recurse=False) if b is not None} for m in norms]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, buffers in zip(norms, saved, strict=True):
+                for k, b in buffers.items():
+                    getattr(m, k).copy_(b)

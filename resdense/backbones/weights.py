@@ -1,0 +1,252 @@
+"""Pretrained weights: ImageNet tags resolved through torchvision's weight declarations, and checkpoint files.
+
+One place maps foreign key layouts onto ours (torchvision names; timm's ResNet and smp's ResNet encoders share them,
+so only wrappers' prefixes differ). Loading never unpickles arbitrary objects: ``torch.load(weights_only=True)`` or
+safetensors.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import pickle
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from resdense.errors import WeightsError
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "LoadReport",
+    "resolve_weights",
+    "read_state_dict",
+    "load_weights",
+    "adapt_input_conv",
+    "weights_tags",
+]
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Prefixes that wrappers put in front of a ResNet's own keys: DDP, smp models ("encoder."), torchvision detection
+# models ("backbone.body."), generic wrappers. Checked longest first; keys outside the prefix are other heads.
+_PREFIXES = ("module.", "backbone.body.", "encoder.", "backbone.", "model.")
+_NORM_STATS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+@dataclass
+class LoadReport:
+    """What happened to each key of a weight file. ``str(report)`` is a one-paragraph summary."""
+
+    source: str
+    layout: str = "torchvision"
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)
+    adapted: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        parts = [f"loaded {len(self.loaded)} tensors from {self.source} ({self.layout} layout)"]
+        for name in ("adapted", "dropped", "missing", "unexpected"):
+            keys = getattr(self, name)
+            if keys:
+                parts.append(f"{name} {len(keys)}: {_preview(keys)}")
+        if self.mismatched:
+            parts.append(f"shape-mismatched {len(self.mismatched)}: {_preview([k for k, _, _ in self.mismatched])}")
+        return "; ".join(parts)
+
+
+def _preview(keys: list[str], n: int = 4) -> str:
+    return ", ".join(keys[:n]) + (f", ... (+{len(keys) - n})" if len(keys) > n else "")
+
+
+# ---- tags --------------------------------------------------------------------------------------------------------
+def weights_tags(arch: str) -> list[str]:
+    """The torchvision weight tags available for ``arch`` (e.g. ``["IMAGENET1K_V1", "IMAGENET1K_V2"]``)."""
+    from torchvision.models import get_model_weights
+
+    return [w.name for w in get_model_weights(arch)]
+
+
+def resolve_weights(arch: str, tag: str):
+    """Map ``"imagenet"`` / ``"DEFAULT"`` / ``"IMAGENET1K_V2"`` to torchvision's ``WeightsEnum`` entry for ``arch``.
+
+    The entry carries the official URL (whose file name holds the SHA-256 prefix checked on download) and metadata
+    (categories, transforms).
+    """
+    from torchvision.models import get_model_weights
+
+    enum = get_model_weights(arch)
+    key = "DEFAULT" if tag.lower() in ("imagenet", "default") else tag.upper()
+    if key.startswith(enum.__name__.upper() + "."):
+        key = key.split(".", 1)[1]
+    try:
+        return enum[key] if key != "DEFAULT" else enum.DEFAULT
+    except KeyError:
+        raise WeightsError(
+            f"weights={tag!r} is neither a file nor a tag of {arch}; tags: imagenet, {', '.join(weights_tags(arch))}"
+        ) from None
+
+
+def _download(entry, progress: bool = True) -> dict[str, Tensor]:
+    # Cached under $TORCH_HOME/hub/checkpoints; check_hash verifies the SHA-256 prefix in the file name.
+    return torch.hub.load_state_dict_from_url(entry.url, progress=progress, check_hash=True, weights_only=True)
+
+
+# ---- files -------------------------------------------------------------------------------------------------------
+def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Read a ``.safetensors`` or ``.pth/.pt`` file safely; unwrap ``{"state_dict": ...}`` / ``{"model": ...}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: weight file not found")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            obj = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise WeightsError(f"{path}: not a readable safetensors file ({_first_line(err)})") from None
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise WeightsError(
+                f"{path}: refused: the file needs arbitrary unpickling ({_first_line(err.args[0] if err.args else err)}); "
+                "save a plain state_dict (torch.save(model.state_dict(), f)) or use safetensors"
+            ) from None
+        except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+            raise WeightsError(f"{path}: not a readable PyTorch checkpoint, truncated or corrupt ({_first_line(err)})") from None
+    return _unwrap(obj, str(path))
+
+
+def _first_line(err: object) -> str:
+    text = str(err).strip().splitlines()
+    for line in text:  # torch's unpickling message starts with a generic line; prefer the one naming the global
+        if "GLOBAL" in line or "Unsupported global" in line:
+            return line.strip()
+    return text[0].strip() if text else type(err).__name__
+
+
+def _unwrap(obj: object, source: str) -> dict[str, Tensor]:
+    for _ in range(3):  # {"model": {"state_dict": ...}} and similar nestings
+        if isinstance(obj, Mapping):
+            inner = next((obj[k] for k in ("state_dict", "model", "model_state", "module") if isinstance(obj.get(k), Mapping)), None)
+            if inner is not None and not all(isinstance(v, Tensor) for v in obj.values()):
+                obj = inner
+                continue
+        break
+    if not isinstance(obj, Mapping) or not obj:
+        raise WeightsError(f"{source}: expected a state dict (name -> tensor), got {type(obj).__name__}")
+    bad = next((k for k, v in obj.items() if not isinstance(v, Tensor)), None)
+    if bad is not None:
+        raise WeightsError(f"{source}: entry {bad!r} is a {type(obj[bad]).__name__}, not a tensor; expected a state dict")
+    return dict(obj)
+
+
+def _strip_prefix(sd: dict[str, Tensor], own_keys: set[str]) -> tuple[dict[str, Tensor], str, list[str]]:
+    """Remove one wrapper prefix if that makes the keys ours. Returns (state dict, layout name, keys outside it)."""
+    if any(k in own_keys for k in sd):
+        return sd, "torchvision", []
+    for prefix in _PREFIXES:
+        inside = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        if any(k in own_keys for k in inside):
+            outside = [k for k in sd if not k.startswith(prefix)]
+            layout = {"encoder.": "smp", "backbone.body.": "torchvision-detection"}.get(prefix, f"prefix {prefix!r}")
+            return inside, layout, outside
+    return sd, "unknown", []
+
+
+def adapt_input_conv(weight: Tensor, in_channels: int) -> Tensor:
+    """Adapt an RGB ``conv1`` weight ``[O, 3, k, k]`` to ``in_channels``: sum for 1, else tile and rescale by 3/C.
+
+    The rescaling keeps the expected activation magnitude for inputs whose channels look like the RGB ones (timm's rule).
+    """
+    if in_channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    reps = math.ceil(in_channels / weight.shape[1])
+    return weight.repeat(1, reps, 1, 1)[:, :in_channels] * (weight.shape[1] / in_channels)
+
+
+def load_weights(
+    model: nn.Module,
+    weights: str | os.PathLike | Mapping[str, Tensor],
+    *,
+    arch: str | None = None,
+    strict: bool = True,
+    progress: bool = True,
+) -> LoadReport:
+    """Load ``weights`` (tag, file path or state dict) into ``model`` and return a :class:`LoadReport`.
+
+    Keys the model does not have are dropped when they belong to a part it does not build (the classifier ``fc``
+    for a feature extractor, stages after the last requested feature, norm statistics for GroupNorm); anything else
+    unexpected or missing is an error when ``strict``. A shape mismatch is always an error naming the first key and
+    both shapes, except ``conv1.weight`` for another ``in_channels`` (adapted) and ``fc`` of a classifier with
+    another ``num_classes`` (dropped, left at its initialisation).
+    """
+    arch = arch or getattr(model, "name", "model")
+    if isinstance(weights, Mapping):
+        source, sd = "<state dict>", _unwrap(weights, "<state dict>")
+    elif isinstance(weights, (str, os.PathLike)) and (Path(weights).suffix in (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
+                                                        or Path(weights).exists()):
+        source, sd = str(weights), read_state_dict(weights)
+    elif isinstance(weights, str):
+        entry = resolve_weights(arch, weights)
+        source, sd = entry.url, _download(entry, progress)
+    else:
+        raise WeightsError(f"weights={weights!r}: expected a tag, a file path or a state dict")
+
+    own = model.state_dict()
+    sd, layout, outside = _strip_prefix(sd, set(own))
+    report = LoadReport(source=source, layout=layout, dropped=list(outside))
+    built_layers = {k.split(".", 1)[0] for k in own}
+    accepted: dict[str, Tensor] = {}
+    for key, value in sd.items():
+        target = own.get(key)
+        if target is None:
+            head = key.split(".", 1)[0]
+            unbuilt = (head.startswith("layer") or head == "fc") and head not in built_layers
+            if unbuilt or key.endswith(_NORM_STATS):
+                report.dropped.append(key)
+            else:
+                report.unexpected.append(key)
+        elif target.shape == value.shape:
+            accepted[key] = value
+        elif key == "conv1.weight" and value.ndim == 4 and value.shape[0] == target.shape[0] and value.shape[2:] == target.shape[2:]:
+            accepted[key] = adapt_input_conv(value.to(target.dtype), target.shape[1])
+            report.adapted.append(f"conv1.weight ({value.shape[1]} -> {target.shape[1]} input channels)")
+        elif key.startswith("fc.") and hasattr(model, "num_classes"):
+            report.dropped.append(f"{key} (num_classes {value.shape[0]} -> {target.shape[0]}, re-initialised)")
+        else:
+            report.mismatched.append((key, tuple(value.shape), tuple(target.shape)))
+    report.missing = [k for k in own if k not in accepted and not k.endswith("num_batches_tracked")
+                      and not (k.startswith("fc.") and any(d.startswith(k) for d in report.dropped))]
+
+    if report.mismatched:
+        key, got, want = report.mismatched[0]
+        raise WeightsError(
+            f"{source}: does not fit {arch}: '{key}' has shape {list(got)} in the file but {list(want)} in the model"
+            f" ({len(report.mismatched)} shape-mismatched keys in all)"
+        )
+    if layout == "unknown" or not accepted:
+        raise WeightsError(f"{source}: no key matches {arch} (first key in the file: {next(iter(sd))!r})")
+    if strict and (report.missing or report.unexpected):
+        raise WeightsError(
+            f"{source}: does not fit {arch}: missing {len(report.missing)} keys ({_preview(report.missing)}), "
+            f"unexpected {len(report.unexpected)} ({_preview(report.unexpected)})"
+        )
+    model.load_state_dict(accepted, strict=False)
+    report.loaded = list(accepted)
+    log.info("%s: %s", arch, report)
+    return report
