@@ -1,0 +1,128 @@
+"""Running pycocotools or faster-coco-eval quietly on validated inputs, and summarising their arrays.
+
+Both engines fill the same arrays: ``precision`` [T, R, K, A, M] (IoU thresholds, 101 recall points, categories,
+area ranges all/small/medium/large, max_dets) and ``recall`` [T, K, A, M], with -1 where a category has no
+ground truth in that area range. :func:`summarize` reads the COCO statistics out of them with pycocotools' own
+formula (mean over the entries > -1), so both backends are summarised by the same code and the max_dets
+handling is fixed in one place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineOutput:
+    """What an engine's ``accumulate()`` leaves behind, without the engine object."""
+
+    precision: np.ndarray  # [T, R, K, A, M]
+    recall: np.ndarray  # [T, K, A, M]
+    iou_thrs: np.ndarray  # [T]
+    cat_ids: list  # [K], sorted
+    max_dets: list  # [M], sorted
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """pycocotools prints progress to stdout; the library never prints, so route it to the debug log."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        yield
+    text = buffer.getvalue().strip()
+    if text:
+        logger.debug("pycocotools: %s", text.replace("\n", " | "))
+
+
+def run_engine(
+    gt: dict, results: list[dict], iou_type: str, backend: str, max_dets: Sequence[int], img_ids: list | None
+) -> EngineOutput:
+    """Evaluate validated inputs (see ``_coco_inputs``) with one backend; both receive identical data."""
+    if backend == "pycocotools":
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+
+        with _quiet():
+            coco_gt = COCO()
+            coco_gt.dataset = gt
+            coco_gt.createIndex()
+            if results:
+                coco_dt = coco_gt.loadRes(results)
+            else:  # pycocotools' loadRes raises IndexError on an empty list (it reads anns[0])
+                coco_dt = COCO()
+                coco_dt.dataset = {"images": gt["images"], "categories": gt["categories"], "annotations": []}
+                coco_dt.createIndex()
+            evaluator = COCOeval(coco_gt, coco_dt, iou_type)
+            _set_params(evaluator.params, max_dets, img_ids)
+            evaluator.evaluate()
+            evaluator.accumulate()
+    else:
+        from faster_coco_eval.core import COCO, COCOeval_faster
+
+        coco_gt = COCO(gt, print_function=logger.debug)
+        coco_dt = coco_gt.loadRes(results)  # faster-coco-eval handles an empty list itself
+        evaluator = COCOeval_faster(coco_gt, coco_dt, iou_type, print_function=logger.debug)
+        _set_params(evaluator.params, max_dets, img_ids)
+        evaluator.evaluate()
+        evaluator.accumulate()
+    p = evaluator.params
+    return EngineOutput(
+        precision=np.asarray(evaluator.eval["precision"]),
+        recall=np.asarray(evaluator.eval["recall"]),
+        iou_thrs=np.asarray(p.iouThrs),
+        cat_ids=list(p.catIds),
+        max_dets=list(p.maxDets),
+    )
+
+
+def _set_params(params, max_dets: Sequence[int], img_ids: list | None) -> None:
+    params.maxDets = sorted(int(m) for m in max_dets)
+    if img_ids is not None:
+        params.imgIds = sorted(set(img_ids))
+
+
+def _mean_defined(s: np.ndarray) -> float:
+    # pycocotools' _summarize: -1 marks "no ground truth here"; the mean is over the other entries.
+    s = s[s > -1]
+    return float(np.mean(s)) if s.size else -1.0
+
+
+def summarize(out: EngineOutput) -> dict[str, float]:
+    """The COCO statistics, all at the largest ``max_dets`` except ``AR<m>`` for each ``m``.
+
+    pycocotools' ``summarize`` hard-codes ``maxDets=100`` for AP and indexes ``maxDets[0..2]`` for AR, so a custom
+    ``max_dets`` without 100 yields AP = -1 (or an IndexError with fewer than three values); here AP, APs/m/l and
+    ARs/m/l use the largest value and every ``max_dets`` value gets an ``AR<m>``. With the default (1, 10, 100)
+    this is exactly pycocotools' summary.
+    """
+    prec, rec = out.precision, out.recall
+    m = len(out.max_dets) - 1
+    t50, t75 = np.where(out.iou_thrs == 0.5)[0], np.where(out.iou_thrs == 0.75)[0]
+    stats = {
+        "AP": _mean_defined(prec[:, :, :, 0, m]),
+        "AP50": _mean_defined(prec[t50][:, :, :, 0, m]),
+        "AP75": _mean_defined(prec[t75][:, :, :, 0, m]),
+        "APs": _mean_defined(prec[:, :, :, 1, m]),
+        "APm": _mean_defined(prec[:, :, :, 2, m]),
+        "APl": _mean_defined(prec[:, :, :, 3, m]),
+    }
+    for i, max_det in enumerate(out.max_dets):
+        stats[f"AR{max_det}"] = _mean_defined(rec[:, :, 0, i])
+    stats["ARs"] = _mean_defined(rec[:, :, 1, m])
+    stats["ARm"] = _mean_defined(rec[:, :, 2, m])
+    stats["ARl"] = _mean_defined(rec[:, :, 3, m])
+    return stats
+
+
+def per_class_ap(out: EngineOutput) -> list[float]:
+    """AP (IoU 0.50:0.95, all areas, largest max_dets) of each category in ``out.cat_ids``; -1 without GT."""
+    m = len(out.max_dets) - 1
+    return [_mean_defined(out.precision[:, :, k, 0, m]) for k in range(len(out.cat_ids))]

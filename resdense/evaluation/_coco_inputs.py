@@ -1,0 +1,251 @@
+"""Loading and validating COCO ground truth and results before any engine sees them.
+
+pycocotools accepts several inputs that silently give a wrong mAP (a NaN box matches everything; annotation id 0
+is taken for "unmatched"; duplicate ids drop annotations; a ``bbox`` field on segm results makes areas box areas)
+and crashes on others (empty results). Every check here turns one of those into a one-line
+:class:`~resdense.errors.EvaluationError` that names what was found. Both functions return fresh containers, so the
+engines (which write ``ignore``, ``rle``, ``area`` ... into the dicts they get) never touch the caller's data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from resdense.errors import EvaluationError
+
+logger = logging.getLogger(__name__)
+
+_MAX_LISTED = 10
+
+
+def _listed(values: Iterable[Any]) -> str:
+    """``[3, 7, 9]`` or ``[3, 7, ... (25 in all)]``: enough to find the problem without flooding the terminal."""
+    values = sorted(set(values), key=lambda v: (str(type(v)), v))
+    shown = ", ".join(repr(v) for v in values[:_MAX_LISTED])
+    return f"[{shown}]" if len(values) <= _MAX_LISTED else f"[{shown}, ... ({len(values)} in all)]"
+
+
+def _read_json(path: str | os.PathLike, what: str) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise EvaluationError(f"{what} file {str(path)!r} does not exist")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EvaluationError(f"{what} file {str(path)!r} is not valid JSON: {exc}") from None
+
+
+def load_ground_truth(gt: Any, iou_type: str, *, renumber_ann_ids: bool = False) -> dict:
+    """Return a validated copy of a COCO ground-truth dataset.
+
+    Args:
+        gt: a path to a COCO JSON file, a COCO dict, or a ``COCO`` object (pycocotools or faster-coco-eval).
+        iou_type: ``"bbox"`` or ``"segm"``; segm needs ``segmentation`` on every annotation and image sizes.
+        renumber_ann_ids: renumber annotations 1..N (in file order) instead of refusing id 0 or duplicate ids.
+
+    Returns:
+        ``{"images", "annotations", "categories"}`` with new lists and shallow-copied annotation dicts.
+    """
+    source = "ground truth"
+    if isinstance(gt, (str, os.PathLike)):
+        source = f"ground truth {str(gt)!r}"
+        dataset = _read_json(gt, "ground truth")
+    elif isinstance(gt, Mapping):
+        dataset = gt
+    elif isinstance(getattr(gt, "dataset", None), Mapping):  # pycocotools.coco.COCO or faster_coco_eval COCO
+        dataset = gt.dataset
+    else:
+        raise EvaluationError(
+            f"ground truth must be a path, a COCO dict or a COCO object, got {type(gt).__name__}"
+        )
+    if not isinstance(dataset, Mapping):
+        raise EvaluationError(f"{source}: expected a JSON object at the top level, got {type(dataset).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(dataset.get(key), list):
+            raise EvaluationError(f"{source}: field {key!r} is missing or not a list")
+
+    images, categories = dataset["images"], dataset["categories"]
+    anns = [dict(a) for a in dataset["annotations"]]
+    _check_keys(anns, ("id", "image_id", "category_id", "area", "bbox"), f"{source} annotation")
+    if iou_type == "segm":
+        _check_keys(anns, ("segmentation",), f"{source} annotation")
+        _check_keys(images, ("id", "height", "width"), f"{source} image")
+    else:
+        _check_keys(images, ("id",), f"{source} image")
+    _check_keys(categories, ("id",), f"{source} category")
+
+    duplicated_images = [i for i, n in Counter(img["id"] for img in images).items() if n > 1]
+    if duplicated_images:
+        raise EvaluationError(f"{source}: duplicate image ids {_listed(duplicated_images)}")
+    ann_ids = [a["id"] for a in anns]
+    duplicated = [i for i, n in Counter(ann_ids).items() if n > 1]
+    if renumber_ann_ids:
+        for new_id, ann in enumerate(anns, start=1):
+            ann["id"] = new_id
+        logger.debug("renumbered %d ground-truth annotation ids to 1..N", len(anns))
+    elif 0 in ann_ids or duplicated:
+        problem = "annotation id 0" if 0 in ann_ids else f"duplicate annotation ids {_listed(duplicated)}"
+        # pycocotools stores the matched annotation id as the match flag, so id 0 reads as "unmatched" (its true
+        # positives become false positives), and duplicate ids collapse in the id -> annotation index.
+        raise EvaluationError(
+            f"{source}: {problem}; COCO evaluation needs unique non-zero annotation ids "
+            "(pass renumber_ann_ids=True to renumber them 1..N)"
+        )
+
+    image_ids = {img["id"] for img in images}
+    cat_ids = {c["id"] for c in categories}
+    orphans = {a["image_id"] for a in anns} - image_ids
+    if orphans:
+        raise EvaluationError(f"{source}: annotations refer to image ids absent from 'images': {_listed(orphans)}")
+    unknown = {a["category_id"] for a in anns} - cat_ids
+    if unknown:
+        raise EvaluationError(
+            f"{source}: annotations refer to category ids absent from 'categories': {_listed(unknown)}"
+        )
+    _check_boxes([a["bbox"] for a in anns], [a["id"] for a in anns], f"{source} annotation", "id")
+    areas = np.asarray([a["area"] for a in anns], dtype=np.float64)
+    if areas.size and not np.isfinite(areas).all():
+        bad = [anns[i]["id"] for i in np.flatnonzero(~np.isfinite(areas))]
+        raise EvaluationError(f"{source}: non-finite 'area' in annotations with id {_listed(bad)}")
+    return {"images": list(images), "annotations": anns, "categories": list(categories)}
+
+
+def load_results(results: Any, gt: dict, iou_type: str) -> list[dict]:
+    """Return validated, normalised copies of COCO results for ``iou_type``.
+
+    Args:
+        results: a path to a results JSON file or a sequence of result dicts with ``image_id``, ``category_id``,
+            ``score`` and ``bbox`` (xywh) or ``segmentation`` (RLE, compressed or not, or polygons).
+        gt: the dataset returned by :func:`load_ground_truth`.
+        iou_type: ``"bbox"`` or ``"segm"``.
+
+    Returns:
+        New dicts holding only what the engine needs. Segm results are compressed RLE and carry no ``bbox``, so the
+        engines take their area from the mask (pycocotools takes a box area whenever ``bbox`` is present).
+    """
+    source = "results"
+    if isinstance(results, (str, os.PathLike)):
+        source = f"results {str(results)!r}"
+        results = _read_json(results, "results")
+    if isinstance(results, (str, bytes, Mapping)) or not isinstance(results, Sequence):
+        raise EvaluationError(f"{source} must be a list of result dicts, got {type(results).__name__}")
+    geometry = "bbox" if iou_type == "bbox" else "segmentation"
+    _check_keys(results, ("image_id", "category_id", "score", geometry), f"{source} entry", by_index=True)
+    # Plain ints: numpy / torch scalars hash differently from the GT's ints (torch) or trip json (numpy).
+    image_ids = [_plain(r["image_id"]) for r in results]
+    cat_ids = [_plain(r["category_id"]) for r in results]
+
+    unknown_images = set(image_ids) - {img["id"] for img in gt["images"]}
+    if unknown_images:
+        raise EvaluationError(f"{source}: image ids absent from the ground truth: {_listed(unknown_images)}")
+    unknown_cats = set(cat_ids) - {c["id"] for c in gt["categories"]}
+    if unknown_cats:
+        raise EvaluationError(f"{source}: category ids absent from the ground truth: {_listed(unknown_cats)}")
+    try:
+        scores = np.asarray([r["score"] for r in results], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise EvaluationError(f"{source}: every 'score' must be a number") from None
+    if not np.isfinite(scores).all():
+        bad = np.flatnonzero(~np.isfinite(scores))
+        raise EvaluationError(
+            f"{source}: {bad.size} non-finite score(s), first at entry {int(bad[0])}: {scores[bad[0]]}"
+        )
+
+    if iou_type == "bbox":
+        boxes = _check_boxes([r["bbox"] for r in results], range(len(results)), source, "entry")
+        return [
+            {"image_id": i, "category_id": c, "bbox": b, "score": s}
+            for i, c, b, s in zip(image_ids, cat_ids, boxes.tolist(), scores.tolist(), strict=True)
+        ]
+    if any("bbox" in r for r in results):
+        logger.debug("segm results: ignoring their 'bbox' field so that areas come from the masks")
+    sizes = {img["id"]: [int(img["height"]), int(img["width"])] for img in gt["images"]}
+    return [
+        {
+            "image_id": image_id,
+            "category_id": cat_id,
+            "segmentation": _compressed_rle(r["segmentation"], sizes[image_id], source, i),
+            "score": s,
+        }
+        for i, (r, image_id, cat_id, s) in enumerate(zip(results, image_ids, cat_ids, scores.tolist(), strict=True))
+    ]
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def _check_keys(items: Sequence[Any], keys: Sequence[str], what: str, *, by_index: bool = False) -> None:
+    for i, item in enumerate(items):
+        if not isinstance(item, Mapping):
+            raise EvaluationError(f"{what} {i} is a {type(item).__name__}, not a dict")
+        for key in keys:
+            if key not in item:
+                where = f"{i}" if by_index or "id" not in item else f"with id {item['id']!r}"
+                raise EvaluationError(f"{what} {where} has no {key!r} field")
+
+
+def _check_boxes(boxes: list, names: Iterable[Any], source: str, name_kind: str) -> np.ndarray:
+    """Boxes as a float64 [N, 4] xywh array; refuses wrong lengths, NaN/inf and negative sizes."""
+    names = list(names)
+    if not boxes:
+        return np.zeros((0, 4), dtype=np.float64)
+    try:
+        arr = np.asarray(boxes, dtype=np.float64)
+    except (TypeError, ValueError):
+        arr = None
+    if arr is None or arr.ndim != 2 or arr.shape[1] != 4:
+        for name, box in zip(names, boxes, strict=True):
+            if not isinstance(box, Sequence) or len(box) != 4:
+                raise EvaluationError(f"{source} {name_kind} {name!r}: 'bbox' must be [x, y, w, h], got {box!r}")
+        raise EvaluationError(f"{source}: every 'bbox' must hold 4 numbers")
+    finite = np.isfinite(arr).all(axis=1)
+    if not finite.all():
+        i = int(np.flatnonzero(~finite)[0])
+        # pycocotools scores a NaN box as a match of every ground truth (NaN comparisons are all False).
+        raise EvaluationError(
+            f"{source}: {int((~finite).sum())} box(es) with NaN/inf, first at {name_kind} {names[i]!r}: {boxes[i]!r}"
+        )
+    negative = (arr[:, 2:] < 0).any(axis=1)
+    if negative.any():
+        i = int(np.flatnonzero(negative)[0])
+        raise EvaluationError(
+            f"{source}: {int(negative.sum())} box(es) with negative width/height (boxes are [x, y, w, h]), "
+            f"first at {name_kind} {names[i]!r}: {boxes[i]!r}"
+        )
+    return arr
+
+
+def _compressed_rle(seg: Any, size: list[int], source: str, index: int) -> dict:
+    """A result mask as compressed RLE of its image's size (pycocotools' loadRes only reads compressed RLE)."""
+    h, w = size
+    if isinstance(seg, Mapping):
+        if "counts" not in seg or "size" not in seg:
+            raise EvaluationError(f"{source} entry {index}: RLE 'segmentation' needs 'size' and 'counts'")
+        if [int(v) for v in seg["size"]] != size:
+            raise EvaluationError(
+                f"{source} entry {index}: mask size {list(seg['size'])} != image {size} (height, width); "
+                "masks must be pasted into the original image"
+            )
+        if isinstance(seg["counts"], list):
+            return mask_utils.frPyObjects(dict(seg), h, w)
+        counts = seg["counts"]
+        return {"size": size, "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    if isinstance(seg, list) and seg and all(isinstance(p, list) and len(p) >= 6 for p in seg):
+        if not all(math.isfinite(v) for p in seg for v in p):
+            raise EvaluationError(f"{source} entry {index}: polygon 'segmentation' holds NaN/inf")
+        return mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+    raise EvaluationError(
+        f"{source} entry {index}: 'segmentation' must be RLE or a list of polygons, got {type(seg).__name__}"
+    )

@@ -1,0 +1,117 @@
+"""COCO detection metrics (AP / AR) equal to pycocotools', with its pitfalls turned into errors.
+
+>>> from resdense.evaluation import coco_map
+>>> stats = coco_map("instances_val2017.json", "detections.json")          # doctest: +SKIP
+>>> stats["AP"], stats["AP50"]                                              # doctest: +SKIP
+
+Conventions (all pycocotools'): 10 IoU thresholds 0.50:0.05:0.95, 101-point interpolated precision, area ranges
+small < 32**2 <= medium < 96**2 <= large taken from the ground truth's ``area`` field (the detection's own area
+for unmatched detections), crowd regions matched but never counted, and -1 for a statistic that has no ground
+truth (e.g. ``APs`` on a dataset without small objects).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from resdense.errors import ConfigError, EvaluationError
+
+from ._coco_engines import per_class_ap, run_engine, summarize
+from ._coco_inputs import load_ground_truth, load_results
+
+__all__ = ["COCO_STAT_KEYS", "coco_map"]
+
+logger = logging.getLogger(__name__)
+
+#: The 12 statistics of pycocotools' ``summarize()``, in its order, for the default ``max_dets``.
+COCO_STAT_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+_BACKENDS = ("faster", "pycocotools")
+_IOU_TYPES = ("bbox", "segm")
+
+
+def coco_map(
+    gt: Any,
+    results: Any,
+    iou_type: str = "bbox",
+    backend: str = "faster",
+    max_dets: Sequence[int] = (1, 10, 100),
+    classwise: bool = False,
+    *,
+    img_ids: Iterable[int] | None = None,
+    renumber_ann_ids: bool = False,
+) -> dict[str, float]:
+    """COCO AP / AR of ``results`` against ``gt``, identical to pycocotools' ``COCOeval.summarize()``.
+
+    Args:
+        gt: ground truth: a path to a COCO JSON file, a COCO dict, or a ``COCO`` object (pycocotools or
+            faster-coco-eval). It is copied, never modified.
+        results: a path to a COCO results JSON file or a list of dicts ``{"image_id", "category_id", "score",
+            "bbox": [x, y, w, h]}`` (bbox) / ``{..., "segmentation": RLE or polygons}`` (segm; masks in the image's
+            full size). An empty list gives zeros (where there is ground truth) and a warning.
+        iou_type: ``"bbox"`` or ``"segm"``. For segm any ``bbox`` field of the results is ignored, so areas and
+            area ranges come from the masks.
+        backend: ``"faster"`` (faster-coco-eval's C++ engine, the default) or ``"pycocotools"`` (the reference).
+            Both give the same numbers to 1e-12 (faster-coco-eval's precision differs in the last bit at most).
+        max_dets: detections kept per image and category. AP and the area-range stats use the largest value; each
+            value ``m`` gets a key ``AR<m>``. (pycocotools reports AP = -1 when 100 is not among them.)
+        classwise: also return ``"AP-<category name>"`` (IoU 0.50:0.95, all areas) per category; -1 without GT.
+        img_ids: evaluate only these images (e.g. the ones a model was run on); default all GT images.
+        renumber_ann_ids: renumber GT annotations 1..N instead of refusing annotation id 0 or duplicate ids.
+
+    Returns:
+        ``{"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"}`` as floats in
+        [0, 1] or -1 (no ground truth for that statistic); ``AR<m>`` follow ``max_dets``.
+
+    Raises:
+        EvaluationError: unreadable files; result image or category ids absent from the GT; NaN/inf boxes or
+            scores; negative box sizes; GT annotation id 0 or duplicate ids; masks of the wrong size.
+        ConfigError: an unknown ``iou_type`` / ``backend`` or invalid ``max_dets``.
+    """
+    if iou_type not in _IOU_TYPES:
+        raise ConfigError(f"coco_map: iou_type must be one of {_IOU_TYPES}, got {iou_type!r}")
+    if backend not in _BACKENDS:
+        raise ConfigError(f"coco_map: backend must be one of {_BACKENDS}, got {backend!r}")
+    max_dets = _check_max_dets(max_dets)
+    dataset = load_ground_truth(gt, iou_type, renumber_ann_ids=renumber_ann_ids)
+    dets = load_results(results, dataset, iou_type)
+    if img_ids is not None:
+        img_ids = [int(i) for i in img_ids]
+        unknown = set(img_ids) - {img["id"] for img in dataset["images"]}
+        if unknown:
+            raise EvaluationError(f"coco_map: img_ids absent from the ground truth: {sorted(unknown)[:10]}")
+        if not img_ids:
+            raise EvaluationError("coco_map: img_ids is empty; there is nothing to evaluate")
+    if not dets:
+        warnings.warn(
+            f"coco_map: no {iou_type} results; AP and AR are 0 wherever there is ground truth",
+            UserWarning,
+            stacklevel=2,
+        )
+    if not dataset["annotations"]:
+        warnings.warn("coco_map: the ground truth has no annotations; every statistic is -1", UserWarning, stacklevel=2)
+
+    out = run_engine(dataset, dets, iou_type, backend, max_dets, img_ids)
+    stats = summarize(out)
+    if classwise:
+        names = {c["id"]: str(c.get("name", c["id"])) for c in dataset["categories"]}
+        counts = Counter(names.values())
+        for cat_id, ap in zip(out.cat_ids, per_class_ap(out), strict=True):
+            name = names[cat_id] if counts[names[cat_id]] == 1 else f"{names[cat_id]}({cat_id})"
+            stats[f"AP-{name}"] = ap
+    logger.debug("coco_map(%s, %s): %s", iou_type, backend, stats)
+    return stats
+
+
+def _check_max_dets(max_dets: Sequence[int]) -> list[int]:
+    try:
+        values = [int(m) for m in max_dets]
+    except (TypeError, ValueError):
+        raise ConfigError(f"coco_map: max_dets must be a sequence of positive ints, got {max_dets!r}") from None
+    if not values or min(values) < 1 or len(set(values)) != len(values):
+        raise ConfigError(f"coco_map: max_dets must be distinct positive ints, got {max_dets!r}")
+    return sorted(values)
