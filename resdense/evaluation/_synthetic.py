@@ -63,6 +63,7 @@ def random_coco_problem(
     *,
     num_images: tuple[int, int] = (1, 8),
     image_size: tuple[int, int] = (24, 320),
+    num_categories: tuple[int, int] = (1, 5),
     max_gt_per_image: int = 6,
     max_dt_per_image: int = 16,
     segm: bool = True,
@@ -75,6 +76,7 @@ def random_coco_problem(
         seed: seed of the numpy generator (same seed, same problem).
         num_images: inclusive range of the number of images.
         image_size: inclusive range of image heights and widths in pixels.
+        num_categories: inclusive range of the number of categories (ids drawn from 0..90, so non-contiguous).
         max_gt_per_image: most ground-truth annotations per image (0 occurs too).
         max_dt_per_image: most detections per image, except in "dense" images that get 100-130 of them.
         segm: also build masks (GT polygons / RLE, compressed-RLE detections); off for a faster bbox-only problem.
@@ -86,7 +88,8 @@ def random_coco_problem(
         lists in COCO results format (``segm_results`` is empty when ``segm`` is False).
     """
     rng = np.random.default_rng(seed)
-    cat_ids = sorted(int(c) for c in rng.choice(91, size=int(rng.integers(1, 6)), replace=False))
+    n_cats = int(rng.integers(num_categories[0], num_categories[1] + 1))
+    cat_ids = sorted(int(c) for c in rng.choice(91, size=n_cats, replace=False))
     categories = [{"id": c, "name": f"class_{c}", "supercategory": "thing"} for c in cat_ids]
     images, annotations, bbox_results, segm_results = [], [], [], []
     first_image_id = int(rng.integers(0, 3))  # image id 0 is legal (labelme exports start there)
