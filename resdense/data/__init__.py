@@ -1,0 +1,52 @@
+"""Datasets, transforms and loaders for detection and segmentation.
+
+Detection datasets yield ``(image float32 [3, H, W] in [0, 1], target)`` with the torchvision detection target
+(``boxes`` xyxy, ``labels`` 1..K, optional ``masks``, ``image_id``, ``area``, ``iscrowd``, ``orig_size``,
+``size``); segmentation datasets yield ``(image float32 [3, H, W], mask int64 [H, W])``. Every adapter validates
+what it reads and names the file, field and value of whatever is wrong.
+"""
+
+from ._common import DataWarning
+from ._constants import IMAGENET_MEAN, IMAGENET_STD
+from ._io import read_image, read_mask
+from .check import CheckReport, check_path
+from .coco import CocoDetection, build_coco
+from .coco_semantic import CocoSemantic
+from .loader import detection_collate, make_loader, seed_transforms, seed_worker
+from .masks import MaskDataset
+from .shapes import SHAPES_CLASSES, ShapesDataset, ShapesSplit, make_shapes
+from .transforms import (
+    DetectionTransform,
+    SegmentationTransform,
+    detection_transforms,
+    segmentation_transforms,
+)
+from .voc import VocDetection, voc_to_coco
+
+__all__ = [
+    "CocoDetection",
+    "CocoSemantic",
+    "MaskDataset",
+    "VocDetection",
+    "DetectionTransform",
+    "SegmentationTransform",
+    "detection_transforms",
+    "segmentation_transforms",
+    "detection_collate",
+    "make_loader",
+    "seed_worker",
+    "seed_transforms",
+    "make_shapes",
+    "ShapesDataset",
+    "ShapesSplit",
+    "SHAPES_CLASSES",
+    "check_path",
+    "CheckReport",
+    "DataWarning",
+    "read_image",
+    "read_mask",
+    "build_coco",
+    "voc_to_coco",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+]

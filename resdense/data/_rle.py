@@ -1,0 +1,41 @@
+"""COCO segmentations (polygons, RLE) -> binary masks, through ``pycocotools.mask``."""
+
+from __future__ import annotations
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+__all__ = ["segm_to_rle", "decode_segms"]
+
+
+def segm_to_rle(segm, height: int, width: int, box=None) -> dict:
+    """One annotation's segmentation as a compressed RLE.
+
+    Args:
+        segm: list of polygons ``[[x0, y0, x1, y1, ...], ...]``, an uncompressed RLE (``counts`` list) or a
+            compressed RLE; ``None`` uses the filled ``box`` (xyxy) instead.
+    """
+    if segm is None:
+        return _box_rle(box, height, width)
+    if isinstance(segm, list):
+        return mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
+    if isinstance(segm["counts"], list):
+        return mask_utils.frPyObjects(segm, height, width)
+    counts = segm["counts"]
+    return {"size": segm["size"], "counts": counts.encode() if isinstance(counts, str) else counts}
+
+
+def _box_rle(box, height: int, width: int) -> dict:
+    m = np.zeros((height, width), dtype=np.uint8, order="F")
+    x0, y0, x1, y1 = (int(round(float(v))) for v in box)
+    m[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = 1
+    return mask_utils.encode(m)
+
+
+def decode_segms(segms: list, height: int, width: int, boxes=None) -> np.ndarray:
+    """Decode N segmentations to ``uint8 [N, H, W]`` (0/1); a ``None`` entry becomes its filled box."""
+    if not segms:
+        return np.zeros((0, height, width), dtype=np.uint8)
+    rles = [segm_to_rle(s, height, width, None if boxes is None else boxes[i]) for i, s in enumerate(segms)]
+    # decode() returns [H, W, N] in Fortran order; one transpose+copy gives C-contiguous [N, H, W].
+    return np.ascontiguousarray(mask_utils.decode(rles).transpose(2, 0, 1))

@@ -1,0 +1,178 @@
+"""Validate a dataset on disk and list every problem in one pass (``resdense data check``).
+
+The checks are the datasets' own (same parser, same messages), run without stopping at the first problem.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from resdense.errors import DataError
+
+from ._coco_parse import images_root_for, load_json, parse_coco
+from ._io import image_size, read_image, read_mask
+from .masks import pair_by_stem
+from .voc import find_voc_image, parse_voc_xml
+
+__all__ = ["check_path", "CheckReport"]
+
+
+@dataclass
+class CheckReport:
+    """Outcome of :func:`check_path`.
+
+    Attributes:
+        checked: what was checked, e.g. ``["coco: train/instances.json (300 images, 12 annotations)"]``.
+        problems: one line each; the data cannot be loaded as it is.
+        warnings: one line each; the datasets repair or drop these and warn.
+    """
+
+    checked: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_path(path, *, images_dir=None, num_classes: int | None = None, ignore_index: int = 255,
+               decode: bool = False) -> CheckReport:
+    """Detect what ``path`` holds and validate it.
+
+    ``path`` may be a COCO JSON file, a folder with ``*.json`` (COCO), ``Annotations``/``annotations`` of XML (VOC),
+    ``images`` + ``masks`` (mask folder), or a folder of such folders (e.g. ``train``/``val``, one level down).
+
+    Args:
+        images_dir: image folder of a COCO file (guessed from the file's location when omitted).
+        num_classes: check mask values against ``0..num_classes-1`` / ``ignore_index`` (else only report them).
+        ignore_index: the mask value allowed besides the classes.
+        decode: decode every image fully (slower; finds corrupt data past the header).
+    """
+    path = Path(path)
+    report = CheckReport()
+    if not path.exists():
+        report.problems.append(f"{path}: no such file or folder")
+        return report
+    if path.is_file():
+        if path.suffix.lower() != ".json":
+            report.problems.append(f"{path}: not a COCO .json file (give a folder for masks or VOC)")
+        else:
+            _check_coco(path, images_dir, decode, report)
+        return report
+    found = _check_folder(path, images_dir, num_classes, ignore_index, decode, report)
+    if not found:
+        for sub in sorted(p for p in path.iterdir() if p.is_dir()):
+            found |= _check_folder(sub, None, num_classes, ignore_index, decode, report)
+    if not found:
+        report.problems.append(f"{path}: found no COCO .json, VOC Annotations/ or images/ + masks/ folders here "
+                               "or one level down")
+    return report
+
+
+def _check_folder(folder: Path, images_dir, num_classes, ignore_index, decode, report) -> bool:
+    found = False
+    for js in sorted(folder.glob("*.json")):
+        _check_coco(js, images_dir, decode, report)
+        found = True
+    for ann in ("Annotations", "annotations"):
+        if (folder / ann).is_dir() and any((folder / ann).glob("*.xml")):
+            imgs = next((folder / d for d in ("JPEGImages", "images") if (folder / d).is_dir()), folder)
+            _check_voc(folder / ann, imgs, decode, report)
+            found = True
+            break
+    for imgs, masks in (("images", "masks"), ("JPEGImages", "SegmentationClass")):
+        if (folder / imgs).is_dir() and (folder / masks).is_dir():
+            _check_masks(folder / imgs, folder / masks, num_classes, ignore_index, decode, report)
+            found = True
+    return found
+
+
+def _check_image(path: Path, expect_hw, decode: bool, report: CheckReport, what: str) -> None:
+    try:
+        h, w = read_image(path).shape[:2] if decode else image_size(path)
+    except DataError as err:
+        report.problems.append(str(err))
+        return
+    if expect_hw is not None and (h, w) != tuple(expect_hw):
+        report.problems.append(f"{path}: image is {w}x{h} (width x height) but {what} says "
+                               f"{expect_hw[1]}x{expect_hw[0]}")
+
+
+def _check_coco(js: Path, images_dir, decode: bool, report: CheckReport) -> None:
+    try:
+        data = load_json(js)
+    except DataError as err:
+        report.problems.append(str(err))
+        return
+    parsed = parse_coco(data, str(js))
+    report.problems.extend(parsed.errors)
+    report.warnings.extend(parsed.warnings)
+    images = data.get("images") if isinstance(data.get("images"), list) else []
+    names = [im["file_name"] for im in images if isinstance(im, dict) and isinstance(im.get("file_name"), str)]
+    root = Path(images_dir) if images_dir is not None else images_root_for(js, names)
+    for im in images:
+        if not isinstance(im, dict) or not isinstance(im.get("file_name"), str):
+            continue
+        hw = (im.get("height"), im.get("width"))
+        _check_image(root / im["file_name"], hw, decode, report, f"{js.name} (image id {im.get('id')})")
+    n_ann = len(data["annotations"]) if isinstance(data.get("annotations"), list) else 0
+    report.checked.append(f"coco: {js} ({len(images)} images in {root}, {n_ann} annotations, "
+                          f"{len(parsed.class_names)} classes)")
+
+
+def _check_voc(ann_dir: Path, images_dir: Path, decode: bool, report: CheckReport) -> None:
+    xmls = sorted(ann_dir.glob("*.xml"))
+    n_obj = 0
+    for xml in xmls:
+        try:
+            _, filename, w, h, objs = parse_voc_xml(xml)
+        except DataError as err:
+            report.problems.append(str(err))
+            continue
+        n_obj += len(objs)
+        image = images_dir / find_voc_image(images_dir, filename, xml)
+        size_ok = bool(w and h and w.isdigit() and h.isdigit() and int(w) > 0 and int(h) > 0)
+        if not size_ok:
+            report.warnings.append(f"{xml}: <size> = {w!r}x{h!r} is missing or invalid; the image's size is used")
+        _check_image(image, (int(h), int(w)) if size_ok else None, decode, report, xml.name)
+        for name, (x0, y0, x1, y1), _ in objs:
+            if x1 <= x0 or y1 <= y0:
+                report.warnings.append(f"{xml}: object {name!r} has a degenerate box "
+                                       f"xmin={x0:g} ymin={y0:g} xmax={x1:g} ymax={y1:g} (dropped)")
+            elif size_ok and (x0 < 0 or y0 < 0 or x1 > int(w) + 1 or y1 > int(h) + 1):
+                report.warnings.append(f"{xml}: object {name!r} box {x0:g},{y0:g},{x1:g},{y1:g} extends outside "
+                                       f"the {w}x{h} image (clipped)")
+    report.checked.append(f"voc: {ann_dir} ({len(xmls)} files, {n_obj} objects, images in {images_dir})")
+
+
+def _check_masks(images_dir: Path, masks_dir: Path, num_classes, ignore_index, decode, report) -> None:
+    try:
+        pairs, lonely_images, lonely_masks = pair_by_stem(images_dir, masks_dir)
+    except DataError as err:
+        report.problems.append(str(err))
+        return
+    for p in lonely_images:
+        report.problems.append(f"{p}: no mask for this image in {masks_dir}")
+    for p in lonely_masks:
+        report.warnings.append(f"{p}: mask without an image in {images_dir}")
+    values: set[int] = set()
+    for image, mask_path in pairs:
+        try:
+            mask = read_mask(mask_path)
+        except DataError as err:
+            report.problems.append(str(err))
+            continue
+        _check_image(image, mask.shape, decode, report, f"its mask {mask_path.name}")
+        vals = np.unique(mask)
+        values.update(int(v) for v in vals)
+        if num_classes is not None:
+            bad = [int(v) for v in vals if not (0 <= v < num_classes) and v != ignore_index]
+            if bad:
+                report.problems.append(f"{mask_path}: mask value(s) {', '.join(map(str, bad[:8]))} are outside the "
+                                       f"classes 0..{num_classes - 1} and not ignore_index={ignore_index}")
+    shown = ", ".join(map(str, sorted(values)[:20])) + (" ..." if len(values) > 20 else "")
+    report.checked.append(f"masks: {images_dir} + {masks_dir} ({len(pairs)} pairs; mask values {{{shown}}})")

@@ -1,0 +1,173 @@
+"""COCO instance annotations as a torchvision-style detection dataset."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from resdense.errors import DataError
+
+from ._coco_parse import ImageRecord, ParsedCoco, load_json, parse_coco, raise_first
+from ._common import SkipBadImages, check_choice, warn
+from ._io import read_image, to_image_tensor
+from ._rle import decode_segms
+from .transforms import as_detection_transform
+
+__all__ = ["CocoDetection", "build_coco"]
+
+logger = logging.getLogger(__name__)
+
+
+def build_coco(dataset: dict):
+    """A pycocotools ``COCO`` indexed from an in-memory dict (its progress prints are swallowed)."""
+    from pycocotools.coco import COCO
+
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+class _CocoSource(SkipBadImages, Dataset):
+    """Parsing, validation, the empty-image policy and the lazily built ``coco`` shared by the COCO datasets."""
+
+    def _setup(self, images_dir, parsed: ParsedCoco, *, empty: str, bad_images: str) -> None:
+        check_choice("empty", empty, ("keep", "drop"))
+        check_choice("bad_images", bad_images, ("raise", "skip"))
+        raise_first(parsed)
+        for w in parsed.warnings:
+            warn(w)
+        self.images_dir = Path(images_dir)
+        self.empty, self.bad_images = empty, bad_images
+        self.class_names = list(parsed.class_names)
+        self.num_classes = len(self.class_names)
+        self.cat_id_to_label = dict(parsed.cat_id_to_label)
+        self.label_to_cat_id = dict(parsed.label_to_cat_id)
+        self._dataset = parsed.dataset
+        self._coco = None
+        records = parsed.records
+        missing = [r for r in records if not os.path.exists(self.images_dir / r.file_name)]
+        if missing:
+            first = self.images_dir / missing[0].file_name
+            if bad_images == "raise":
+                raise DataError(f"{first}: image file not found (image id {missing[0].image_id}; "
+                                f"{len(missing)} of {len(records)} images missing; bad_images='skip' drops them)")
+            warn(f"{parsed.source}: skipped {len(missing)} image(s) whose file is missing, e.g. {first}")
+            gone = {id(r) for r in missing}
+            records = [r for r in records if id(r) not in gone]
+        if empty == "drop":
+            n = len(records)
+            records = [r for r in records if len(r.boxes)]
+            if n - len(records):
+                logger.info("%s: dropped %d image(s) without training annotations (empty='drop')",
+                            parsed.source, n - len(records))
+        self._records: list[ImageRecord] = records
+        self.image_ids = [r.image_id for r in records]
+
+    @property
+    def coco(self):
+        """pycocotools ``COCO`` of the validated ground truth (crowd kept, boxes clipped, all images)."""
+        if self._coco is None:
+            self._coco = build_coco(self._dataset)
+        return self._coco
+
+    def __getstate__(self) -> dict:
+        # Workers do not need the COCO index; rebuilding it on demand keeps DataLoader start-up cheap.
+        state = self.__dict__.copy()
+        state["_coco"] = None
+        return state
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    @property
+    def image_paths(self) -> list[Path]:
+        return [self.images_dir / r.file_name for r in self._records]
+
+    def _read(self, rec: ImageRecord) -> np.ndarray:
+        path = self.images_dir / rec.file_name
+        img = read_image(path)
+        h, w = img.shape[:2]
+        if (h, w) != (rec.height, rec.width):
+            hint = " (the JSON has the size before EXIF rotation)" if (w, h) == (rec.height, rec.width) else ""
+            raise DataError(f"{path}: image is {w}x{h} (width x height) but the annotation file says "
+                            f"{rec.width}x{rec.height} for image id {rec.image_id}{hint}")
+        return img
+
+
+class CocoDetection(_CocoSource):
+    """COCO instances file -> ``(image, target)`` pairs for torchvision detectors.
+
+    Args:
+        images_dir: folder that the images' ``file_name`` fields are relative to.
+        ann_file: COCO instances JSON.
+        transforms: a :class:`~resdense.data.DetectionTransform` (see :func:`detection_transforms`), albumentations
+            transforms (wrapped in one), or any callable ``(image uint8 [H, W, 3], target of numpy) -> (image,
+            target)``. ``None``: the image as a ``[0, 1]`` tensor.
+        masks: also return instance masks decoded from polygons or RLE (decoded only when asked for).
+        empty: ``"keep"`` images without (non-crowd) annotations, with empty targets, or ``"drop"`` them.
+        renumber_ann_ids: accept annotation id 0 / duplicate ids by renumbering them 1..N (refused otherwise,
+            because pycocotools silently mis-scores them).
+        bad_images: ``"raise"`` on a missing or unreadable image, or ``"skip"`` it with a counted warning.
+
+    Item: ``image`` float32 ``[3, H, W]`` in ``[0, 1]`` (never mean/std-normalised unless the transform says so)
+    and ``target`` with ``boxes`` float32 ``[N, 4]`` xyxy pixels, ``labels`` int64 ``[N]`` in ``1..K``, ``masks``
+    uint8 ``[N, H, W]`` (``masks=True``), ``image_id`` int, ``area`` float32 ``[N]``, ``iscrowd`` int64 ``[N]``
+    (zeros: crowd regions are not training targets but stay in :attr:`coco` for evaluation), ``orig_size`` and
+    ``size`` int64 ``[2]`` (H, W) of the file and of the returned image.
+
+    Attributes: ``num_classes`` (K), ``class_names``, ``cat_id_to_label``, ``label_to_cat_id``, ``coco``,
+    ``image_ids`` (dataset order), ``image_paths``.
+    """
+
+    task = "detection"
+
+    def __init__(self, images_dir, ann_file, transforms=None, masks: bool = False, empty: str = "keep", *,
+                 renumber_ann_ids: bool = False, bad_images: str = "raise") -> None:
+        self.ann_file = Path(ann_file)
+        parsed = parse_coco(load_json(ann_file), str(ann_file), renumber_ann_ids=renumber_ann_ids)
+        self._init_from(images_dir, parsed, transforms, masks, empty, bad_images)
+
+    def _init_from(self, images_dir, parsed: ParsedCoco, transforms, masks, empty, bad_images) -> None:
+        self._setup(images_dir, parsed, empty=empty, bad_images=bad_images)
+        self.masks = bool(masks)
+        self.transforms = as_detection_transform(transforms)
+        if self.masks:
+            n = sum(s is None for r in self._records for s in r.segms)
+            if n:
+                warn(f"{parsed.source}: {n} annotation(s) have no usable segmentation; their mask is the filled box")
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self)} images")
+        return self._with_policy(index % len(self), self._load)
+
+    def _load(self, index: int) -> tuple[torch.Tensor, dict]:
+        rec = self._records[index]
+        img = self._read(rec)
+        n = len(rec.boxes)
+        target = {"boxes": rec.boxes.copy(), "labels": rec.labels.copy(), "area": rec.areas.copy(),
+                  "iscrowd": np.zeros(n, dtype=np.int64)}
+        if self.masks:
+            target["masks"] = decode_segms(rec.segms, rec.height, rec.width, rec.boxes)
+        if self.transforms is not None:
+            image, target = self.transforms(img, target)
+        else:
+            image = to_image_tensor(img)
+        target = {k: torch.as_tensor(v) for k, v in target.items()}
+        target["image_id"] = rec.image_id
+        target["orig_size"] = torch.tensor([rec.height, rec.width], dtype=torch.int64)
+        target["size"] = torch.tensor(image.shape[-2:], dtype=torch.int64)
+        return image, target
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({len(self)} images, {self.num_classes} classes, masks={self.masks}, "
+                f"transforms={self.transforms!r})")

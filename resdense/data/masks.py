@@ -1,0 +1,170 @@
+"""A folder of images and a folder of label masks, paired by file stem."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from resdense.errors import ConfigError, DataError
+
+from ._common import SkipBadImages, check_choice
+from ._io import IMAGE_EXTENSIONS, MASK_EXTENSIONS, read_image, read_mask, to_image_tensor
+from .transforms import as_segmentation_transform
+
+__all__ = ["MaskDataset", "pair_by_stem"]
+
+logger = logging.getLogger(__name__)
+
+
+def _files(folder: Path, exts: tuple[str, ...], what: str) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise DataError(f"{folder}: {what} folder not found")
+    out: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.suffix.lower() in exts and not p.name.startswith("."):
+            if p.stem in out:
+                raise DataError(f"{p}: two {what} files share the stem {p.stem!r} ({out[p.stem].name}, {p.name})")
+            out[p.stem] = p
+    return out
+
+
+def pair_by_stem(images_dir, masks_dir, mask_suffix: str = "") -> tuple[list[tuple[Path, Path]], list[Path], list[Path]]:
+    """Pair ``images_dir/<stem>.*`` with ``masks_dir/<stem><mask_suffix>.*``.
+
+    Returns:
+        ``(pairs, images_without_mask, masks_without_image)``, each sorted by stem.
+    """
+    images = _files(Path(images_dir), IMAGE_EXTENSIONS, "image")
+    masks_raw = _files(Path(masks_dir), MASK_EXTENSIONS, "mask")
+    masks = {}
+    for stem, p in masks_raw.items():
+        if mask_suffix and stem.endswith(mask_suffix):
+            stem = stem[: -len(mask_suffix)]
+        masks[stem] = p
+    pairs = [(images[s], masks[s]) for s in sorted(images) if s in masks]
+    return pairs, [images[s] for s in sorted(images) if s not in masks], [masks[s] for s in sorted(masks)
+                                                                            if s not in images]
+
+
+class MaskDataset(SkipBadImages, Dataset):
+    """Semantic segmentation from ``images_dir`` + ``masks_dir``, paired by file stem.
+
+    Masks may be L (8-bit), P (palette: read as indices, never as colours), I;16 (16-bit) or, with
+    ``color_map``, RGB. Every mask value must be a class index ``0..K-1`` or ``ignore_index`` after ``value_map``.
+
+    Args:
+        images_dir: folder of images (jpg, png, bmp, tif, webp). Grayscale/RGBA become RGB.
+        masks_dir: folder of masks named like the images (plus ``mask_suffix``).
+        classes: class names (their number is K) or K itself.
+        ignore_index: label excluded from losses and metrics; must lie outside ``0..K-1``.
+        value_map: raw mask value -> class index (or ``ignore_index``), e.g. ``{0: 0, 255: 1}`` for 0/255 binary
+            masks; raw values missing from the map are an error naming the file and the value.
+        transforms: a :class:`~resdense.data.SegmentationTransform` (see :func:`segmentation_transforms`),
+            albumentations transforms (wrapped, ImageNet-normalised) or a callable ``(image uint8 [H, W, 3],
+            mask [H, W]) -> (image, mask)``. ``None``: ``[0, 1]`` image tensor and int64 mask.
+        color_map: ``{(r, g, b): class index}`` for RGB colour masks.
+        mask_suffix: suffix of mask stems, e.g. ``"_mask"`` for ``a.jpg`` / ``a_mask.png``.
+        bad_images: ``"raise"`` or ``"skip"`` (counted warning) on unreadable files.
+
+    Item: ``image`` float32 ``[3, H, W]``, ``mask`` int64 ``[H, W]``.
+    Attributes: ``num_classes``, ``class_names``, ``ignore_index``, ``image_paths``, ``mask_paths``.
+    """
+
+    task = "segmentation"
+
+    def __init__(self, images_dir, masks_dir, classes: Sequence[str] | int, ignore_index: int = 255,
+                 value_map: Mapping[int, int] | None = None, transforms=None, *,
+                 color_map: Mapping[tuple[int, int, int], int] | None = None, mask_suffix: str = "",
+                 bad_images: str = "raise") -> None:
+        check_choice("bad_images", bad_images, ("raise", "skip"))
+        if isinstance(classes, int) and not isinstance(classes, bool):
+            if classes < 1:
+                raise ConfigError(f"classes = {classes} must be at least 1")
+            classes = [str(i) for i in range(classes)]
+        self.class_names = [str(c) for c in classes]
+        self.num_classes = K = len(self.class_names)
+        if K == 0:
+            raise ConfigError("classes is empty; give the class names (index order) or their number")
+        if not isinstance(ignore_index, int) or 0 <= ignore_index < K:
+            raise ConfigError(f"ignore_index = {ignore_index!r} lies inside the class range 0..{K - 1}; "
+                              "use a value outside it, e.g. 255")
+        self.ignore_index = ignore_index
+        self.bad_images = bad_images
+        self.value_map = dict(value_map) if value_map is not None else None
+        self._lut = None
+        if self.value_map is not None:
+            for raw, cls in self.value_map.items():
+                if not (isinstance(raw, int | np.integer) and 0 <= raw < 65536):
+                    raise ConfigError(f"value_map key {raw!r} is not a mask value in 0..65535")
+                if not (0 <= cls < K or cls == ignore_index):
+                    raise ConfigError(f"value_map[{raw}] = {cls!r} is neither a class 0..{K - 1} nor "
+                                      f"ignore_index={ignore_index}")
+            lut = np.full(65536, -1, dtype=np.int64)
+            for raw, cls in self.value_map.items():
+                lut[raw] = cls
+            self._lut = lut
+        self.color_map = {tuple(int(c) for c in k): int(v) for k, v in color_map.items()} if color_map else None
+        pairs, lonely_images, lonely_masks = pair_by_stem(images_dir, masks_dir, mask_suffix)
+        if lonely_images:
+            raise DataError(f"{lonely_images[0]}: no mask for this image in {masks_dir} "
+                            f"({len(lonely_images)} image(s) without mask)")
+        if lonely_masks:
+            logger.info("%s: %d mask(s) without an image are ignored, e.g. %s", masks_dir, len(lonely_masks),
+                        lonely_masks[0].name)
+        if not pairs:
+            raise DataError(f"{images_dir}: no image/mask pairs found (masks looked for in {masks_dir})")
+        self.images_dir, self.masks_dir = Path(images_dir), Path(masks_dir)
+        self.image_paths = [p for p, _ in pairs]
+        self.mask_paths = [m for _, m in pairs]
+        self.transforms = as_segmentation_transform(transforms)
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    def load_mask(self, index: int) -> np.ndarray:
+        """The mask of sample ``index`` as class indices, validated (int64 ``[H, W]``, before transforms)."""
+        path = self.mask_paths[index]
+        raw = read_mask(path, self.color_map)
+        if self._lut is not None:
+            if raw.dtype.kind == "i" and raw.size and (raw.min() < 0 or raw.max() > 65535):
+                raise DataError(f"{path}: mask value {int(raw.max())} is outside value_map's range 0..65535")
+            mask = self._lut[raw]
+            bad = mask < 0
+            if bad.any():
+                vals = np.unique(raw[bad])
+                raise DataError(f"{path}: mask value(s) {', '.join(map(str, vals[:8].tolist()))} not in value_map "
+                                f"(keys {sorted(self.value_map)})")
+            return mask
+        mask = raw.astype(np.int64, copy=False)
+        K = self.num_classes
+        if mask.size and (mask.max() >= K or mask.min() < 0):
+            bad = ((mask >= K) | (mask < 0)) & (mask != self.ignore_index)
+            if bad.any():
+                vals = np.unique(mask[bad])
+                hint = " (0/255 binary mask? pass value_map={0: 0, 255: 1})" if set(vals.tolist()) == {255} else ""
+                raise DataError(f"{path}: mask value(s) {', '.join(map(str, vals[:8].tolist()))} are outside the "
+                                f"classes 0..{K - 1} and not ignore_index={self.ignore_index}{hint}")
+        return mask
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self)} images")
+        return self._with_policy(index % len(self), self._load)
+
+    def _load(self, index: int):
+        img = read_image(self.image_paths[index])
+        mask = self.load_mask(index)
+        if mask.shape != img.shape[:2]:
+            raise DataError(f"{self.mask_paths[index]}: mask is {mask.shape[1]}x{mask.shape[0]} (width x height) "
+                            f"but its image {self.image_paths[index].name} is {img.shape[1]}x{img.shape[0]}")
+        if self.transforms is not None:
+            return self.transforms(img, mask)
+        return to_image_tensor(img), torch.from_numpy(mask)
+
+    def __repr__(self) -> str:
+        return f"MaskDataset({len(self)} pairs, {self.num_classes} classes, ignore_index={self.ignore_index})"

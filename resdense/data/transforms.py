@@ -1,0 +1,295 @@
+"""Albumentations pipelines for detection and segmentation, and the glue that keeps targets matched.
+
+A detection sample goes through albumentations as ``image``, ``bboxes`` (pascal_voc = xyxy pixels), ``masks``
+(``[N, H, W]``) and two label fields: ``labels`` and the instance's index. Albumentations drops boxes that a crop
+cuts away (``min_area``, ``min_visibility``) but transforms every mask, so the surviving indices select the masks,
+areas and crowd flags of the surviving boxes: boxes, labels and masks can never drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+
+from resdense.errors import ConfigError
+
+from ._constants import IMAGENET_MEAN, IMAGENET_STD
+from ._io import to_image_tensor
+
+__all__ = [
+    "DetectionTransform",
+    "SegmentationTransform",
+    "detection_transforms",
+    "segmentation_transforms",
+    "as_detection_transform",
+    "as_segmentation_transform",
+]
+
+def _transform_list(transforms) -> list:
+    if transforms is None:
+        return []
+    if isinstance(transforms, A.BaseCompose):
+        return list(transforms.transforms)
+    if isinstance(transforms, A.BasicTransform):
+        return [transforms]
+    return list(transforms)
+
+
+class DetectionTransform:
+    """Apply albumentations transforms to a detection sample and return tensors.
+
+    Args:
+        transforms: albumentations transforms (a list, or a ``Compose`` whose transforms are taken; its own
+            ``bbox_params`` are replaced by ours).
+        min_area: boxes smaller than this many pixels after the transforms are dropped (with their masks).
+        min_visibility: boxes keeping less than this fraction of their area after a crop are dropped.
+        boxes_from_masks: when instance masks are present, replace each box by the tight box of its transformed
+            mask and drop instances whose mask became empty. Use it with rotations, where the transformed box of a
+            non-rectangular object is loose (detectron2 recomputes boxes after crops for the same reason).
+        normalize: subtract ``mean`` and divide by ``std`` (off by default: torchvision detectors normalise inside
+            ``GeneralizedRCNNTransform``, so normalising here too would be a silent double normalisation).
+        mean, std: per-channel statistics in ``[0, 1]`` units.
+        seed: seed of albumentations' random generator (``None``: drawn from the global state).
+
+    Call: ``(image uint8 [H, W, 3], target)`` with numpy ``boxes [N, 4]`` xyxy, ``labels [N]``, ``area [N]``,
+    ``iscrowd [N]`` and optionally ``masks uint8 [N, H, W]`` -> ``(image float32 [3, H', W'], target)`` with the same
+    keys as tensors (``boxes`` float32, ``labels``/``iscrowd`` int64, ``area`` float32, ``masks`` uint8).
+    """
+
+    def __init__(
+        self,
+        transforms=None,
+        *,
+        min_area: float = 1.0,
+        min_visibility: float = 0.0,
+        boxes_from_masks: bool = False,
+        normalize: bool = False,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        seed: int | None = None,
+    ) -> None:
+        self.boxes_from_masks = boxes_from_masks
+        self.normalize = normalize
+        self.mean, self.std = tuple(mean), tuple(std)
+        bbox_params = A.BboxParams(
+            format="pascal_voc", label_fields=["labels", "instance"], clip=True, min_area=min_area,
+            min_visibility=min_visibility, filter_invalid_bboxes=True,
+        )
+        ops = _transform_list(transforms)
+        if normalize:
+            ops.append(A.Normalize(mean=self.mean, std=self.std, max_pixel_value=255.0))
+        self.compose = A.Compose(ops, bbox_params=bbox_params, seed=seed)
+
+    def __call__(self, image: np.ndarray, target: dict) -> tuple[torch.Tensor, dict]:
+        boxes = np.asarray(target["boxes"], dtype=np.float32).reshape(-1, 4)
+        n = len(boxes)
+        data = {"image": image, "bboxes": boxes, "labels": np.asarray(target["labels"]), "instance": np.arange(n)}
+        masks = target.get("masks")
+        if masks is not None and n:
+            data["masks"] = np.asarray(masks)
+        out = self.compose(**data)
+        keep = np.asarray(out["instance"], dtype=np.int64).reshape(-1)
+        new_boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
+        labels = np.asarray(target["labels"], dtype=np.int64)[keep]
+        area = np.asarray(target.get("area", _box_area(boxes)), dtype=np.float32)[keep]
+        iscrowd = np.asarray(target.get("iscrowd", np.zeros(n)), dtype=np.int64)[keep]
+        img = out["image"]
+        result: dict = {}
+        if masks is not None:
+            m = np.asarray(out["masks"])[keep] if n else np.zeros((0, *img.shape[:2]), np.uint8)
+            if self.boxes_from_masks:
+                tight, nonempty = _mask_boxes(m)
+                new_boxes, m, labels, iscrowd = tight[nonempty], m[nonempty], labels[nonempty], iscrowd[nonempty]
+            # The pixel count of the transformed mask is the transformed area (what COCO's 'area' means).
+            area = m.reshape(len(m), -1).sum(1, dtype=np.int64).astype(np.float32)
+            result["masks"] = torch.from_numpy(np.ascontiguousarray(m, dtype=np.uint8))
+        else:
+            # No masks: scale the annotated area by how much the box grew or shrank (exact for resizes and flips).
+            old = _box_area(boxes[keep])
+            area = area * np.divide(_box_area(new_boxes), old, out=np.ones_like(old), where=old > 0)
+        result.update(
+            boxes=torch.from_numpy(np.ascontiguousarray(new_boxes)),
+            labels=torch.from_numpy(labels),
+            area=torch.from_numpy(area.astype(np.float32)),
+            iscrowd=torch.from_numpy(iscrowd),
+        )
+        if self.normalize:
+            tensor = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32))
+        else:
+            tensor = to_image_tensor(img)
+        return tensor, result
+
+    def __repr__(self) -> str:
+        return f"DetectionTransform({self.compose.transforms!r}, normalize={self.normalize})"
+
+
+def _box_area(b: np.ndarray) -> np.ndarray:
+    b = np.asarray(b, dtype=np.float32).reshape(-1, 4)
+    return (b[:, 2] - b[:, 0]).clip(min=0) * (b[:, 3] - b[:, 1]).clip(min=0)
+
+
+def _mask_boxes(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Tight xyxy boxes ``[N, 4]`` of binary masks ``[N, H, W]`` (pixel edges, like torchvision's
+    ``masks_to_boxes`` + 1 on the far side) and a ``[N]`` bool of non-empty masks."""
+    n = len(masks)
+    boxes = np.zeros((n, 4), np.float32)
+    rows = masks.any(axis=2)
+    cols = masks.any(axis=1)
+    nonempty = rows.any(axis=1)
+    for i in np.flatnonzero(nonempty):
+        ys, xs = np.flatnonzero(rows[i]), np.flatnonzero(cols[i])
+        boxes[i] = (xs[0], ys[0], xs[-1] + 1, ys[-1] + 1)
+    return boxes, nonempty
+
+
+class SegmentationTransform:
+    """Apply albumentations transforms to an ``(image, mask)`` pair, normalise, and return tensors.
+
+    Args:
+        transforms: albumentations transforms (list or ``Compose``). Masks are warped with nearest-neighbour
+            interpolation by albumentations; give padding/rotation ops ``fill_mask=ignore_index``.
+        normalize: subtract ``mean`` / divide by ``std`` (the backbone weights' statistics, ``[0, 1]`` units).
+        mean, std: per-channel statistics; default ImageNet.
+        seed: seed of albumentations' random generator.
+
+    Call: ``(image uint8 [H, W, 3], mask int [H, W])`` -> ``(image float32 [3, H', W'], mask int64 [H', W'])``.
+    """
+
+    def __init__(self, transforms=None, *, normalize: bool = True, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD, seed: int | None = None) -> None:
+        self.normalize = normalize
+        self.mean, self.std = tuple(mean), tuple(std)
+        ops = _transform_list(transforms)
+        if normalize:
+            ops.append(A.Normalize(mean=self.mean, std=self.std, max_pixel_value=255.0))
+        self.compose = A.Compose(ops, seed=seed)
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        # OpenCV warps uint8/uint16 masks but not int64; class indices and 255 fit in uint8 almost always.
+        small = mask.dtype == np.uint8 or (mask.size and mask.min() >= 0 and mask.max() <= 255)
+        mask = mask.astype(np.uint8 if small else np.uint16, copy=False)
+        out = self.compose(image=image, mask=mask)
+        img = out["image"]
+        if self.normalize:
+            tensor = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32))
+        else:
+            tensor = to_image_tensor(img)
+        return tensor, torch.from_numpy(np.asarray(out["mask"]).astype(np.int64))
+
+    def __repr__(self) -> str:
+        return f"SegmentationTransform({self.compose.transforms!r}, normalize={self.normalize})"
+
+
+def as_detection_transform(transforms) -> Callable | None:
+    """Wrap albumentations transforms in :class:`DetectionTransform`; pass any other callable through."""
+    if transforms is None or (callable(transforms) and not isinstance(transforms, A.BaseCompose | A.BasicTransform)):
+        return transforms
+    if isinstance(transforms, A.BaseCompose | A.BasicTransform | list | tuple):
+        return DetectionTransform(transforms)
+    raise ConfigError(f"transforms = {transforms!r} is neither callable nor albumentations transforms")
+
+
+def as_segmentation_transform(transforms) -> Callable | None:
+    """Wrap albumentations transforms in :class:`SegmentationTransform` (with ImageNet normalisation)."""
+    if transforms is None or (callable(transforms) and not isinstance(transforms, A.BaseCompose | A.BasicTransform)):
+        return transforms
+    if isinstance(transforms, A.BaseCompose | A.BasicTransform | list | tuple):
+        return SegmentationTransform(transforms)
+    raise ConfigError(f"transforms = {transforms!r} is neither callable nor albumentations transforms")
+
+
+def _check_size(size) -> None:
+    if size is not None and (not isinstance(size, int) or size <= 0):
+        raise ConfigError(f"size = {size!r} is not a positive integer (or None)")
+
+
+def detection_transforms(
+    train: bool = True,
+    size: int | None = 512,
+    *,
+    scale: tuple[float, float] = (0.25, 1.0),
+    hflip: float = 0.5,
+    rotate: float = 0.0,
+    color_jitter: float = 0.2,
+    min_area: float = 4.0,
+    min_visibility: float = 0.25,
+    normalize: bool = False,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    seed: int | None = None,
+) -> DetectionTransform:
+    """The detection preset.
+
+    Training: a random crop covering ``scale`` of the image resized to ``size x size``, horizontal flip,
+    optional rotation by up to ``rotate`` degrees (then boxes are recomputed from masks when masks are loaded),
+    colour jitter. Evaluation: the longer side resized to ``size`` (aspect ratio kept); ``size=None`` keeps the
+    image as it is. Boxes are clipped to the image; boxes under ``min_area`` pixels or keeping less than
+    ``min_visibility`` of their area drop out together with their masks and labels.
+
+    Images come out in ``[0, 1]`` without mean/std normalisation (torchvision detectors normalise internally);
+    ``normalize=True`` applies ``mean``/``std``.
+    """
+    _check_size(size)
+    ops: list = []
+    if train:
+        if size is not None:
+            ops.append(A.RandomResizedCrop(size=(size, size), scale=scale, ratio=(3 / 4, 4 / 3)))
+        if hflip:
+            ops.append(A.HorizontalFlip(p=hflip))
+        if rotate:
+            ops.append(A.Rotate(limit=rotate, border_mode=cv2.BORDER_CONSTANT, p=0.5))
+        if color_jitter:
+            ops.append(A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter,
+                                     hue=0.0, p=0.5))
+    elif size is not None:
+        ops.append(A.LongestMaxSize(max_size=size))
+    return DetectionTransform(ops, min_area=min_area if train else 0.0, min_visibility=min_visibility if train else 0.0,
+                              boxes_from_masks=bool(train and rotate), normalize=normalize, mean=mean, std=std,
+                              seed=seed)
+
+
+def segmentation_transforms(
+    train: bool = True,
+    size: int | None = 512,
+    *,
+    scale: tuple[float, float] = (0.5, 1.0),
+    hflip: float = 0.5,
+    rotate: float = 0.0,
+    color_jitter: float = 0.2,
+    pad_divisor: int = 32,
+    ignore_index: int = 255,
+    normalize: bool = True,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    seed: int | None = None,
+) -> SegmentationTransform:
+    """The segmentation preset, normalised with the backbone weights' ``mean``/``std`` (ImageNet by default).
+
+    Training: random crop covering ``scale`` of the image resized to ``size x size``, horizontal flip, optional
+    rotation (border pixels of the mask become ``ignore_index``), colour jitter. Evaluation: longer side resized to
+    ``size`` (``None``: unchanged), then padded at the bottom/right to a multiple of ``pad_divisor`` (a U-Net needs
+    sides divisible by its output stride) with mask value ``ignore_index``, so padding never counts in metrics.
+    """
+    _check_size(size)
+    ops: list = []
+    if train:
+        if size is not None:
+            ops.append(A.RandomResizedCrop(size=(size, size), scale=scale, ratio=(3 / 4, 4 / 3)))
+        if hflip:
+            ops.append(A.HorizontalFlip(p=hflip))
+        if rotate:
+            ops.append(A.Rotate(limit=rotate, border_mode=cv2.BORDER_CONSTANT, fill_mask=ignore_index, p=0.5))
+        if color_jitter:
+            ops.append(A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter,
+                                     hue=0.0, p=0.5))
+    elif size is not None:
+        ops.append(A.LongestMaxSize(max_size=size))
+    if pad_divisor and pad_divisor > 1 and (not train or size is None):
+        ops.append(A.PadIfNeeded(min_height=None, min_width=None, pad_height_divisor=pad_divisor,
+                                 pad_width_divisor=pad_divisor, position="top_left",
+                                 border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=ignore_index))
+    return SegmentationTransform(ops, normalize=normalize, mean=mean, std=std, seed=seed)
