@@ -12,10 +12,10 @@ import sys
 
 from resdense.errors import ResdenseError
 
-from . import summary
+from . import data, summary
 
 # Explicit list: adding a subcommand means adding its module here.
-_COMMANDS = (summary,)
+_COMMANDS = (summary, data)
 
 
 def build_parser() -> argparse.ArgumentParser:
