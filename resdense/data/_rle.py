@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from pycocotools import mask as mask_utils
 
@@ -37,5 +39,9 @@ def decode_segms(segms: list, height: int, width: int, boxes=None) -> np.ndarray
     if not segms:
         return np.zeros((0, height, width), dtype=np.uint8)
     rles = [segm_to_rle(s, height, width, None if boxes is None else boxes[i]) for i, s in enumerate(segms)]
+    with warnings.catch_warnings():
+        # pycocotools' Cython RleObjs.__array__ predates numpy 2's copy keyword; harmless, not the user's concern.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        decoded = mask_utils.decode(rles)
     # decode() returns [H, W, N] in Fortran order; one transpose+copy gives C-contiguous [N, H, W].
-    return np.ascontiguousarray(mask_utils.decode(rles).transpose(2, 0, 1))
+    return np.ascontiguousarray(decoded.transpose(2, 0, 1))

@@ -122,6 +122,19 @@ class MaskDataset(SkipBadImages, Dataset):
         self.image_paths = [p for p, _ in pairs]
         self.mask_paths = [m for _, m in pairs]
         self.transforms = as_segmentation_transform(transforms)
+        if self.value_map is None and self.color_map is None:
+            self._check_not_binary_255(0)
+
+    def _check_not_binary_255(self, index: int) -> None:
+        """Refuse the classic silent error: a 0/255 binary mask read with ``ignore_index=255`` (all foreground
+        would be ignored). Judged on the first mask: only background and ``ignore_index``, the latter on over a
+        quarter of the pixels (VOC-style ignore borders are thin)."""
+        raw = read_mask(self.mask_paths[index])
+        vals = np.unique(raw)
+        if set(vals.tolist()) == {0, self.ignore_index} and (raw == self.ignore_index).mean() > 0.25:
+            raise DataError(f"{self.mask_paths[index]}: mask values are only 0 and {self.ignore_index} "
+                            f"(= ignore_index, on {(raw == self.ignore_index).mean():.0%} of the pixels): a 0/255 "
+                            f"binary mask? pass value_map={{0: 0, {self.ignore_index}: 1}}")
 
     def __len__(self) -> int:
         return len(self.image_paths)

@@ -1,0 +1,56 @@
+"""Fixtures of the data tests: the shared real datasets, a shapes dataset, and a tiny COCO writer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"real datasets not found at {SHARED.resolve()} (see its README); these tests need them")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def shapes(tmp_path_factory):
+    from resdense.data import make_shapes
+
+    return make_shapes(tmp_path_factory.mktemp("shapes"), n_train=12, n_val=4, size=128, seed=0)
+
+
+def write_image(path: Path, h: int, w: int, mode: str = "RGB", seed: int = 0, **save) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    shape = (h, w) if mode == "L" else (h, w, len(mode))
+    arr = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr, mode=mode).save(path, **save)
+    return arr
+
+
+def make_coco(tmp: Path, annotations=None, *, images=None, categories=None, size=(40, 60), **extra) -> Path:
+    """A COCO file ``tmp/ann.json`` with images ``tmp/img/{1,2}.png`` of ``size`` (H, W) unless given."""
+    h, w = size
+    if images is None:
+        images = [{"id": i, "file_name": f"{i}.png", "height": h, "width": w} for i in (1, 2)]
+        for i in (1, 2):
+            write_image(tmp / "img" / f"{i}.png", h, w, seed=i)
+    if categories is None:
+        categories = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
+    if annotations is None:
+        annotations = [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [5, 6, 10, 12], "area": 120, "iscrowd": 0,
+             "segmentation": [[5, 6, 15, 6, 15, 18, 5, 18]]},
+            {"id": 2, "image_id": 1, "category_id": 2, "bbox": [20, 10, 8, 8], "area": 64, "iscrowd": 0,
+             "segmentation": [[20, 10, 28, 10, 28, 18, 20, 18]]},
+        ]
+    ann = tmp / "ann.json"
+    ann.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories, **extra}))
+    return ann
