@@ -8,6 +8,7 @@
 
 from ._contract import FeatureExtractor, FeatureInfo
 from .blocks import BasicBlock, Bottleneck
+from .export import export_onnx
 from .factory import ARCHS, BACKBONES, create_backbone, create_classifier, list_backbones, register_backbone
 from .inference import fold_batchnorm, optimize_for_inference
 from .norm import get_norm_layer
@@ -32,6 +33,7 @@ __all__ = [
     "adapt_input_conv",
     "create_backbone",
     "create_classifier",
+    "export_onnx",
     "fold_batchnorm",
     "format_summary",
     "get_norm_layer",

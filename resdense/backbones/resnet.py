@@ -172,7 +172,7 @@ class ResNet(FeatureExtractor):
         return layer(x)
 
     def forward_features(self, x: Tensor) -> dict[str, Tensor]:
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
+        if not torch.jit.is_tracing() and (x.ndim != 4 or x.shape[1] != self.in_channels):
             raise ValueError(f"{self.name}: expected input [N, {self.in_channels}, H, W], got {list(x.shape)}")
         out: dict[str, Tensor] = {}
         x = self.relu(self.bn1(self.conv1(x)))

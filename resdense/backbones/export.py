@@ -1,0 +1,37 @@
+"""ONNX export of a feature extractor: one named output per feature, dynamic batch and spatial size."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+from torch import nn
+
+__all__ = ["export_onnx"]
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, *, input_size: tuple[int, int, int] | None = None,
+                dynamic: bool = True, opset: int = 17) -> list[str]:
+    """Export ``model`` (a backbone or neck returning ``dict[str, Tensor]``) to ONNX at ``path``.
+
+    The graph's input is ``image`` ``[N, C, H, W]``; its outputs are named after ``model.feature_info``. With
+    ``dynamic`` the batch and spatial sizes stay symbolic. Uses the TorchScript-based exporter, which needs no
+    packages beyond ``onnx``. Returns the output names.
+    """
+    channels = getattr(model, "in_channels", 3)
+    c, h, w = input_size or (channels, 224, 224)
+    names = [f.name for f in model.feature_info]
+    was_training = model.training
+    model.eval()
+    axes = {"image": {0: "batch", 2: "height", 3: "width"}}
+    axes.update({n: {0: "batch", 2: f"{n}_height", 3: f"{n}_width"} for n in names})
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            torch.onnx.export(model, (torch.zeros(1, c, h, w),), str(path), input_names=["image"], output_names=names,
+                              dynamic_axes=axes if dynamic else None, opset_version=opset, dynamo=False)
+    finally:
+        model.train(was_training)
+    return names
