@@ -46,20 +46,16 @@ def run_engine(
     gt: dict, results: list[dict], iou_type: str, backend: str, max_dets: Sequence[int], img_ids: list | None
 ) -> EngineOutput:
     """Evaluate validated inputs (see ``_coco_inputs``) with one backend; both receive identical data."""
+    dt = _results_dataset(gt, results, iou_type)
     if backend == "pycocotools":
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
 
         with _quiet():
-            coco_gt = COCO()
-            coco_gt.dataset = gt
+            coco_gt, coco_dt = COCO(), COCO()
+            coco_gt.dataset, coco_dt.dataset = gt, dt
             coco_gt.createIndex()
-            if results:
-                coco_dt = coco_gt.loadRes(results)
-            else:  # pycocotools' loadRes raises IndexError on an empty list (it reads anns[0])
-                coco_dt = COCO()
-                coco_dt.dataset = {"images": gt["images"], "categories": gt["categories"], "annotations": []}
-                coco_dt.createIndex()
+            coco_dt.createIndex()
             evaluator = COCOeval(coco_gt, coco_dt, iou_type)
             _set_params(evaluator.params, max_dets, img_ids)
             evaluator.evaluate()
@@ -68,7 +64,7 @@ def run_engine(
         from faster_coco_eval.core import COCO, COCOeval_faster
 
         coco_gt = COCO(gt, print_function=logger.debug)
-        coco_dt = coco_gt.loadRes(results)  # faster-coco-eval handles an empty list itself
+        coco_dt = COCO(dt, print_function=logger.debug)
         evaluator = COCOeval_faster(coco_gt, coco_dt, iou_type, print_function=logger.debug)
         _set_params(evaluator.params, max_dets, img_ids)
         evaluator.evaluate()
@@ -81,6 +77,28 @@ def run_engine(
         cat_ids=list(p.catIds),
         max_dets=list(p.maxDets),
     )
+
+
+def _results_dataset(gt: dict, results: list[dict], iou_type: str) -> dict:
+    """The results as a COCO dataset, with the fields ``COCO.loadRes`` adds: ``id`` 1..N, ``iscrowd`` 0, ``area``
+    (box area for bbox, mask area for segm) and, for segm, the mask's ``bbox``.
+
+    Done here rather than by ``loadRes`` because pycocotools' version raises IndexError on an empty list, treats
+    any result with a ``bbox`` as a box result, and spends most of its time adding box polygons nobody reads.
+    """
+    if iou_type == "segm" and results:
+        from pycocotools import mask as mask_utils
+
+        rles = [r["segmentation"] for r in results]
+        areas, boxes = mask_utils.area(rles).tolist(), mask_utils.toBbox(rles).tolist()
+        for r, area, box in zip(results, areas, boxes, strict=True):
+            r["area"], r["bbox"] = area, box
+    elif iou_type == "bbox":
+        for r in results:
+            r["area"] = r["bbox"][2] * r["bbox"][3]
+    for i, r in enumerate(results, start=1):
+        r["id"], r["iscrowd"] = i, 0
+    return {"images": gt["images"], "categories": gt["categories"], "annotations": results}
 
 
 def _set_params(params, max_dets: Sequence[int], img_ids: list | None) -> None:

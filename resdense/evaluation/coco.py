@@ -12,10 +12,12 @@ truth (e.g. ``APs`` on a dataset without small objects).
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from resdense.errors import ConfigError, EvaluationError
@@ -72,6 +74,34 @@ def coco_map(
             scores; negative box sizes; GT annotation id 0 or duplicate ids; masks of the wrong size.
         ConfigError: an unknown ``iou_type`` / ``backend`` or invalid ``max_dets``.
     """
+    with _gc_paused():
+        return _coco_map(gt, results, iou_type, backend, max_dets, classwise, img_ids, renumber_ann_ids)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector: COCO evaluation allocates millions of small dicts, lists and tuples
+    (none of them cyclic), and each allocation burst triggers full collections that rescan the whole heap; on
+    val2017 that is a large share of the run time, in both engines."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _coco_map(
+    gt: Any,
+    results: Any,
+    iou_type: str,
+    backend: str,
+    max_dets: Sequence[int],
+    classwise: bool,
+    img_ids: Iterable[int] | None,
+    renumber_ann_ids: bool,
+) -> dict[str, float]:
     if iou_type not in _IOU_TYPES:
         raise ConfigError(f"coco_map: iou_type must be one of {_IOU_TYPES}, got {iou_type!r}")
     if backend not in _BACKENDS:
@@ -90,10 +120,10 @@ def coco_map(
         warnings.warn(
             f"coco_map: no {iou_type} results; AP and AR are 0 wherever there is ground truth",
             UserWarning,
-            stacklevel=2,
+            stacklevel=4,
         )
     if not dataset["annotations"]:
-        warnings.warn("coco_map: the ground truth has no annotations; every statistic is -1", UserWarning, stacklevel=2)
+        warnings.warn("coco_map: the ground truth has no annotations; every statistic is -1", UserWarning, stacklevel=4)
 
     out = run_engine(dataset, dets, iou_type, backend, max_dets, img_ids)
     stats = summarize(out)
