@@ -157,7 +157,7 @@ def parse_coco(data: dict, source: str, *, renumber_ann_ids: bool = False, check
     if renumber_ann_ids:
         new_ids = list(range(1, len(anns) + 1))
     else:
-        bad_type = [i for i, v in enumerate(ids) if not _is_int(v)]
+        bad_type = [i for i, v in enumerate(ids) if not _is_int(v) and isinstance(anns[i], dict)]
         for i in bad_type[:20]:
             errors.append(f"{src}: annotations[{i}]: field 'id' = {ids[i]!r} is not an integer")
         zero = [i for i, v in enumerate(ids) if v == 0 and _is_int(v)]
