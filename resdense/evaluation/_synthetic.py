@@ -8,6 +8,8 @@ image, and detections near a ground-truth object at every IoU. Nothing here is e
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from pycocotools import mask as mask_utils
 
@@ -41,7 +43,9 @@ def _mask_of(polygon: list[float], h: int, w: int) -> dict:
 
 def _uncompressed(rle: dict, h: int, w: int) -> dict:
     # COCO stores crowd regions as uncompressed RLE: counts as a list of run lengths.
-    m = mask_utils.decode(rle)
+    with warnings.catch_warnings():  # pycocotools 2.0.x + numpy 2 warn about __array__(copy=...) here
+        warnings.simplefilter("ignore", DeprecationWarning)
+        m = mask_utils.decode(rle)
     flat = m.flatten(order="F")
     change = np.flatnonzero(np.diff(flat)) + 1
     bounds = np.concatenate([[0], change, [flat.size]])
@@ -135,5 +139,13 @@ def random_coco_problem(
                 rle = _mask_of(_polygon_in_box(rng, box), h, w)
                 seg = {"size": [h, w], "counts": rle["counts"].decode("ascii")}
                 segm_results.append({"image_id": image_id, "category_id": cat, "segmentation": seg, "score": score})
+    if not bbox_results:  # keep every problem evaluable by plain pycocotools (its loadRes fails on [])
+        image, cat = images[0], cat_ids[0]
+        box = _random_box(rng, image["width"], image["height"])
+        bbox_results.append({"image_id": image["id"], "category_id": cat, "bbox": box, "score": 0.5})
+        if segm:
+            rle = _mask_of(_polygon_in_box(rng, box), image["height"], image["width"])
+            seg = {"size": [image["height"], image["width"]], "counts": rle["counts"].decode("ascii")}
+            segm_results.append({"image_id": image["id"], "category_id": cat, "segmentation": seg, "score": 0.5})
     gt = {"images": images, "annotations": annotations, "categories": categories}
     return gt, bbox_results, segm_results

@@ -120,10 +120,10 @@ def _coco_map(
         warnings.warn(
             f"coco_map: no {iou_type} results; AP and AR are 0 wherever there is ground truth",
             UserWarning,
-            stacklevel=4,
+            stacklevel=3,
         )
     if not dataset["annotations"]:
-        warnings.warn("coco_map: the ground truth has no annotations; every statistic is -1", UserWarning, stacklevel=4)
+        warnings.warn("coco_map: the ground truth has no annotations; every statistic is -1", UserWarning, stacklevel=3)
 
     out = run_engine(dataset, dets, iou_type, backend, max_dets, img_ids)
     stats = summarize(out)
