@@ -1,0 +1,34 @@
+"""Heads on the feature contract: FPN, torchvision detectors, U-Net, smp decoders and a classifier.
+
+>>> from resdense.heads import FPN, UNet, build_detector, smp_model
+>>> detector = build_detector("faster_rcnn", backbone="resnet50", num_classes=91)  # torchvision's FasterRCNN
+>>> unet = UNet("resnet34", num_classes=2)                                          # logits [N, 2, H, W]
+>>> model = smp_model("DeepLabV3Plus", backbone="resnet50", classes=5)             # smp's class
+"""
+
+from ._detection_weights import load_detection_weights, map_torchvision_detection_keys
+from ._targets import validate_detection_targets
+from .classifier import Classifier
+from .detection import KINDS, DetectionBackbone, anchor_generator_for, build_detector
+from .fpn import FPN
+from .smp_encoder import SMP_PREFIX, ResdenseEncoder, register_smp_encoders, smp_architectures, smp_model
+from .unet import UNet, map_smp_unet_keys
+
+__all__ = [
+    "FPN",
+    "KINDS",
+    "SMP_PREFIX",
+    "Classifier",
+    "DetectionBackbone",
+    "ResdenseEncoder",
+    "UNet",
+    "anchor_generator_for",
+    "build_detector",
+    "load_detection_weights",
+    "map_smp_unet_keys",
+    "map_torchvision_detection_keys",
+    "register_smp_encoders",
+    "smp_architectures",
+    "smp_model",
+    "validate_detection_targets",
+]

@@ -1,0 +1,220 @@
+"""torchvision detectors (Faster R-CNN, Mask R-CNN, RetinaNet, FCOS) on any resdense backbone.
+
+:func:`build_detector` wires a backbone and an :class:`~resdense.heads.FPN` into torchvision's detector classes and
+derives everything torchvision needs from ``feature_info``: the adapter's ``out_channels``, the anchor sizes per
+pyramid level, the ``MultiScaleRoIAlign`` feature names and the P3-P7 levels of the one-stage detectors. With the
+defaults, ``build_detector("faster_rcnn", backbone="resnet50", num_classes=91)`` is module-for-module torchvision's
+``fasterrcnn_resnet50_fpn``, so its checkpoints load with ``weights=PATH``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from torch import Tensor, nn
+from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
+
+from resdense.backbones import FeatureExtractor, ResNet
+from resdense.errors import ConfigError
+
+from ._detection_weights import load_detection_weights
+from ._features import resolve_backbone
+from ._targets import install_target_check
+from .fpn import FPN
+
+__all__ = ["KINDS", "DetectionBackbone", "build_detector", "anchor_generator_for"]
+
+KINDS = ("faster_rcnn", "mask_rcnn", "retinanet", "fcos")
+# Which backbone maps feed the FPN and which extra levels it adds, as torchvision's ResNet-50 recipes do:
+# two-stage detectors use C2-C5 -> P2-P6 (P6 by subsampling), one-stage ones C3-C5 -> P3-P7 (Lin et al. 2017).
+_RECIPE = {
+    "faster_rcnn": (("c2", "c3", "c4", "c5"), "maxpool"),
+    "mask_rcnn": (("c2", "c3", "c4", "c5"), "maxpool"),
+    "retinanet": (("c3", "c4", "c5"), "p6p7"),
+    "fcos": (("c3", "c4", "c5"), "p6p7"),
+}
+_CLASSES = {"faster_rcnn": FasterRCNN, "mask_rcnn": MaskRCNN, "retinanet": RetinaNet, "fcos": FCOS}
+
+
+class DetectionBackbone(FeatureExtractor):
+    """Backbone + FPN in the form torchvision's detectors expect (its ``BackboneWithFPN``).
+
+    Attributes:
+        body: the backbone (a resdense ResNet; torchvision module names, so ``backbone.body.*`` keys match).
+        fpn: the :class:`FPN`.
+        out_channels: channels of every pyramid level (torchvision reads this attribute).
+
+    ``forward(x[N, 3, H, W])`` returns ``OrderedDict{p_k: [N, out_channels, H/2^k, W/2^k]}``.
+    """
+
+    def __init__(self, body: FeatureExtractor, fpn: FPN) -> None:
+        super().__init__()
+        self.body = body
+        self.fpn = fpn
+        self.feature_info = fpn.feature_info
+        self.out_channels = fpn.feature_info[0].channels
+
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        return self.fpn(self.body(x))
+
+
+def anchor_generator_for(kind: str, feature_info) -> AnchorGenerator:
+    """torchvision's anchor settings per pyramid level, derived from the strides in ``feature_info``.
+
+    - Faster/Mask R-CNN: one size ``8 * stride`` (32 on P2 ... 512 on P6), aspect ratios (0.5, 1, 2).
+    - RetinaNet: sizes ``4 * stride * 2**(i/3)``, i = 0, 1, 2 (32 on P3 ... 512 on P7), aspect ratios (0.5, 1, 2).
+    - FCOS: one anchor point per location of size ``stride`` (8 on P3 ... 128 on P7).
+    """
+    strides = [f.stride for f in feature_info]
+    if kind in ("faster_rcnn", "mask_rcnn"):
+        sizes = tuple((8 * s,) for s in strides)
+        ratios = ((0.5, 1.0, 2.0),) * len(sizes)
+    elif kind == "retinanet":
+        sizes = tuple((4 * s, int(4 * s * 2 ** (1 / 3)), int(4 * s * 2 ** (2 / 3))) for s in strides)
+        ratios = ((0.5, 1.0, 2.0),) * len(sizes)
+    else:
+        sizes = tuple((s,) for s in strides)
+        ratios = ((1.0,),) * len(sizes)
+    return AnchorGenerator(sizes, ratios)
+
+
+def build_detector(
+    kind: str,
+    *,
+    backbone: str | FeatureExtractor = "resnet50",
+    num_classes: int,
+    weights: str | os.PathLike | Mapping[str, Tensor] | None = None,
+    weights_backbone: Any = None,
+    trainable_stages: int = 3,
+    norm: str | Callable[[int], nn.Module] | None = None,
+    p6_from: str = "p5",
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a torchvision detector on a resdense backbone.
+
+    Args:
+        kind: ``"faster_rcnn"``, ``"mask_rcnn"``, ``"retinanet"`` or ``"fcos"``.
+        backbone: a backbone name (``resnet18`` ... ``wide_resnet101_2``) or a feature extractor instance (used as
+            it is; a resdense ResNet is widened to return the maps the FPN needs).
+        num_classes: number of classes *including background* (torchvision's convention): ``K + 1`` for a dataset
+            with ``K`` classes, 91 for torchvision's COCO checkpoints.
+        weights: a torchvision detection checkpoint of the same kind: a path, a state dict, or a torchvision tag
+            (``"coco"``, ``"COCO_V1"``; ResNet-50 only). Loaded strictly; predictor layers of another
+            ``num_classes`` keep their initialisation.
+        weights_backbone: backbone weights (tag or path) passed to ``create_backbone`` when ``weights`` is None.
+        trainable_stages: torchvision's ``trainable_backbone_layers``: 0..5 backbone stages trained, counted from
+            layer4 back to the stem (3: layer2-layer4). It applies when weights are loaded; a backbone trained from
+            scratch trains every stage, as torchvision does.
+        norm: backbone norm for a backbone name; default ``"frozen_bn"`` (FrozenBatchNorm2d) when weights are loaded,
+            else ``"bn"``: frozen statistics of a random backbone are never learnt (torchvision PR 5443); asking
+            for ``"frozen_bn"`` without weights warns.
+        p6_from: RetinaNet/FCOS input of P6: ``"p5"`` (torchvision's v1 recipes; default) or ``"c5"`` (v2 / paper).
+        **kwargs: passed to the torchvision class (``min_size``, ``max_size``, ``box_score_thresh``,
+            ``rpn_anchor_generator`` / ``anchor_generator`` to override the derived anchors, ...).
+
+    Returns:
+        The torchvision model (``FasterRCNN``, ``MaskRCNN``, ``RetinaNet`` or ``FCOS``), whose ``backbone`` is a
+        :class:`DetectionBackbone`. Its inputs follow torchvision: a list of ``[3, H, W]`` float images in [0, 1]
+        (normalised inside the model) and, in training, targets with ``boxes`` float ``[N, 4]`` xyxy and ``labels``
+        int64 ``[N]`` (``masks`` ``[N, H, W]`` for Mask R-CNN). Targets are validated first (degenerate boxes or
+        labels out of range raise :class:`~resdense.errors.DataError`); an image with zero boxes trains as a
+        negative. ``model.load_report`` tells what ``weights`` loaded.
+    """
+    if kind not in KINDS:
+        close = difflib.get_close_matches(str(kind), KINDS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"build_detector: unknown kind {kind!r}{hint} Choose from {', '.join(KINDS)}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ConfigError(
+            f"build_detector: num_classes={num_classes!r} must be an int >= 2; it counts the background, so a "
+            "dataset with K classes needs K + 1"
+        )
+    if isinstance(trainable_stages, bool) or not isinstance(trainable_stages, int) or not 0 <= trainable_stages <= 5:
+        raise ConfigError(f"build_detector: trainable_stages={trainable_stages!r} must be an int in 0..5")
+    if weights is not None and weights_backbone is not None:
+        raise ConfigError("build_detector: give weights (a whole detector) or weights_backbone, not both")
+
+    pretrained = weights is not None or weights_backbone is not None
+    if not isinstance(backbone, str):
+        pretrained = pretrained or bool((getattr(backbone, "pretrained_cfg", None) or {}).get("weights"))
+    trainable = _trainable(trainable_stages, pretrained)
+    frozen_stages = 4 - trainable if trainable < 5 else -1
+    in_features, extra = _RECIPE[kind]
+    if isinstance(backbone, str):
+        if norm is None:
+            norm = "frozen_bn" if pretrained else "bn"
+        body = resolve_backbone(backbone, in_features, kind, weights_backbone, norm=norm, frozen_stages=frozen_stages)
+    else:
+        if norm is not None:
+            raise ConfigError("build_detector: norm applies to a backbone name; the instance has its own norm layers")
+        body = resolve_backbone(backbone, in_features, kind)
+        _freeze(body, frozen_stages)
+    if not pretrained and any(isinstance(m, FrozenBatchNorm2d) for m in body.modules()):
+        warnings.warn(
+            f"{kind}: FrozenBatchNorm2d on a randomly initialised backbone keeps its statistics at 0/1 forever "
+            "(torchvision PR 5443); use norm='bn' or load weights", stacklevel=2,
+        )
+
+    in_info = tuple(f for f in body.feature_info if f.name in in_features)
+    fpn = FPN(in_info, 256, extra, p6_from=p6_from)
+    model = _assemble(kind, DetectionBackbone(body, fpn), num_classes, kwargs)
+    model.resdense_cfg = {"kind": kind, "backbone": getattr(body, "name", type(body).__name__),
+                          "num_classes": num_classes, "trainable_stages": trainable}
+    if weights is not None:
+        model.load_report = load_detection_weights(model, weights, kind, getattr(body, "name", None))
+    install_target_check(model, num_classes, masks=kind == "mask_rcnn")
+    return model
+
+
+def _trainable(trainable_stages: int, pretrained: bool) -> int:
+    if pretrained:
+        return trainable_stages
+    if trainable_stages not in (3, 5):
+        warnings.warn(
+            f"trainable_stages={trainable_stages} has no effect without weights or weights_backbone: a backbone "
+            "trained from scratch trains all 5 stages (torchvision's rule)", stacklevel=3,
+        )
+    return 5
+
+
+def _freeze(body: nn.Module, frozen_stages: int) -> None:
+    """Freeze the stem and layer1..layer_k of a backbone instance (never unfreezes what it already froze)."""
+    if frozen_stages < 0:
+        return
+    if isinstance(body, ResNet):
+        body.frozen_stages = max(body.frozen_stages, frozen_stages)
+        for module in body.frozen_modules():
+            module.requires_grad_(False)
+        body.train(body.training)  # frozen stages keep their norm layers in eval mode
+        return
+    prefixes = ("conv1", "bn1", *[f"layer{i}" for i in range(1, frozen_stages + 1)])
+    for name, p in body.named_parameters():
+        if name.startswith(prefixes):
+            p.requires_grad_(False)
+
+
+def _assemble(kind: str, backbone: DetectionBackbone, num_classes: int, kwargs: dict[str, Any]) -> nn.Module:
+    kwargs = dict(kwargs)
+    mean, std = (getattr(backbone.body, "pretrained_cfg", None) or {}).get("mean"), None
+    if mean is not None:
+        std = backbone.body.pretrained_cfg["std"]
+        kwargs.setdefault("image_mean", list(mean))
+        kwargs.setdefault("image_std", list(std))
+    info = backbone.feature_info
+    if kind in ("faster_rcnn", "mask_rcnn"):
+        kwargs.setdefault("rpn_anchor_generator", anchor_generator_for(kind, info))
+        # RoIAlign on the FPN levels proper (P2-P5), not on the subsampled P6, as torchvision's ["0", "1", "2", "3"].
+        roi_levels = [f.name for f in info[: len(backbone.fpn.in_features)]]
+        kwargs.setdefault("box_roi_pool", MultiScaleRoIAlign(roi_levels, output_size=7, sampling_ratio=2))
+        if kind == "mask_rcnn":
+            kwargs.setdefault("mask_roi_pool", MultiScaleRoIAlign(roi_levels, output_size=14, sampling_ratio=2))
+    else:
+        kwargs.setdefault("anchor_generator", anchor_generator_for(kind, info))
+    return _CLASSES[kind](backbone, num_classes=num_classes, **kwargs)
