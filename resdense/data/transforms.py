@@ -8,6 +8,7 @@ areas and crowd flags of the surviving boxes: boxes, labels and masks can never 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import albumentations as A
@@ -82,7 +83,11 @@ class DetectionTransform:
         ops = _transform_list(transforms)
         if normalize:
             ops.append(A.Normalize(mean=self.mean, std=self.std, max_pixel_value=255.0))
-        self.compose = A.Compose(ops, bbox_params=bbox_params, seed=seed)
+        with warnings.catch_warnings():
+            # An evaluation pipeline may have no geometric op at all; albumentations warns about the unused bbox
+            # processor then, which is noise here.
+            warnings.filterwarnings("ignore", message="Got processor for bboxes")
+            self.compose = A.Compose(ops, bbox_params=bbox_params, seed=seed)
 
     def __call__(self, image: np.ndarray, target: dict) -> tuple[torch.Tensor, dict]:
         boxes = np.asarray(target["boxes"], dtype=np.float32).reshape(-1, 4)
@@ -105,7 +110,7 @@ class DetectionTransform:
                 tight, nonempty = _mask_boxes(m)
                 new_boxes, m, labels, iscrowd = tight[nonempty], m[nonempty], labels[nonempty], iscrowd[nonempty]
             # The pixel count of the transformed mask is the transformed area (what COCO's 'area' means).
-            area = m.reshape(len(m), -1).sum(1, dtype=np.int64).astype(np.float32)
+            area = m.sum(axis=(1, 2), dtype=np.int64).astype(np.float32)
             result["masks"] = torch.from_numpy(np.ascontiguousarray(m, dtype=np.uint8))
         else:
             # No masks: scale the annotated area by how much the box grew or shrank (exact for resizes and flips).
