@@ -221,8 +221,6 @@ def parse_coco(data: dict, source: str, *, renumber_ann_ids: bool = False, check
         if x0 >= x1 or y0 >= y1:
             emptied.append(ids[i])
             continue
-        if x < -CLIP_TOLERANCE or y < -CLIP_TOLERANCE or x + w > W + CLIP_TOLERANCE or y + h > H + CLIP_TOLERANCE:
-            clipped.append(ids[i])
         segm = a.get("segmentation")
         if check_segms and segm is not None:
             segm, problem = _check_segm(segm, H, W)
@@ -234,6 +232,8 @@ def parse_coco(data: dict, source: str, *, renumber_ann_ids: bool = False, check
                 segm = None
         if segm is None:
             no_segm.append(ids[i])
+        if x < -CLIP_TOLERANCE or y < -CLIP_TOLERANCE or x + w > W + CLIP_TOLERANCE or y + h > H + CLIP_TOLERANCE:
+            clipped.append(ids[i])
         area = a.get("area")
         if not isinstance(area, int | float) or isinstance(area, bool) or not math.isfinite(area):
             area = (x1 - x0) * (y1 - y0)
