@@ -15,9 +15,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from resdense.errors import ConfigError
+
+from ._rle import decode_segms
 
 __all__ = ["make_shapes", "ShapesDataset", "ShapesSplit", "SHAPES_CLASSES"]
 
@@ -100,8 +101,7 @@ def _render(rng: np.random.Generator, size: int, image_id: int, ann_id: int):
         placed.append(box)
         poly = _polygon(kind, float(cx), float(cy), s, float(rng.uniform(0, 2 * math.pi)))
         flat = [float(v) for v in poly.reshape(-1)]
-        rle = mask_utils.frPyObjects([flat], size, size)[0]
-        m = mask_utils.decode(rle).astype(bool)
+        m = decode_segms([[flat]], size, size)[0].astype(bool)  # pycocotools' rasteriser: the COCO mask exactly
         colour = _pick_colour(rng, colours)
         colours.append(colour)
         img[m] = colour + rng.normal(0, 5, size=(int(m.sum()), 3))
@@ -109,7 +109,7 @@ def _render(rng: np.random.Generator, size: int, image_id: int, ann_id: int):
         x0, y0 = poly.min(axis=0).clip(0, size)
         x1, y1 = poly.max(axis=0).clip(0, size)
         anns.append({"id": ann_id + len(anns), "image_id": image_id, "category_id": kind + 1, "iscrowd": 0,
-                     "segmentation": [flat], "area": float(mask_utils.area(rle)),
+                     "segmentation": [flat], "area": float(m.sum()),
                      "bbox": [round(float(x0), 2), round(float(y0), 2), round(float(x1 - x0), 2),
                               round(float(y1 - y0), 2)]})
     return np.clip(img, 0, 255).round().astype(np.uint8), sem, anns
