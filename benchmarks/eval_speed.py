@@ -66,8 +66,8 @@ def bench_coco(iou_type: str, repeats: int) -> None:
         num_images=(5000, 5000),
         image_size=(240, 640),
         num_categories=(80, 80),
-        max_gt_per_image=14,
-        max_dt_per_image=28,
+        max_gt_per_image=15,
+        max_dt_per_image=29,
         segm=iou_type == "segm",
         dense_image_prob=0.01,
     )
