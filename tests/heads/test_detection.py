@@ -1,0 +1,184 @@
+"""Each detector kind trains and predicts on resnet18 and resnet50; bad input fails with one clear line."""
+
+import pytest
+import torch
+from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
+
+from resdense.backbones import create_backbone, list_backbones
+from resdense.errors import ConfigError, DataError
+from resdense.heads import KINDS, DetectionBackbone, build_detector, validate_detection_targets
+
+# Small images and few RoIs keep a resnet50 step at about a second on two CPU cores.
+FAST = {
+    "faster_rcnn": dict(box_batch_size_per_image=64, rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=100,
+                        rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=50, box_score_thresh=0.0,
+                        box_detections_per_img=20),
+    "retinanet": dict(score_thresh=0.0, detections_per_img=20, topk_candidates=100),
+    "fcos": dict(score_thresh=0.0, detections_per_img=20, topk_candidates=100),
+}
+FAST["mask_rcnn"] = FAST["faster_rcnn"]
+LOSSES = {
+    "faster_rcnn": {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"},
+    "mask_rcnn": {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg", "loss_mask"},
+    "retinanet": {"classification", "bbox_regression"},
+    "fcos": {"classification", "bbox_regression", "bbox_ctrness"},
+}
+CLASSES = {"faster_rcnn": FasterRCNN, "mask_rcnn": MaskRCNN, "retinanet": RetinaNet, "fcos": FCOS}
+
+
+def batch():
+    """Two images of 120x160 and 150x130 in [0, 1]; the second has no objects (boxes shape [0, 4])."""
+    images = [torch.rand(3, 120, 160), torch.rand(3, 150, 130)]
+    masks = torch.zeros(2, 120, 160, dtype=torch.uint8)
+    masks[0, 20:90, 10:60] = 1
+    masks[1, 30:110, 30:100] = 1
+    targets = [
+        {"boxes": torch.tensor([[10.0, 20.0, 60.0, 90.0], [30.0, 30.0, 100.0, 110.0]]),
+         "labels": torch.tensor([1, 2]), "masks": masks},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
+         "masks": torch.zeros(0, 150, 130, dtype=torch.uint8)},
+    ]
+    return images, targets
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_train_step_and_eval(kind, backbone):
+    model = build_detector(kind, backbone=backbone, num_classes=3, min_size=128, max_size=160, **FAST[kind])
+    assert type(model) is CLASSES[kind] and isinstance(model.backbone, DetectionBackbone)
+    images, targets = batch()
+
+    model.train()
+    losses = model(images, targets)
+    assert set(losses) == LOSSES[kind]
+    for name, value in losses.items():
+        assert value.ndim == 0 and torch.isfinite(value), (name, value)
+    sum(losses.values()).backward()
+    # Gradients reach the head and the trainable backbone stages, and are finite.
+    layer4 = model.backbone.body.layer4[-1].conv1.weight
+    assert layer4.grad is not None and torch.isfinite(layer4.grad).all() and layer4.grad.abs().sum() > 0
+    for p in model.parameters():
+        if p.grad is not None:
+            assert torch.isfinite(p.grad).all()
+
+    model.eval()
+    with torch.no_grad():
+        out = model(images)
+    assert len(out) == 2
+    for det, img in zip(out, images, strict=True):
+        n = det["boxes"].shape[0]
+        assert 0 < n <= 20
+        assert det["boxes"].shape == (n, 4) and det["scores"].shape == (n,) and det["labels"].shape == (n,)
+        h, w = img.shape[-2:]
+        assert (det["boxes"][:, 2:] <= torch.tensor([w, h])).all() and (det["boxes"] >= 0).all()
+        # RetinaNet and FCOS score class 0 too (torchvision's sigmoid heads); the R-CNNs never predict background.
+        low = 1 if kind in ("faster_rcnn", "mask_rcnn") else 0
+        assert ((det["labels"] >= low) & (det["labels"] <= 2)).all()
+        if kind == "mask_rcnn":
+            assert det["masks"].shape == (n, 1, h, w)
+            assert ((det["masks"] >= 0) & (det["masks"] <= 1)).all()
+
+
+def test_only_empty_targets_train_as_negatives():
+    model = build_detector("retinanet", backbone="resnet18", num_classes=3, min_size=64, max_size=64)
+    image = torch.rand(3, 64, 64)
+    losses = model([image], [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}])
+    assert losses["bbox_regression"].item() == 0.0  # no positives: nothing to regress
+    assert losses["classification"].item() > 0.0  # every anchor is a negative
+    # boxes given as an empty 1-D tensor are reshaped to [0, 4], not rejected
+    losses = model([image], [{"boxes": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}])
+    assert torch.isfinite(losses["classification"])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_anchors_and_levels_derived_from_feature_info(kind):
+    model = build_detector(kind, backbone="resnet18", num_classes=5)
+    levels = [f.name for f in model.backbone.feature_info]
+    gen = model.rpn.anchor_generator if kind in ("faster_rcnn", "mask_rcnn") else model.anchor_generator
+    if kind in ("faster_rcnn", "mask_rcnn"):
+        assert levels == ["p2", "p3", "p4", "p5", "p6"]
+        # torchvision's defaults: 32 * 2**(level - 2), aspect ratios (0.5, 1, 2)
+        assert gen.sizes == ((32,), (64,), (128,), (256,), (512,))
+        assert model.roi_heads.box_roi_pool.featmap_names == ["p2", "p3", "p4", "p5"]
+    elif kind == "retinanet":
+        assert levels == ["p3", "p4", "p5", "p6", "p7"]
+        assert gen.sizes == tuple((x, int(x * 2 ** (1 / 3)), int(x * 2 ** (2 / 3))) for x in (32, 64, 128, 256, 512))
+    else:
+        assert levels == ["p3", "p4", "p5", "p6", "p7"]
+        assert gen.sizes == ((8,), (16,), (32,), (64,), (128,))
+    if kind == "mask_rcnn":
+        assert model.roi_heads.mask_roi_pool.featmap_names == ["p2", "p3", "p4", "p5"]
+    assert model.backbone.out_channels == 256
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_every_backbone_wires_into_every_kind(name):
+    # Built on the meta device: only the wiring (channels, levels) is checked, not the numbers.
+    with torch.device("meta"):
+        for kind in KINDS:
+            model = build_detector(kind, backbone=name, num_classes=4)
+            body, fpn = model.backbone.body, model.backbone.fpn
+            assert [b[0].in_channels for b in fpn.inner_blocks] == [body.channels[n] for n in fpn.in_features]
+            out = model.backbone(torch.empty(1, 3, 64, 96))
+            assert [tuple(v.shape) for v in out.values()] == [
+                (1, 256, -(-64 // f.stride), -(-96 // f.stride)) for f in model.backbone.feature_info
+            ]
+
+
+def test_backbone_instance_is_used_and_widened():
+    body = create_backbone("resnet18", out_features=("c4", "c5"))
+    model = build_detector("faster_rcnn", backbone=body, num_classes=3)
+    assert model.backbone.body is body and body.out_features == ("c2", "c3", "c4", "c5")
+    assert all(p.requires_grad for p in body.parameters())  # random weights: train everything
+
+
+def test_bad_input_errors():
+    with pytest.raises(ConfigError, match=r"unknown kind 'faster-rcnn'; did you mean 'faster_rcnn'"):
+        build_detector("faster-rcnn", num_classes=3)
+    with pytest.raises(ConfigError, match="unknown kind 'yolo'"):
+        build_detector("yolo", num_classes=3)
+    for bad in (0, -2, 1, 2.5):
+        with pytest.raises(ConfigError, match=rf"num_classes={bad!r} must be an int >= 2"):
+            build_detector("faster_rcnn", backbone="resnet18", num_classes=bad)
+    with pytest.raises(ConfigError, match="trainable_stages=6"):
+        build_detector("faster_rcnn", backbone="resnet18", num_classes=3, trainable_stages=6)
+    with pytest.raises(ConfigError, match="unknown backbone 'resnet5'"):
+        build_detector("fcos", backbone="resnet5", num_classes=3)
+    with pytest.raises(ConfigError, match="output_stride"):
+        build_detector("faster_rcnn", backbone=create_backbone("resnet18", output_stride=16), num_classes=3)
+
+
+@pytest.mark.parametrize("kind", ["faster_rcnn", "fcos"])
+def test_degenerate_and_mislabelled_targets_raise_data_error(kind):
+    model = build_detector(kind, backbone="resnet18", num_classes=3, min_size=128, max_size=160)
+    images, targets = batch()
+    targets[0]["boxes"] = torch.tensor([[10.0, 20.0, 60.0, 90.0], [50.0, 30.0, 40.0, 110.0]])  # x2 < x1
+    with pytest.raises(DataError, match=r"target 0: box 1 is degenerate \(x1, y1, x2, y2\) = \[50.0, 30.0, 40.0, 110.0\]"):
+        model(images, targets)
+    targets[0]["boxes"] = torch.tensor([[10.0, 20.0, 60.0, 90.0], [30.0, 30.0, 100.0, 30.0]])  # y2 == y1
+    with pytest.raises(DataError, match=r"target 0: box 1 is degenerate"):
+        model(images=images, targets=targets)  # keyword call is checked too
+    images, targets = batch()
+    targets[0]["labels"] = torch.tensor([1, 3])
+    with pytest.raises(DataError, match=r"target 0: box 1 has label 3; labels must be in 1..2"):
+        model(images, targets)
+    targets[0]["labels"] = torch.tensor([1.0, 2.0])
+    with pytest.raises(DataError, match="'labels' must be an int64 tensor"):
+        model(images, targets)
+
+
+def test_target_validation_messages():
+    ok = {"boxes": torch.tensor([[0.0, 0.0, 5.0, 5.0]]), "labels": torch.tensor([1])}
+    with pytest.raises(DataError, match=r"target 1: 'boxes' must have shape \[N, 4\], got \[1, 3\]"):
+        validate_detection_targets([ok, {"boxes": torch.ones(1, 3), "labels": torch.tensor([1])}], 3)
+    with pytest.raises(DataError, match="target 0: missing field 'labels'"):
+        validate_detection_targets([{"boxes": torch.ones(1, 4)}], 3)
+    with pytest.raises(DataError, match="non-finite"):
+        validate_detection_targets([{"boxes": torch.tensor([[0.0, 0.0, float("nan"), 5.0]]), "labels": torch.tensor([1])}])
+    with pytest.raises(DataError, match="Mask R-CNN training needs 'masks'"):
+        validate_detection_targets([ok], 3, masks=True)
+    model = build_detector("mask_rcnn", backbone="resnet18", num_classes=3, min_size=128, max_size=160)
+    images, targets = batch()
+    del targets[1]["masks"]
+    with pytest.raises(DataError, match="target 1: Mask R-CNN training needs 'masks'"):
+        model(images, targets)
