@@ -1,0 +1,120 @@
+"""A thin high-level API over the engine: train / evaluate / predict a recipe, classify an image, list what exists.
+
+>>> import resdense.api as rd                                               # doctest: +SKIP
+>>> rd.train("configs/unet_r34_membrane.yaml", ["train.iterations=200"])   # doctest: +SKIP
+>>> rd.classify("cat.jpg", arch="resnet50", weights="imagenet")            # doctest: +SKIP
+[('tabby', 0.61), ('tiger cat', 0.22), ...]
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from resdense.errors import ConfigError
+
+__all__ = ["train", "evaluate", "predict", "classify", "available"]
+
+
+def train(config, overrides: Sequence[str] = (), **kwargs: Any) -> dict[str, Any]:
+    """Train a recipe (path, shipped name or :class:`~resdense.config.Config`); see :func:`run_training`."""
+    from resdense.engine import run_training
+
+    return run_training(config, overrides, **kwargs)
+
+
+def evaluate(config, checkpoint: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Metrics of a checkpoint on the recipe's validation split."""
+    from resdense.engine import run_evaluation
+
+    return run_evaluation(config, checkpoint, overrides)
+
+
+def predict(config, checkpoint: str | os.PathLike, images: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+            **kwargs: Any) -> list[Path]:
+    """PNG overlays of a checkpoint's predictions; returns the written paths."""
+    from resdense.engine import run_prediction
+
+    return run_prediction(config, checkpoint, images, out_dir, **kwargs)
+
+
+def classify(image: str | os.PathLike, *, checkpoint: str | os.PathLike | None = None, arch: str = "resnet50",
+             weights: str | os.PathLike | None = None, top: int = 5) -> list[tuple[str, float]]:
+    """Top-``top`` ``(class name, probability)`` of an image.
+
+    Either a classifier ``checkpoint`` written by ``resdense train`` (class names from its stored recipe), or an
+    ImageNet classifier ``arch`` with ``weights`` (a torchvision tag such as ``"imagenet"``, downloaded once, or a
+    file; names from torchvision's ImageNet categories). Preprocessing follows torchvision's evaluation recipe:
+    resize 256, centre crop 224, ImageNet mean/std.
+    """
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    from resdense.engine.build import classification_transforms
+
+    if (checkpoint is None) == (weights is None):
+        raise ConfigError("classify: give either checkpoint= or weights= (with arch=)")
+    try:
+        with Image.open(image) as im:
+            rgb = im.convert("RGB")
+    except FileNotFoundError:
+        raise ConfigError(f"{image}: image file not found") from None
+    except (UnidentifiedImageError, OSError) as err:
+        raise ConfigError(f"{image}: not a readable image ({err})") from None
+    if checkpoint is not None:
+        from resdense.engine import load_model
+
+        model, run = load_model(checkpoint)
+        if run.config.task != "classification":
+            raise ConfigError(f"{checkpoint}: a {run.config.task} checkpoint, not a classifier")
+        tf = classification_transforms(train=False, **dict(run.config.data.get("val_transforms") or {}))
+        names = run.class_names
+    else:
+        from resdense.backbones import create_classifier
+
+        model = create_classifier(arch, weights=weights).eval()
+        cfg = getattr(model, "pretrained_cfg", {}) or {}
+        names = cfg.get("categories") or _imagenet_categories(arch)
+        tf = classification_transforms(train=False, mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
+                                       std=tuple(cfg.get("std", (0.229, 0.224, 0.225))))
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        probs = model(tf(rgb)[None].to(device)).float().softmax(dim=1)[0].cpu()
+    k = min(top, len(probs))
+    values, indices = probs.topk(k)
+    return [(names[i] if names and i < len(names) else str(i), float(p))
+            for p, i in zip(values.tolist(), indices.tolist(), strict=True)]
+
+
+def _imagenet_categories(arch: str) -> list[str] | None:
+    try:
+        from torchvision.models import get_model_weights
+
+        return list(get_model_weights(arch).DEFAULT.meta["categories"])
+    except Exception:  # an architecture torchvision does not know: indices are printed instead
+        return None
+
+
+def available() -> dict[str, list[tuple[str, str]]]:
+    """What ``resdense list`` prints: backbones, heads (with the recipe ``model.arch`` that selects them), recipes."""
+    from resdense.backbones import list_backbones
+    from resdense.config import list_configs, read_yaml
+    from resdense.heads import KINDS, smp_architectures
+
+    backbones = [(name, "") for name in list_backbones()]
+    heads = [("unet", "segmentation: resdense.heads.UNet (smp decoder)")]
+    heads += [(f"smp.{a}", "segmentation: smp architecture on a resdense backbone") for a in smp_architectures()]
+    heads += [(k, "detection: torchvision detector + resdense FPN") for k in KINDS]
+    heads += [("classifier", "classification: pooled backbone + linear layer")]
+    configs = []
+    for path in list_configs():
+        try:
+            raw = read_yaml(path)
+            model = raw.get("model", {}) if isinstance(raw, dict) else {}
+            note = f"{raw.get('task', '')} {model.get('arch', '')} {model.get('backbone', '')}".strip()
+        except ConfigError as err:
+            note = f"(unreadable: {err})"
+        configs.append((path.stem, note))
+    return {"backbones": backbones, "heads": heads, "configs": configs}

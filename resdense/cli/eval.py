@@ -1,0 +1,33 @@
+"""``resdense eval CONFIG --checkpoint PATH``: evaluate a checkpoint on the recipe's validation split."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint on a recipe's validation data")
+    p.add_argument("config", help="recipe file or shipped recipe name")
+    p.add_argument("--checkpoint", required=True, help="a last.pt / best.pt written by `resdense train`")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value (repeatable)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from resdense.engine import run_evaluation
+
+    metrics = run_evaluation(args.config, args.checkpoint, args.overrides)
+    scalars = {k: float(v) for k, v in metrics.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if args.json:
+        print(json.dumps(scalars, indent=2))
+    elif "table" in metrics:
+        print(metrics["table"])
+    else:
+        width = max(len(k) for k in scalars) if scalars else 0
+        for k, v in scalars.items():
+            print(f"{k:<{width}}  {v:.4f}")
+    return 0

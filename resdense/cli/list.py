@@ -1,0 +1,23 @@
+"""``resdense list [backbones|heads|configs]``: what can be built and which recipes ship."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("list", help="list backbones, heads and shipped recipes")
+    p.add_argument("what", nargs="?", choices=("backbones", "heads", "configs"), help="one section only")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from resdense.api import available
+
+    for section, items in available().items():
+        if args.what and section != args.what:
+            continue
+        print(f"{section}:")
+        for name, note in items:
+            print(f"  {name:<34} {note}".rstrip())
+    return 0

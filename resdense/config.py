@@ -1,0 +1,408 @@
+"""YAML recipes <-> constructor keyword arguments.
+
+A recipe has four sections that map one-to-one onto keyword arguments (house style: no defaults file, no
+inheritance)::
+
+    task: segmentation            # or detection / classification; inferred from model.arch when absent
+    model: {arch: unet, backbone: resnet18, num_classes: 4}     # -> resdense.heads.UNet(backbone=..., ...)
+    data:  {dataset: mask, train: {...}, val: {...}, ...}       # -> dataset constructors and transform presets
+    train: {lr: 0.001, iterations: 500, ...}                    # -> TrainConfig (below)
+    eval:  {every_iters: 100, ...}                              # -> EvalConfig (below)
+
+``train`` and ``eval`` are dataclasses, so their schema is their fields; ``model`` and ``data`` are checked against
+the signatures of the constructors they feed (:mod:`resdense.engine.build`). Unknown keys raise
+:class:`~resdense.errors.ConfigError` naming the file and the key; ``--set key=value`` overrides are parsed as YAML
+and type-checked against the same schema.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from resdense.errors import ConfigError
+
+__all__ = [
+    "Config",
+    "TrainConfig",
+    "EvalConfig",
+    "load_config",
+    "config_from_dict",
+    "apply_overrides",
+    "save_config",
+    "find_config",
+    "list_configs",
+    "check_type",
+    "TASKS",
+]
+
+TASKS = ("segmentation", "detection", "classification")
+SECTIONS = ("task", "name", "model", "data", "train", "eval")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings of one run (the ``train:`` section).
+
+    Attributes:
+        output_dir: run directory (resolved config, ``log.csv``, ``last.pt``, ``best.pt``, ``metrics.json``,
+            ``curves.png``); ``{name}`` is replaced by the recipe's name.
+        seed: every random draw of the run derives from it (data order, augmentation, initialisation).
+        device: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        epochs / iterations: length of training; exactly one may be set (``iterations`` wins when both are).
+        batch_size, num_workers: the training loader's.
+        optimizer: ``adamw`` or ``sgd``; ``lr``, ``weight_decay``, ``momentum`` (SGD), ``betas`` (AdamW).
+        norm_weight_decay: weight decay of norm layers and biases (0 keeps them out of the decay, as timm does).
+        schedule: ``cosine`` (to ``min_lr_ratio * lr``), ``step`` (x ``gamma`` at each of ``milestones``, given as
+            iterations, or as fractions of the run when < 1) or ``constant``; after ``warmup_iters`` of linear
+            warm-up from ``warmup_factor * lr``.
+        grad_clip: clip the gradient's global L2 norm to this value (``None``: no clipping).
+        amp: ``auto`` (fp16 on CUDA, off on CPU), ``fp16`` (CUDA), ``bf16`` (CPU or CUDA) or ``none``.
+        loss: segmentation loss: ``ce``, ``dice`` or ``ce+dice`` (smp's DiceLoss); ignored by detection, whose
+            models compute their own losses.
+        class_weights: per-class cross-entropy weights for segmentation (``None``: uniform).
+        checkpoint_every: also write ``last.pt`` every N iterations (0: only at evaluations and epoch ends).
+        log_every: write a ``log.csv`` row every N iterations.
+        progress: show a tqdm bar (only when stderr is a terminal).
+        resume: continue from ``output_dir/last.pt`` when it exists.
+        max_nonfinite: how many non-finite losses are tolerated (0: the first one stops training).
+    """
+
+    output_dir: str = "runs/{name}"
+    seed: int = 0
+    device: str = "auto"
+    epochs: int | None = None
+    iterations: int | None = None
+    batch_size: int = 8
+    num_workers: int = 0
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    norm_weight_decay: float = 0.0
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: str = "cosine"
+    warmup_iters: int = 0
+    warmup_factor: float = 0.001
+    min_lr_ratio: float = 0.0
+    milestones: list[float] = field(default_factory=list)
+    gamma: float = 0.1
+    grad_clip: float | None = None
+    amp: str = "auto"
+    loss: str = "ce"
+    class_weights: list[float] | None = None
+    checkpoint_every: int = 0
+    log_every: int = 10
+    progress: bool = True
+    resume: bool = True
+    max_nonfinite: int = 0
+
+    def __post_init__(self) -> None:
+        _choice("train.optimizer", self.optimizer, ("adamw", "sgd"))
+        _choice("train.schedule", self.schedule, ("cosine", "step", "constant"))
+        _choice("train.amp", self.amp, ("auto", "fp16", "bf16", "none"))
+        _choice("train.loss", self.loss, ("ce", "dice", "ce+dice"))
+        if self.epochs is None and self.iterations is None:
+            raise ConfigError("train: set either 'epochs' or 'iterations'")
+        for name in ("epochs", "iterations", "batch_size"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"train.{name} = {v!r} must be at least 1")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr = {self.lr!r} must be positive")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError(f"train.grad_clip = {self.grad_clip!r} must be positive (or null for no clipping)")
+        if not 0 < self.warmup_factor <= 1:
+            raise ConfigError(f"train.warmup_factor = {self.warmup_factor!r} must lie in (0, 1]")
+        self.betas = tuple(self.betas)
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation settings (the ``eval:`` section).
+
+    Attributes:
+        every_iters: evaluate every N iterations (0: use ``every_epochs``).
+        every_epochs: evaluate every N epochs (0: only at the end).
+        metric: the metric that selects ``best.pt`` (default: ``mIoU`` for segmentation, ``bbox/AP`` for detection,
+            ``top1`` for classification); any key of the task's metrics dict.
+        batch_size: evaluation batch size.
+        score_threshold: detections below this score are not drawn by ``predict`` (evaluation uses all of them).
+        backend: COCO evaluation backend, ``faster`` (faster-coco-eval) or ``pycocotools``.
+        max_images: evaluate on the first N validation images only (``None``: all).
+    """
+
+    every_iters: int = 0
+    every_epochs: int = 1
+    metric: str | None = None
+    batch_size: int = 8
+    score_threshold: float = 0.5
+    backend: str = "faster"
+    max_images: int | None = None
+
+    def __post_init__(self) -> None:
+        _choice("eval.backend", self.backend, ("faster", "pycocotools"))
+
+
+@dataclass
+class Config:
+    """A loaded recipe. ``model`` and ``data`` are plain dicts of constructor keyword arguments."""
+
+    task: str
+    model: dict[str, Any]
+    data: dict[str, Any]
+    train: TrainConfig
+    eval: EvalConfig
+    name: str = "run"
+    source: str = "<dict>"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only (YAML- and ``torch.load(weights_only=True)``-safe)."""
+        return {
+            "task": self.task,
+            "name": self.name,
+            "model": _plain(self.model),
+            "data": _plain(self.data),
+            "train": _plain(dataclasses.asdict(self.train)),
+            "eval": _plain(dataclasses.asdict(self.eval)),
+        }
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.train.output_dir.replace("{name}", self.name))
+
+
+def _choice(key: str, value: Any, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key} = {value!r} is not one of {', '.join(map(repr, allowed))}")
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    return obj
+
+
+# ---- type checking -----------------------------------------------------------------------------------------------
+def check_type(value: Any, annotation: Any) -> bool:
+    """Whether a YAML value fits a type annotation (int, float, bool, str, lists, tuples, dicts, unions, Literal).
+
+    Types YAML cannot express (modules, callables) accept anything: the constructor will judge.
+    """
+    if annotation is Any or annotation is dataclasses.MISSING or annotation is None:
+        return True
+    if annotation is type(None):
+        return value is None
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(check_type(value, a) for a in args)
+    if origin is typing.Literal:
+        return value in args
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if annotation in (os.PathLike, Path):
+        return isinstance(value, (str, os.PathLike))
+    if origin in (list, tuple, Sequence, typing.Sequence) or annotation in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(check_type(v, a) for v, a in zip(value, args, strict=True))
+        return not args or all(check_type(v, args[0]) for v in value)
+    if origin in (dict, Mapping, typing.Mapping) or annotation in (dict,):
+        if not isinstance(value, Mapping):
+            return False
+        return not args or all(check_type(v, args[1]) for v in value.values())
+    return True
+
+
+def _type_name(annotation: Any) -> str:
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def _unknown(source: str, key: str, known: Sequence[str]) -> ConfigError:
+    leaf = key.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(leaf, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"{source}: unknown key {key!r}{hint}; known: {', '.join(sorted(known))}")
+
+
+def _dataclass_section(cls: type, raw: Any, section: str, source: str):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: section {section!r} must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key, value in raw.items():
+        if key not in names:
+            raise _unknown(source, f"{section}.{key}", names)
+        if not check_type(value, hints[key]):
+            raise ConfigError(f"{source}: {section}.{key} = {value!r} is not a {_type_name(hints[key])}")
+    try:
+        return cls(**raw)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
+# ---- loading -----------------------------------------------------------------------------------------------------
+def config_from_dict(raw: Mapping[str, Any], source: str = "<dict>") -> Config:
+    """Validate a recipe dict and build a :class:`Config` (model/data keys are checked by the engine's builders)."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: a recipe must be a mapping with sections {', '.join(SECTIONS)}")
+    for key in raw:
+        if key not in SECTIONS:
+            raise _unknown(source, str(key), SECTIONS)
+    model = raw.get("model")
+    if not isinstance(model, Mapping) or "arch" not in model:
+        raise ConfigError(f"{source}: section 'model' must be a mapping with an 'arch' key (e.g. arch: unet)")
+    data = raw.get("data") or {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: section 'data' must be a mapping, got {type(data).__name__}")
+    from resdense.engine.build import check_data_section, check_model_section, task_of
+
+    task = raw.get("task") or task_of(model["arch"], source)
+    if task not in TASKS:
+        raise ConfigError(f"{source}: task = {task!r} is not one of {', '.join(TASKS)}")
+    check_model_section(model, source)
+    check_data_section(data, task, source)
+    name = raw.get("name") or (Path(source).stem if source != "<dict>" else "run")
+    return Config(
+        task=task, model=copy.deepcopy(dict(model)), data=copy.deepcopy(dict(data)),
+        train=_dataclass_section(TrainConfig, raw.get("train"), "train", source),
+        eval=_dataclass_section(EvalConfig, raw.get("eval"), "eval", source),
+        name=str(name), source=source,
+    )
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{where} not valid YAML ({getattr(err, 'problem', None) or err})") from None
+    return raw if raw is not None else {}
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str], source: str = "<dict>") -> dict:
+    """Apply ``key.path=value`` overrides (values parsed as YAML) to a recipe dict; returns a new dict.
+
+    Keys must exist in the recipe or in the ``train``/``eval`` schema, or be keyword arguments of the constructor
+    that a ``model``/``data`` section feeds; the final recipe is re-validated, so a wrong type names the key.
+    """
+    out = copy.deepcopy(dict(raw))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.lr=0.01")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        parts = key.split(".")
+        if not all(parts):
+            raise ConfigError(f"--set {item!r}: empty key component in {key!r}")
+        node = out
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {'.'.join(parts[:depth + 1])} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
+    """Read a recipe (a path, or the name of a shipped recipe such as ``demo_shapes_unet_r18``) and validate it.
+
+    Args:
+        path: YAML file, or a name found by :func:`find_config`.
+        overrides: ``["train.lr=0.01", "model.num_classes=5"]``; values are YAML (``null``, ``[1, 2]``, ``true``).
+
+    Raises:
+        ConfigError: missing file, bad YAML, unknown key (naming file and key), wrong type or value.
+    """
+    path = find_config(path)
+    raw = read_yaml(path)
+    source = str(path)
+    if overrides:
+        raw = apply_overrides(raw, overrides, source)
+        source = f"{source} (with --set {' '.join(overrides)})"
+    config = config_from_dict(raw, source)
+    if not (read_yaml(path) or {}).get("name"):
+        config.name = Path(path).stem
+    return config
+
+
+def save_config(config: Config, path: str | os.PathLike) -> None:
+    """Write the resolved recipe (every default filled in) as YAML."""
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None))
+
+
+# ---- shipped recipes ---------------------------------------------------------------------------------------------
+def _config_dirs() -> list[Path]:
+    here = Path(__file__).resolve().parent
+    dirs = [Path.cwd() / "configs", here.parent / "configs"]
+    seen, out = set(), []
+    for d in dirs:
+        if d.is_dir() and d.resolve() not in seen:
+            seen.add(d.resolve())
+            out.append(d)
+    return out
+
+
+def list_configs() -> list[Path]:
+    """The shipped recipes (``configs/*.yaml`` of the working directory and of the source checkout)."""
+    found: dict[str, Path] = {}
+    for d in _config_dirs():
+        for p in sorted(d.glob("*.yaml")):
+            found.setdefault(p.name, p)
+    return [found[k] for k in sorted(found)]
+
+
+def find_config(name: str | os.PathLike) -> Path:
+    """A path as given when it exists; else the shipped recipe called ``name`` (with or without ``.yaml``)."""
+    path = Path(name)
+    if path.exists():
+        return path
+    stem = path.name[:-5] if path.name.endswith(".yaml") else path.name
+    if path.parent == Path("."):
+        for d in _config_dirs():
+            candidate = d / f"{stem}.yaml"
+            if candidate.exists():
+                return candidate
+    known = [p.stem for p in list_configs()]
+    close = difflib.get_close_matches(stem, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else (f"; shipped recipes: {', '.join(known)}" if known else "")
+    raise ConfigError(f"{name}: config file not found{hint}")

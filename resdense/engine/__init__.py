@@ -1,0 +1,43 @@
+"""The training engine: a resumable training loop, checkpoints, schedules, logs and the recipe runners.
+
+>>> from resdense.engine import run_training                    # doctest: +SKIP
+>>> result = run_training("configs/demo_shapes_unet_r18.yaml")  # doctest: +SKIP
+>>> result["final"]["mIoU"]                                      # doctest: +SKIP
+"""
+
+from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
+from .logger import RunLogger, read_csv
+from .runner import Run, build_run, load_model, run_evaluation, run_prediction, run_training
+from .sampler import ResumableSampler, SeededDataset, sample_seed
+from .schedule import build_optimizer, build_scheduler, lr_factor
+from .tasks import Batch, ClassificationTask, DetectionTask, SegmentationTask, Task
+from .trainer import NonFiniteLossError, Trainer, resolve_device
+
+__all__ = [
+    "Batch",
+    "ClassificationTask",
+    "DetectionTask",
+    "NonFiniteLossError",
+    "ResumableSampler",
+    "Run",
+    "RunLogger",
+    "SeededDataset",
+    "SegmentationTask",
+    "Task",
+    "Trainer",
+    "atomic_save",
+    "build_optimizer",
+    "build_run",
+    "build_scheduler",
+    "load_checkpoint",
+    "load_model",
+    "lr_factor",
+    "read_csv",
+    "resolve_device",
+    "rng_state",
+    "run_evaluation",
+    "run_prediction",
+    "run_training",
+    "sample_seed",
+    "set_rng_state",
+]

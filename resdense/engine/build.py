@@ -1,0 +1,326 @@
+"""From a recipe's ``model`` and ``data`` sections to objects: each key is a keyword argument of the constructor it
+feeds, checked against that constructor's signature (unknown keys and wrong types name the file and the key).
+
+``model.arch`` picks the constructor:
+
+============================================  =========================================================
+``unet``                                      :class:`resdense.heads.UNet`
+``smp.<Arch>`` (e.g. ``smp.DeepLabV3Plus``)   :func:`resdense.heads.smp_model` with ``arch=<Arch>``
+``faster_rcnn``, ``mask_rcnn``,               :func:`resdense.heads.build_detector` (``kind=arch``); extra keys go
+``retinanet``, ``fcos``                       to the torchvision class. YAML cannot hold an ``AnchorGenerator``, so
+                                              ``anchor_sizes`` / ``aspect_ratios`` (one tuple per pyramid level)
+                                              build it here.
+``classifier``                                :class:`resdense.heads.Classifier`
+============================================  =========================================================
+
+``data.dataset`` picks the dataset class (``mask``, ``coco_semantic``, ``coco``, ``voc``, ``imagefolder``, or
+``shapes``: :func:`resdense.data.make_shapes` writes the synthetic set first). ``data.train`` / ``data.val`` are
+that class's keyword arguments; ``data.train_transforms`` / ``data.val_transforms`` those of the task's preset
+(:func:`resdense.data.segmentation_transforms`, :func:`resdense.data.detection_transforms`, or
+:func:`classification_transforms` below); ``null`` means no transforms.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torch.utils.data import Dataset
+
+from resdense.errors import ConfigError
+
+__all__ = [
+    "MODEL_ARCHS",
+    "DATASETS",
+    "task_of",
+    "build_model",
+    "build_dataset",
+    "build_task",
+    "check_model_section",
+    "check_data_section",
+    "classification_transforms",
+    "fill_num_classes",
+]
+
+DETECTOR_KINDS = ("faster_rcnn", "mask_rcnn", "retinanet", "fcos")
+MODEL_ARCHS = {"unet": "segmentation", "smp.<Arch>": "segmentation", "classifier": "classification",
+               **{k: "detection" for k in DETECTOR_KINDS}}
+DATASETS = {"mask": "segmentation", "coco_semantic": "segmentation", "coco": "detection", "voc": "detection",
+            "imagefolder": "classification", "shapes": "segmentation|detection"}
+_ANCHOR_KEYS = ("anchor_sizes", "aspect_ratios")
+_DATA_KEYS = ("dataset", "train", "val", "shapes", "train_transforms", "val_transforms")
+
+
+def task_of(arch: str, source: str = "<dict>") -> str:
+    if isinstance(arch, str) and arch.startswith("smp."):
+        return "segmentation"
+    if arch not in MODEL_ARCHS:
+        raise ConfigError(f"{source}: model.arch = {arch!r} is not one of {', '.join(MODEL_ARCHS)}")
+    return MODEL_ARCHS[arch]
+
+
+# ---- signatures --------------------------------------------------------------------------------------------------
+def _model_targets(arch: str) -> list[Callable]:
+    from resdense import heads
+
+    if arch == "unet":
+        return [heads.UNet]
+    if arch.startswith("smp."):
+        import segmentation_models_pytorch as smp
+
+        names = {n.lower(): n for n in heads.smp_architectures()}
+        name = names.get(arch[4:].lower())
+        return [heads.smp_model] + ([getattr(smp, name)] if name else [])
+    if arch == "classifier":
+        return [heads.Classifier]
+    from torchvision.models import detection as tvd
+
+    cls = {"faster_rcnn": tvd.FasterRCNN, "mask_rcnn": tvd.MaskRCNN, "retinanet": tvd.RetinaNet, "fcos": tvd.FCOS}[arch]
+    return [heads.build_detector, cls]
+
+
+def _params(targets: list[Callable]) -> dict[str, Any]:
+    """Keyword parameters accepted by a chain of callables (the first forwards ``**kwargs`` to the next)."""
+    out: dict[str, Any] = {}
+    for fn in targets:
+        init = fn.__init__ if inspect.isclass(fn) else fn
+        try:
+            hints = typing.get_type_hints(init)
+        except Exception:  # annotations that do not resolve at runtime: accept any value, the constructor judges
+            hints = {}
+        for name, p in inspect.signature(init).parameters.items():
+            if name == "self" or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) or name in out:
+                continue
+            out[name] = hints.get(name, Any)
+    return out
+
+
+def _check_kwargs(kwargs: Mapping[str, Any], params: Mapping[str, Any], section: str, source: str,
+                  skip: tuple[str, ...] = ()) -> None:
+    from resdense.config import _type_name, _unknown, check_type
+
+    for key, value in kwargs.items():
+        if key in skip:
+            continue
+        if key not in params:
+            raise _unknown(source, f"{section}.{key}", [*params, *skip])
+        if not check_type(value, params[key]):
+            raise ConfigError(f"{source}: {section}.{key} = {value!r} is not a {_type_name(params[key])}")
+
+
+def check_model_section(model: Mapping[str, Any], source: str) -> None:
+    arch = model["arch"]
+    task_of(arch, source)
+    if arch.startswith("smp."):
+        from resdense.heads import smp_architectures
+
+        if arch[4:].lower() not in {n.lower() for n in smp_architectures()}:
+            raise ConfigError(f"{source}: model.arch = {arch!r}: smp has no {arch[4:]!r}; "
+                              f"choose from {', '.join('smp.' + n for n in smp_architectures())}")
+    params = _params(_model_targets(arch))
+    params.pop("kind", None)
+    params.pop("arch", None)
+    extra = _ANCHOR_KEYS if arch in DETECTOR_KINDS else ()
+    _check_kwargs({k: v for k, v in model.items() if k != "arch"}, params, "model", source, skip=extra)
+
+
+def _dataset_class(name: str):
+    from resdense import data
+
+    if name == "imagefolder":
+        from torchvision.datasets import ImageFolder
+
+        return ImageFolder
+    return {"mask": data.MaskDataset, "coco_semantic": data.CocoSemantic, "coco": data.CocoDetection,
+            "voc": data.VocDetection}[name]
+
+
+def _transforms_fn(task: str) -> Callable:
+    from resdense import data
+
+    return {"segmentation": data.segmentation_transforms, "detection": data.detection_transforms,
+            "classification": classification_transforms}[task]
+
+
+def check_data_section(section: Mapping[str, Any], task: str, source: str) -> None:
+    for key in section:
+        if key not in _DATA_KEYS:
+            from resdense.config import _unknown
+
+            raise _unknown(source, f"data.{key}", _DATA_KEYS)
+    name = section.get("dataset")
+    if name is None:
+        raise ConfigError(f"{source}: data.dataset is missing; one of {', '.join(DATASETS)}")
+    if name not in DATASETS:
+        raise ConfigError(f"{source}: data.dataset = {name!r} is not one of {', '.join(DATASETS)}")
+    if task not in DATASETS[name]:
+        raise ConfigError(f"{source}: data.dataset = {name!r} serves {DATASETS[name]}, not {task}")
+    if name == "shapes":
+        from resdense.data import make_shapes
+
+        if not isinstance(section.get("shapes"), Mapping):
+            raise ConfigError(f"{source}: data.shapes (make_shapes arguments: root, n_train, n_val, size, seed) "
+                              "is missing")
+        _check_kwargs(section["shapes"], _params([make_shapes]), "data.shapes", source)
+        cls = _dataset_class("mask" if task == "segmentation" else "coco")
+        fixed = ("images_dir", "masks_dir", "ann_file", "classes")
+        params = {k: v for k, v in _params([cls]).items() if k not in fixed}
+    else:
+        if "shapes" in section:
+            raise ConfigError(f"{source}: data.shapes applies only to dataset: shapes")
+        params = _params([_dataset_class(name)])
+    params.pop("transforms", None)
+    params.pop("transform", None)
+    for split in ("train", "val"):
+        sub = section.get(split) or {}
+        if not isinstance(sub, Mapping):
+            raise ConfigError(f"{source}: data.{split} must be a mapping of {name} arguments")
+        _check_kwargs(sub, params, f"data.{split}", source)
+    tparams = _params([_transforms_fn(task)])
+    tparams.pop("train", None)
+    for key in ("train_transforms", "val_transforms"):
+        sub = section.get(key)
+        if sub is not None:
+            if not isinstance(sub, Mapping):
+                raise ConfigError(f"{source}: data.{key} must be a mapping of preset arguments or null")
+            _check_kwargs(sub, tparams, f"data.{key}", source)
+
+
+# ---- datasets ----------------------------------------------------------------------------------------------------
+def classification_transforms(train: bool = True, size: int = 224, *, resize: int = 256, hflip: float = 0.5,
+                              scale: tuple[float, float] = (0.08, 1.0),
+                              mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
+                              std: tuple[float, float, float] = (0.229, 0.224, 0.225)) -> Callable:
+    """torchvision's ImageNet recipe on PIL images: training ``RandomResizedCrop(size, scale)`` + flip; evaluation
+    ``Resize(resize)`` + ``CenterCrop(size)``; then ``[3, size, size]`` float tensors normalised with mean/std."""
+    from torchvision import transforms as T
+
+    ops = ([T.RandomResizedCrop(size, scale=tuple(scale)), T.RandomHorizontalFlip(hflip)] if train
+           else [T.Resize(resize), T.CenterCrop(size)])
+    return T.Compose([*ops, T.ToTensor(), T.Normalize(mean, std)])
+
+
+def _transforms(section: Mapping[str, Any], task: str, split: str):
+    key = f"{split}_transforms"
+    if key not in section or section[key] is None:
+        return None
+    return _transforms_fn(task)(train=split == "train", **section[key])
+
+
+def _shapes(kwargs: Mapping[str, Any]):
+    """``make_shapes(**kwargs)``, skipped when ``root`` already holds the set made with the same arguments (a
+    marker file records them), so train and val, and later ``eval`` / ``predict`` runs, reuse one generation."""
+    import json
+
+    from resdense.data import ShapesDataset, ShapesSplit, make_shapes
+
+    root = Path(kwargs["root"])
+    marker = root / ".resdense_shapes.json"
+    key = json.dumps({k: v for k, v in sorted(kwargs.items()) if k != "root"})
+    if marker.exists() and marker.read_text() == key:
+        splits = {}
+        for name in ("train", "val"):
+            d = root / name
+            splits[name] = ShapesSplit(root=d, images=d / "images", masks=d / "masks",
+                                       instances=d / "instances.json",
+                                       num_images=len(list((d / "images").glob("*.jpg"))))
+        if all(s.instances.exists() for s in splits.values()):
+            return ShapesDataset(root=root, **splits)
+    marker.unlink(missing_ok=True)
+    made = make_shapes(**kwargs)
+    marker.write_text(key)
+    return made
+
+
+def build_dataset(section: Mapping[str, Any], task: str, split: str) -> Dataset:
+    """The ``split`` (``"train"`` or ``"val"``) dataset of a recipe's ``data`` section."""
+    name = section["dataset"]
+    kwargs = dict(section.get(split) or {})
+    transforms = _transforms(section, task, split)
+    if name == "shapes":
+        from resdense.data import SHAPES_CLASSES, CocoDetection, MaskDataset
+
+        part = _shapes(section["shapes"]).split(split)
+        if task == "segmentation":
+            return MaskDataset(part.images, part.masks, classes=["background", *SHAPES_CLASSES],
+                               transforms=transforms, **kwargs)
+        return CocoDetection(part.images, part.instances, transforms=transforms, **kwargs)
+    cls = _dataset_class(name)
+    if name == "imagefolder":
+        return cls(transform=transforms, **kwargs)
+    return cls(transforms=transforms, **kwargs)
+
+
+def dataset_classes(dataset: Dataset, task: str) -> list[str]:
+    names = getattr(dataset, "class_names", None) or getattr(dataset, "classes", None)
+    if names is None:
+        raise ConfigError(f"{type(dataset).__name__} has no class_names; set model.num_classes")
+    return [str(n) for n in names]
+
+
+def fill_num_classes(model: dict[str, Any], task: str, class_names: list[str]) -> dict[str, Any]:
+    """Fill the model's class count from the dataset when the recipe leaves it out (detectors count background)."""
+    model = dict(model)
+    key = "classes" if model["arch"].startswith("smp.") else "num_classes"
+    if model.get(key) is None:
+        model[key] = len(class_names) + (1 if task == "detection" else 0)
+    return model
+
+
+# ---- models ------------------------------------------------------------------------------------------------------
+def build_model(model: Mapping[str, Any]) -> nn.Module:
+    """Build the ``model`` section (see the module docstring)."""
+    from resdense import heads
+
+    kwargs = dict(model)
+    arch = kwargs.pop("arch")
+    if arch == "unet":
+        return heads.UNet(**kwargs)
+    if arch.startswith("smp."):
+        return heads.smp_model(arch[4:], **kwargs)
+    if arch == "classifier":
+        return heads.Classifier(**kwargs)
+    if any(k in kwargs for k in _ANCHOR_KEYS):
+        kwargs.update(_anchor_kwargs(arch, kwargs.pop("anchor_sizes", None), kwargs.pop("aspect_ratios", None)))
+    return heads.build_detector(arch, **kwargs)
+
+
+def _anchor_kwargs(kind: str, sizes, ratios) -> dict[str, Any]:
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    if sizes is None:
+        raise ConfigError(f"model.aspect_ratios needs model.anchor_sizes (one list per pyramid level) for {kind}")
+    sizes = tuple(tuple(int(s) for s in (lvl if isinstance(lvl, (list, tuple)) else [lvl])) for lvl in sizes)
+    if ratios is None:
+        ratios = [[0.5, 1.0, 2.0]] * len(sizes)
+    elif ratios and not isinstance(ratios[0], (list, tuple)):
+        ratios = [ratios] * len(sizes)
+    ratios = tuple(tuple(float(r) for r in lvl) for lvl in ratios)
+    if len(ratios) != len(sizes):
+        raise ConfigError(f"model.aspect_ratios has {len(ratios)} levels but model.anchor_sizes has {len(sizes)}")
+    key = "rpn_anchor_generator" if kind in ("faster_rcnn", "mask_rcnn") else "anchor_generator"
+    return {key: AnchorGenerator(sizes, ratios)}
+
+
+def build_task(task: str, class_names: list[str], config) -> Any:
+    """The task adapter for ``task`` (see :mod:`resdense.engine.tasks`)."""
+    from .tasks import ClassificationTask, DetectionTask, SegmentationTask
+
+    if task == "segmentation":
+        ignore = config.data.get("train", {}).get("ignore_index", 255) if isinstance(config.data.get("train"), Mapping) else 255
+        num = config.model.get("classes" if config.model["arch"].startswith("smp.") else "num_classes")
+        return SegmentationTask(num or len(class_names), ignore_index=ignore, loss=config.train.loss,
+                                class_weights=config.train.class_weights, class_names=class_names)
+    if task == "detection":
+        iou = ("bbox", "segm") if config.model["arch"] == "mask_rcnn" else ("bbox",)
+        return DetectionTask(class_names, iou_types=iou, backend=config.eval.backend)
+    return ClassificationTask(class_names)
+
+
+def resolve_path(path: str | Path, base: Path | None = None) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() or base is None else base / p

@@ -1,0 +1,125 @@
+"""Run logs: ``log.csv`` (training rows), ``eval.csv`` (evaluation rows), TensorBoard when installed.
+
+Rows are appended and flushed as they come, so a killed run keeps its log; on resume, rows past the checkpoint's
+iteration are dropped first, so the resumed log reads like an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RunLogger", "read_csv"]
+
+log = logging.getLogger(__name__)
+
+
+def read_csv(path: str | Path) -> list[dict[str, float]]:
+    """Rows of a log CSV as dicts of floats (empty cells and text become NaN)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = []
+    for row in rows:
+        parsed = {}
+        for k, v in row.items():
+            try:
+                parsed[k] = float(v)
+            except (TypeError, ValueError):
+                parsed[k] = math.nan
+        out.append(parsed)
+    return out
+
+
+class _CsvFile:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fields: list[str] | None = None
+        if path.exists():
+            with open(path, newline="") as f:
+                header = next(csv.reader(f), None)
+            self.fields = header or None
+
+    def truncate_after(self, iteration: int) -> None:
+        if not self.path.exists():
+            return
+        with open(self.path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        keep = [r for r in rows if float(r.get("iteration", 0) or 0) <= iteration]
+        if len(keep) != len(rows):
+            with open(self.path, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=self.fields or [])
+                writer.writeheader()
+                writer.writerows(keep)
+
+    def write(self, row: dict[str, Any]) -> None:
+        new_keys = [k for k in row if self.fields is None or k not in self.fields]
+        if self.fields is None or new_keys:
+            # A new column (e.g. a loss term that appears later): rewrite the file with the widened header.
+            old = []
+            if self.path.exists() and self.fields:
+                with open(self.path, newline="") as f:
+                    old = list(csv.DictReader(f))
+            self.fields = (self.fields or []) + new_keys
+            with open(self.path, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=self.fields)
+                writer.writeheader()
+                writer.writerows(old)
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.fields, restval="").writerow(
+                {k: _fmt(v) for k, v in row.items()})
+
+
+def _fmt(v: Any) -> Any:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return v
+
+
+class RunLogger:
+    """Writes training and evaluation rows to ``run_dir`` (and TensorBoard when ``tensorboard`` imports).
+
+    Args:
+        run_dir: the run directory.
+        tensorboard: try to open a ``SummaryWriter`` under ``run_dir/tb``.
+    """
+
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.train = _CsvFile(self.run_dir / "log.csv")
+        self.eval = _CsvFile(self.run_dir / "eval.csv")
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.run_dir / "tb"))
+            except Exception:  # tensorboard not installed: CSV only
+                self.tb = None
+
+    def resume_at(self, iteration: int) -> None:
+        """Drop rows logged after ``iteration`` (they will be produced again)."""
+        self.train.truncate_after(iteration)
+        self.eval.truncate_after(iteration)
+
+    def log_train(self, iteration: int, values: dict[str, float]) -> None:
+        self.train.write({"iteration": iteration, **values})
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(f"train/{k}", v, iteration)
+
+    def log_eval(self, iteration: int, metrics: dict[str, float]) -> None:
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.eval.write({"iteration": iteration, **scalars})
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(f"eval/{k}", v, iteration)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()

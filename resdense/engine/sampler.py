@@ -1,0 +1,92 @@
+"""Data order and augmentation as pure functions of ``(seed, epoch, index)``, so a resumed run sees the same batches.
+
+:class:`ResumableSampler` draws epoch ``e``'s permutation from a generator seeded with ``seed + e`` and can start
+part-way into an epoch. It yields ``(index, sample_seed)`` pairs; :class:`SeededDataset` seeds the dataset's
+albumentations pipelines (and, inside worker processes, numpy/random) with ``sample_seed`` before loading the
+sample. Nothing depends on which worker loads a sample or on what ran before it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import Dataset, Sampler, get_worker_info
+
+__all__ = ["ResumableSampler", "SeededDataset", "sample_seed"]
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 32-bit seed for sample ``index`` of epoch ``epoch`` (a hash, so neighbouring seeds do not correlate)."""
+    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_033 + index)
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=g))
+
+
+class ResumableSampler(Sampler):
+    """Shuffled (or sequential) indices of a dataset, reproducible per epoch and resumable mid-epoch.
+
+    Args:
+        n: dataset length.
+        seed: base seed.
+        shuffle: permute each epoch (``torch.randperm`` with a generator seeded ``seed + epoch``).
+        batch_size / drop_last: only used to translate ``start_batch`` into samples.
+
+    ``set_epoch(epoch, start_batch=0)`` selects the epoch and how many batches of it are already done.
+    """
+
+    def __init__(self, n: int, seed: int = 0, shuffle: bool = True, batch_size: int = 1) -> None:
+        self.n, self.seed, self.shuffle, self.batch_size = n, seed, shuffle, batch_size
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def order(self, epoch: int) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.n))
+        g = torch.Generator().manual_seed(self.seed + epoch)
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = self.order(self.epoch)[self.start_batch * self.batch_size:]
+        for i in order:
+            yield i, sample_seed(self.seed, self.epoch, i)
+
+    def __len__(self) -> int:
+        return max(0, self.n - self.start_batch * self.batch_size)
+
+
+class SeededDataset(Dataset):
+    """Wrap a dataset so that ``ds[(index, seed)]`` returns ``(index, sample)`` with augmentation drawn from ``seed``.
+
+    The index travels with the sample so the trainer can name the images of a batch (e.g. in the non-finite-loss
+    error). Plain integer indices work too (no seeding).
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            index, seed = key
+            from resdense.data import seed_transforms
+
+            seed_transforms(self.dataset, seed)
+            if get_worker_info() is not None:  # the main process's global states belong to the training run
+                import random
+
+                import numpy as np
+
+                random.seed(seed)
+                np.random.seed(seed)
+        else:
+            index = key
+        return index, self.dataset[index]
+
+    def __getattr__(self, name: str):
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)

@@ -1,0 +1,66 @@
+"""Optimisers and learning-rate schedules (stepped once per iteration)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from resdense.config import TrainConfig
+
+__all__ = ["build_optimizer", "build_scheduler", "lr_factor", "param_groups"]
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+
+
+def param_groups(model: nn.Module, weight_decay: float, norm_weight_decay: float) -> list[dict]:
+    """Split trainable parameters: norm-layer weights and all biases get ``norm_weight_decay`` (timm's rule:
+    decaying them only shrinks a scale the next layer undoes). Frozen parameters are left out."""
+    decay, no_decay = [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            (no_decay if isinstance(module, _NORMS) or name == "bias" else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": norm_weight_decay})
+    return groups
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (momentum, optional Nesterov-free) or AdamW over the model's trainable parameters."""
+    groups = param_groups(model, cfg.weight_decay, cfg.norm_weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+def lr_factor(it: int, total: int, cfg: TrainConfig) -> float:
+    """Multiplier of the base learning rate at iteration ``it`` (0-based) of ``total``.
+
+    Linear warm-up from ``warmup_factor`` to 1 over ``warmup_iters`` (Goyal et al. 2017), then the schedule:
+    ``cosine`` decays to ``min_lr_ratio`` at ``total`` (Loshchilov & Hutter 2017) over the post-warm-up span,
+    ``step`` multiplies by ``gamma`` at each milestone, ``constant`` stays at 1.
+    """
+    if cfg.warmup_iters > 0 and it < cfg.warmup_iters:
+        alpha = it / cfg.warmup_iters
+        warm = cfg.warmup_factor * (1 - alpha) + alpha
+    else:
+        warm = 1.0
+    if cfg.schedule == "cosine":
+        span = max(1, total - cfg.warmup_iters)
+        t = min(max(it - cfg.warmup_iters, 0), span) / span
+        main = cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+    elif cfg.schedule == "step":
+        marks = [m * total if m < 1 else m for m in cfg.milestones]
+        main = cfg.gamma ** sum(it >= m for m in marks)
+    else:
+        main = 1.0
+    return warm * main
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, total: int, cfg: TrainConfig):
+    """A ``LambdaLR`` over :func:`lr_factor`; its state dict is plain (the lambda itself is not saved)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, total, cfg))

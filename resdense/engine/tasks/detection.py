@@ -1,0 +1,85 @@
+"""Object detection with torchvision's detectors: lists of images ``[3, H, W]`` in [0, 1] and target dicts.
+
+The model computes its own losses in train mode; evaluation runs it in eval mode and scores the outputs with
+:class:`~resdense.evaluation.DetectionEvaluator` against the dataset's COCO ground truth.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from .base import Batch, Task
+
+__all__ = ["DetectionTask"]
+
+
+class DetectionTask(Task):
+    """Args:
+        class_names: the K class names (label k <-> ``class_names[k - 1]``).
+        iou_types: ``("bbox",)`` or ``("bbox", "segm")`` for Mask R-CNN.
+        backend: COCO evaluation backend (``faster`` or ``pycocotools``).
+    """
+
+    name = "detection"
+    default_metric = "bbox/AP"
+
+    def __init__(self, class_names: list[str], iou_types: tuple[str, ...] = ("bbox",), backend: str = "faster") -> None:
+        self.class_names = list(class_names)
+        self.iou_types = tuple(iou_types)
+        self.backend = backend
+
+    def collate(self, items: list[tuple[int, Any]]) -> Batch:
+        return Batch([i for i, _ in items], [s[0] for _, s in items], [s[1] for _, s in items])
+
+    def to_device(self, batch: Batch, device: torch.device) -> Batch:
+        if device.type == "cpu":
+            return batch
+        images = [img.to(device, non_blocking=True) for img in batch.inputs]
+        targets = [{k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in t.items()}
+                   for t in batch.targets]
+        return Batch(batch.indices, images, targets)
+
+    def image_ids(self, batch: Batch, dataset: Dataset) -> list:
+        return [int(t["image_id"]) if "image_id" in t else i for i, t in zip(batch.indices, batch.targets, strict=True)]
+
+    def losses(self, model: nn.Module, batch: Batch) -> dict[str, Tensor]:
+        return dict(model(batch.inputs, batch.targets))
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device, autocast=None,
+                 **kwargs: Any) -> dict[str, Any]:
+        from resdense.evaluation import DetectionEvaluator
+
+        dataset = _base_dataset(loader.dataset)
+        evaluator = DetectionEvaluator(dataset.coco, dataset.label_to_cat_id, iou_types=self.iou_types,
+                                       backend=self.backend)
+        for batch in loader:
+            batch = self.to_device(batch, device)
+            if autocast is not None:
+                with autocast():
+                    outputs = model(batch.inputs)
+            else:
+                outputs = model(batch.inputs)
+            outputs = [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in o.items()} for o in outputs]
+            targets = [{k: v.cpu() if isinstance(v, Tensor) else v for k, v in t.items()} for t in batch.targets]
+            evaluator.update(outputs, targets)
+        return dict(evaluator.compute())
+
+    def summary(self, metrics: dict[str, Any]) -> dict[str, float]:
+        return {k: float(v) for k, v in metrics.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and "/" in k}
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        """torchvision outputs (``boxes`` xyxy in the input's pixels, ``labels``, ``scores``, ``masks``)."""
+        return [{k: v.cpu() for k, v in o.items()} for o in model(images)]
+
+
+def _base_dataset(dataset: Dataset) -> Dataset:
+    while not hasattr(dataset, "coco") and hasattr(dataset, "dataset"):
+        dataset = dataset.dataset
+    return dataset

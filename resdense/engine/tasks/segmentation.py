@@ -1,0 +1,122 @@
+"""Semantic segmentation: models ``x [N, 3, H, W] -> logits [N, K, H, W]``, targets ``int64 [N, H, W]``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from .base import Batch, Task
+
+__all__ = ["SegmentationTask"]
+
+
+class SegmentationTask(Task):
+    """Cross-entropy and/or Dice loss; mIoU (and the rest of :class:`~resdense.evaluation.SegmentationMetrics`).
+
+    Args:
+        num_classes: K (logit channels).
+        ignore_index: target value left out of losses and metrics.
+        loss: ``"ce"``, ``"dice"`` or ``"ce+dice"`` (smp's multiclass ``DiceLoss``, which honours ``ignore_index``).
+        class_weights: per-class cross-entropy weights ``[K]`` (``None``: uniform).
+        class_names: names for tables and legends.
+    """
+
+    name = "segmentation"
+    default_metric = "mIoU"
+
+    def __init__(self, num_classes: int, ignore_index: int = 255, loss: str = "ce",
+                 class_weights: list[float] | None = None, class_names: list[str] | None = None) -> None:
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.loss_name = loss
+        self.class_weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        self._dice = None
+        if "dice" in loss:
+            from segmentation_models_pytorch.losses import DiceLoss
+
+            self._dice = DiceLoss("multiclass", ignore_index=ignore_index)
+
+    def collate(self, items: list[tuple[int, Any]]) -> Batch:
+        indices = [i for i, _ in items]
+        images = torch.stack([s[0] for _, s in items])
+        masks = torch.stack([torch.as_tensor(s[1], dtype=torch.int64) for _, s in items])
+        return Batch(indices, images, masks)
+
+    def losses(self, model: nn.Module, batch: Batch) -> dict[str, Tensor]:
+        logits = model(batch.inputs)
+        target = batch.targets
+        out: dict[str, Tensor] = {}
+        # Losses in float32 even under autocast: log-softmax over low-precision logits loses the small classes.
+        logits = logits.float()
+        if "ce" in self.loss_name.split("+"):
+            weight = self.class_weights.to(logits.device) if self.class_weights is not None else None
+            out["loss_ce"] = F.cross_entropy(logits, target, weight=weight, ignore_index=self.ignore_index)
+        if self._dice is not None:
+            out["loss_dice"] = self._dice(logits, target)
+        return out
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device, autocast=None,
+                 **kwargs: Any) -> dict[str, Any]:
+        from resdense.evaluation import SegmentationMetrics
+
+        metrics = SegmentationMetrics(self.num_classes, ignore_index=self.ignore_index, class_names=self.class_names)
+        total, count = 0.0, 0
+        for batch in loader:
+            batch = self.to_device(batch, device)
+            with autocast() if autocast is not None else _null():
+                logits = model(batch.inputs)
+            logits = logits.float()
+            loss = F.cross_entropy(logits, batch.targets, ignore_index=self.ignore_index, reduction="sum")
+            valid = int((batch.targets != self.ignore_index).sum())
+            total, count = total + float(loss), count + valid
+            metrics.update(logits, batch.targets)
+        result = metrics.compute()
+        result["val_loss"] = total / max(count, 1)
+        result["table"] = metrics.format_table(result)
+        for i, name in enumerate(self.class_names):
+            result[f"IoU/{name}"] = float(result["IoU"][i])
+        return result
+
+    def summary(self, metrics: dict[str, Any]) -> dict[str, float]:
+        keys = ("mIoU", "mDice", "pixel_accuracy", "mean_accuracy", "fwIoU", "val_loss")
+        out = {k: float(metrics[k]) for k in keys if k in metrics}
+        out.update({k: float(v) for k, v in metrics.items() if k.startswith("IoU/")})
+        return out
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, images: list[Tensor]) -> list[Tensor]:
+        """Class maps ``int64 [H, W]`` for images ``[3, H, W]`` (normalised as in training; any size: padded to the
+        model's divisor and cropped back)."""
+        out = []
+        divisor = _divisor(model)
+        for img in images:
+            h, w = img.shape[-2:]
+            ph, pw = (-h) % divisor, (-w) % divisor
+            x = F.pad(img[None], (0, pw, 0, ph)) if ph or pw else img[None]
+            logits = model(x)[..., :h, :w]
+            out.append(logits.argmax(1)[0].cpu())
+        return out
+
+
+def _divisor(model: nn.Module) -> int:
+    for attr in ("size_divisibility", "output_stride"):
+        v = getattr(model, attr, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    encoder = getattr(model, "encoder", None) or getattr(model, "backbone", None)
+    v = getattr(encoder, "size_divisibility", None) or getattr(encoder, "output_stride", None)
+    return v if isinstance(v, int) and v > 0 else 32
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False

@@ -1,0 +1,232 @@
+"""Pictures a person can read: class-coloured mask overlays with a legend, boxes with label and score, curves.
+
+Everything draws with PIL into RGB ``uint8`` arrays (no display needed); :func:`plot_curves` uses matplotlib's
+Agg backend.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+__all__ = ["palette", "overlay_mask", "draw_boxes", "plot_curves", "save_image", "denormalize", "side_by_side"]
+
+
+def palette(n: int, background: bool = True) -> np.ndarray:
+    """``[n, 3] uint8`` distinct colours; with ``background`` the first is black (class 0 left undrawn)."""
+    colours = []
+    for i in range(n):
+        # Golden-ratio hue steps keep neighbouring class indices far apart on the colour wheel.
+        h = (i * 0.618033988749895 + 0.1) % 1.0
+        s, v = (0.85, 0.95) if i % 2 == 0 else (0.65, 0.8)
+        colours.append([int(255 * c) for c in colorsys.hsv_to_rgb(h, s, v)])
+    out = np.array(colours, dtype=np.uint8).reshape(-1, 3)
+    if background and n:
+        out[0] = 0
+    return out
+
+
+def _font(size: int = 11):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def denormalize(image, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> np.ndarray:
+    """``float [3, H, W]`` tensor/array (normalised with mean/std, or in [0, 1]) -> ``uint8 [H, W, 3]``."""
+    arr = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
+    arr = arr.astype(np.float32)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3):
+        arr = arr.transpose(1, 2, 0)
+    if mean is not None and std is not None:
+        arr = arr * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    return (arr.clip(0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def overlay_mask(image: np.ndarray, mask: np.ndarray, class_names: Sequence[str], alpha: float = 0.5,
+                 ignore_index: int | None = 255, legend: bool = True, background: bool = True) -> np.ndarray:
+    """Blend a class map over an image and add a legend of the classes present.
+
+    Args:
+        image: ``uint8 [H, W, 3]``.
+        mask: integer ``[H, W]`` class indices (``ignore_index`` pixels are drawn grey).
+        class_names: names by index.
+        alpha: opacity of the class colours.
+        background: class 0 is background (left uncoloured).
+
+    Returns:
+        ``uint8 [H, W + legend width, 3]``.
+    """
+    mask = np.asarray(mask)
+    colours = palette(len(class_names), background=background)
+    out = image.astype(np.float32).copy()
+    for k in range(len(class_names)):
+        if background and k == 0:
+            continue
+        sel = mask == k
+        if sel.any():
+            out[sel] = (1 - alpha) * out[sel] + alpha * colours[k]
+    if ignore_index is not None:
+        sel = mask == ignore_index
+        out[sel] = 0.5 * out[sel] + 0.5 * 128
+    out = out.clip(0, 255).astype(np.uint8)
+    out = _outline(out, mask, colours, background)
+    if not legend:
+        return out
+    present = [k for k in range(len(class_names)) if (mask == k).any() and not (background and k == 0)]
+    return _with_legend(out, [(class_names[k], tuple(int(c) for c in colours[k])) for k in present])
+
+
+def _outline(img: np.ndarray, mask: np.ndarray, colours: np.ndarray, background: bool) -> np.ndarray:
+    """Draw each class region's border in its full colour so adjacent regions stay distinguishable."""
+    edge = np.zeros(mask.shape, bool)
+    edge[:-1] |= mask[:-1] != mask[1:]
+    edge[1:] |= mask[:-1] != mask[1:]
+    edge[:, :-1] |= mask[:, :-1] != mask[:, 1:]
+    edge[:, 1:] |= mask[:, :-1] != mask[:, 1:]
+    out = img.copy()
+    valid = (mask >= 0) & (mask < len(colours))
+    if background:
+        valid &= mask != 0
+    sel = edge & valid
+    out[sel] = colours[mask[sel]]
+    return out
+
+
+def _with_legend(img: np.ndarray, entries: list[tuple[str, tuple[int, int, int]]]) -> np.ndarray:
+    font = _font(11)
+    h = img.shape[0]
+    row = 16
+    width = 14 + max([int(font.getlength(name)) for name, _ in entries] + [40]) + 10
+    rows = max(len(entries), 1)
+    canvas = Image.new("RGB", (img.shape[1] + width, max(h, rows * row + 8)), (255, 255, 255))
+    canvas.paste(Image.fromarray(img), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    x0 = img.shape[1] + 6
+    if not entries:
+        draw.text((x0, 4), "(none)", fill=(90, 90, 90), font=font)
+    for i, (name, colour) in enumerate(entries):
+        y = 4 + i * row
+        draw.rectangle([x0, y + 1, x0 + 10, y + 11], fill=colour, outline=(0, 0, 0))
+        draw.text((x0 + 14, y), name, fill=(0, 0, 0), font=font)
+    return np.asarray(canvas)
+
+
+def draw_boxes(image: np.ndarray, boxes, labels, scores=None, class_names: Sequence[str] | None = None,
+               score_threshold: float = 0.0, width: int = 2) -> np.ndarray:
+    """Draw xyxy ``boxes [N, 4]`` with ``"name 0.97"`` captions; label ``k`` is ``class_names[k - 1]``.
+
+    Args:
+        image: ``uint8 [H, W, 3]``.
+        boxes, labels, scores: detector outputs (tensors or arrays); ``scores=None`` for ground truth.
+        class_names: the K names (labels 1..K, 0 is background).
+        score_threshold: boxes scoring below are not drawn.
+    """
+    boxes = np.asarray(boxes.detach().cpu() if hasattr(boxes, "detach") else boxes, dtype=np.float32).reshape(-1, 4)
+    labels = np.asarray(labels.detach().cpu() if hasattr(labels, "detach") else labels).reshape(-1)
+    if scores is not None:
+        scores = np.asarray(scores.detach().cpu() if hasattr(scores, "detach") else scores, dtype=np.float32)
+    names = list(class_names or [])
+    colours = palette(len(names) + 1)
+    canvas = Image.fromarray(image).convert("RGB")
+    # Small images get scaled up so that captions stay legible.
+    scale = max(1, math.ceil(256 / max(canvas.size)))
+    if scale > 1:
+        canvas = canvas.resize((canvas.width * scale, canvas.height * scale), Image.NEAREST)
+    draw = ImageDraw.Draw(canvas)
+    font = _font(11)
+    order = np.argsort(-scores) if scores is not None else np.arange(len(boxes))
+    for i in order[::-1]:
+        if scores is not None and scores[i] < score_threshold:
+            continue
+        k = int(labels[i])
+        colour = tuple(int(c) for c in colours[k % len(colours)]) if 0 < k < len(colours) else (255, 255, 0)
+        name = names[k - 1] if 0 < k <= len(names) else str(k)
+        text = name if scores is None else f"{name} {scores[i]:.2f}"
+        x0, y0, x1, y1 = (boxes[i] * scale).tolist()
+        draw.rectangle([x0, y0, x1, y1], outline=colour, width=width)
+        tw = font.getlength(text)
+        ty = y0 - 13 if y0 >= 13 else y0 + 1
+        draw.rectangle([x0, ty, x0 + tw + 4, ty + 12], fill=colour)
+        draw.text((x0 + 2, ty), text, fill=(0, 0, 0) if sum(colour) > 380 else (255, 255, 255), font=font)
+    return np.asarray(canvas)
+
+
+def side_by_side(images: Sequence[np.ndarray], titles: Sequence[str] | None = None, pad: int = 6) -> np.ndarray:
+    """Place images in a row (tops aligned) with optional titles above them."""
+    font = _font(12)
+    top = 16 if titles else 0
+    h = max(im.shape[0] for im in images) + top
+    w = sum(im.shape[1] for im in images) + pad * (len(images) - 1)
+    canvas = Image.new("RGB", (w, h), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    x = 0
+    for i, im in enumerate(images):
+        canvas.paste(Image.fromarray(im), (x, top))
+        if titles:
+            draw.text((x + 2, 1), titles[i], fill=(0, 0, 0), font=font)
+        x += im.shape[1] + pad
+    return np.asarray(canvas)
+
+
+def save_image(image: np.ndarray, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+    return path
+
+
+def plot_curves(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """Loss terms (``log.csv``) and evaluation metrics (``eval.csv``) of a run as one PNG.
+
+    Returns:
+        The PNG's path (default ``run_dir/curves.png``).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from resdense.engine.logger import read_csv
+
+    run_dir = Path(run_dir)
+    out = Path(out) if out else run_dir / "curves.png"
+    train, evals = read_csv(run_dir / "log.csv"), read_csv(run_dir / "eval.csv")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax = axes[0]
+    if train:
+        its = [r["iteration"] for r in train]
+        keys = [k for k in train[0] if k.startswith("loss")]
+        for k in keys:
+            ax.plot(its, [r.get(k, math.nan) for r in train], label=k, lw=1.6 if k == "loss" else 1.0)
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    ax.set_xlabel("iteration")
+    ax.set_title("training loss")
+    ax.grid(alpha=0.3)
+    ax = axes[1]
+    if evals:
+        its = [r["iteration"] for r in evals]
+        keys = [k for k in evals[0] if k != "iteration" and not k.startswith("IoU/") and "loss" not in k
+                and not k.split("/")[-1].startswith(("AR", "APs", "APm", "APl"))]
+        for k in keys:
+            ax.plot(its, [r.get(k, math.nan) for r in evals], marker="o", ms=3, label=k)
+        ax.legend(fontsize=7)
+        ax.set_ylim(0, 1.0)
+    ax.set_xlabel("iteration")
+    ax.set_title("validation metrics")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
