@@ -35,7 +35,7 @@ def _box_rle(box, height: int, width: int) -> dict:
 
 
 def decode_segms(segms: list, height: int, width: int, boxes=None) -> np.ndarray:
-    """Decode N segmentations to ``uint8 [N, H, W]`` (0/1); a ``None`` entry becomes its filled box."""
+    """Decode N segmentations to ``uint8 [N, H, W]`` (0/1, a strided view); a ``None`` entry becomes its box."""
     if not segms:
         return np.zeros((0, height, width), dtype=np.uint8)
     rles = [segm_to_rle(s, height, width, None if boxes is None else boxes[i]) for i, s in enumerate(segms)]
@@ -43,5 +43,6 @@ def decode_segms(segms: list, height: int, width: int, boxes=None) -> np.ndarray
         # pycocotools' Cython RleObjs.__array__ predates numpy 2's copy keyword; harmless, not the user's concern.
         warnings.simplefilter("ignore", DeprecationWarning)
         decoded = mask_utils.decode(rles)
-    # decode() returns [H, W, N] in Fortran order; one transpose+copy gives C-contiguous [N, H, W].
-    return np.ascontiguousarray(decoded.transpose(2, 0, 1))
+    # decode() returns [H, W, N] in Fortran order: the [N, H, W] view has column-major planes. It is returned as
+    # is (transforms bit-pack it in that layout); callers needing C order copy it once.
+    return decoded.transpose(2, 0, 1)

@@ -18,7 +18,7 @@ from ._coco_parse import ImageRecord, ParsedCoco, load_json, parse_coco, raise_f
 from ._common import SkipBadImages, check_choice, warn
 from ._io import read_image, to_image_tensor
 from ._rle import decode_segms
-from .transforms import as_detection_transform
+from .transforms import DetectionTransform, as_detection_transform
 
 __all__ = ["CocoDetection", "build_coco"]
 
@@ -157,7 +157,9 @@ class CocoDetection(_CocoSource):
         target = {"boxes": rec.boxes.copy(), "labels": rec.labels.copy(), "area": rec.areas.copy(),
                   "iscrowd": np.zeros(n, dtype=np.int64)}
         if self.masks:
-            target["masks"] = decode_segms(rec.segms, rec.height, rec.width, rec.boxes)
+            masks = decode_segms(rec.segms, rec.height, rec.width, rec.boxes)
+            # DetectionTransform packs the decoder's column-major planes directly; anyone else gets C order.
+            target["masks"] = masks if isinstance(self.transforms, DetectionTransform) else np.ascontiguousarray(masks)
         if self.transforms is not None:
             image, target = self.transforms(img, target)
         else:

@@ -87,7 +87,11 @@ class DetectionTransform:
             # An evaluation pipeline may have no geometric op at all; albumentations warns about the unused bbox
             # processor then, which is noise here.
             warnings.filterwarnings("ignore", message="Got processor for bboxes")
-            self.compose = A.Compose(ops, bbox_params=bbox_params, seed=seed)
+            # Instance masks are binary: nearest-neighbour keeps them binary, and lets us bit-pack them (below).
+            self.compose = A.Compose(ops, bbox_params=bbox_params, seed=seed, mask_interpolation=cv2.INTER_NEAREST)
+        # Bit-packing 8 instance masks per channel is exact when every op only moves mask pixels (nearest
+        # interpolation) and fills borders with 0; an op filling masks with another value gets the plain path.
+        self._pack = all(not getattr(op, "fill_mask", 0) for op in ops)
 
     def __call__(self, image: np.ndarray, target: dict) -> tuple[torch.Tensor, dict]:
         boxes = np.asarray(target["boxes"], dtype=np.float32).reshape(-1, 4)
@@ -95,7 +99,10 @@ class DetectionTransform:
         data = {"image": image, "bboxes": boxes, "labels": np.asarray(target["labels"]), "instance": np.arange(n)}
         masks = target.get("masks")
         if masks is not None and n:
-            data["masks"] = np.asarray(masks)
+            if self._pack:
+                data["mask"] = _pack_masks(np.asarray(masks))
+            else:
+                data["masks"] = np.asarray(masks)
         out = self.compose(**data)
         keep = np.asarray(out["instance"], dtype=np.int64).reshape(-1)
         new_boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
@@ -105,7 +112,12 @@ class DetectionTransform:
         img = out["image"]
         result: dict = {}
         if masks is not None:
-            m = np.asarray(out["masks"])[keep] if n else np.zeros((0, *img.shape[:2]), np.uint8)
+            if not n:
+                m = np.zeros((0, *img.shape[:2]), np.uint8)
+            elif self._pack:
+                m = _unpack_masks(np.asarray(out["mask"]), keep)
+            else:
+                m = np.asarray(out["masks"])[keep]
             if self.boxes_from_masks:
                 tight, nonempty = _mask_boxes(m)
                 new_boxes, m, labels, iscrowd = tight[nonempty], m[nonempty], labels[nonempty], iscrowd[nonempty]
@@ -130,6 +142,33 @@ class DetectionTransform:
 
     def __repr__(self) -> str:
         return f"DetectionTransform({self.compose.transforms!r}, normalize={self.normalize})"
+
+
+def _pack_masks(masks: np.ndarray) -> np.ndarray:
+    """Binary masks ``[N, H, W]`` -> ``uint8 [H, W]`` (N <= 8) or ``[H, W, ceil(N / 8)]``, instance i in bit i % 8
+    of channel i // 8. One warp of the packed mask replaces N warps (albumentations warps masks one by one)."""
+    n, h, w = masks.shape
+    # pycocotools decodes column-major planes; pack in that layout and transpose once at the end.
+    col_major = masks.transpose(0, 2, 1).flags.c_contiguous and not masks.flags.c_contiguous
+    src = masks.transpose(0, 2, 1) if col_major else masks
+    packed = np.zeros(((n + 7) // 8, *src.shape[1:]), np.uint8)
+    tmp = np.empty(src.shape[1:], np.uint8)
+    for i in range(n):
+        np.left_shift(src[i], i & 7, out=tmp, dtype=np.uint8, casting="unsafe")
+        np.bitwise_or(packed[i >> 3], tmp, out=packed[i >> 3])
+    out = packed.transpose(0, 2, 1) if col_major else packed
+    return np.ascontiguousarray(out[0] if len(out) == 1 else out.transpose(1, 2, 0))
+
+
+def _unpack_masks(packed: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`_pack_masks` for the instances in ``keep`` -> ``uint8 [len(keep), H', W']``."""
+    if packed.ndim == 2:
+        packed = packed[..., None]
+    out = np.empty((len(keep), *packed.shape[:2]), np.uint8)
+    for j, i in enumerate(keep.tolist()):
+        np.right_shift(packed[..., i >> 3], i & 7, out=out[j])
+        np.bitwise_and(out[j], 1, out=out[j])
+    return out
 
 
 def _box_area(b: np.ndarray) -> np.ndarray:

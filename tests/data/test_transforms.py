@@ -185,3 +185,35 @@ def test_segmentation_preset_normalises_and_pads_with_ignore():
     assert m[50:].eq(255).all() and m[:, 70:].eq(255).all()
     out_t, m_t = segmentation_transforms(train=True, size=32, seed=0)(image, mask)
     assert out_t.shape == (3, 32, 32) and set(m_t.unique().tolist()) <= {0, 1, 2}
+
+
+def test_bit_packed_masks_equal_plain_warps_for_many_overlapping_instances():
+    """20 overlapping instances span three packed channels; the result must equal warping each mask alone."""
+    rng = np.random.default_rng(0)
+    n = 20
+    masks = np.zeros((n, H, W), np.uint8)
+    boxes = []
+    for i in range(n):
+        x0, y0 = rng.integers(0, W - 20), rng.integers(0, H - 20)
+        x1, y1 = x0 + rng.integers(8, 20), y0 + rng.integers(8, 20)
+        masks[i, y0:y1, x0:x1] = 1
+        boxes.append((x0, y0, x1, y1))
+    target = {"boxes": np.array(boxes, np.float32), "labels": np.arange(1, n + 1), "masks": masks}
+    image = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    # Fortran-ordered planes, as pycocotools decodes them, take the column-major packing branch.
+    fortran = {**target, "masks": np.asfortranarray(masks.transpose(1, 2, 0)).transpose(2, 0, 1)}
+    ops = [A.RandomResizedCrop(size=(70, 90), scale=(0.3, 1.0), p=1), A.Rotate(limit=30, p=1),
+           A.HorizontalFlip(p=0.5)]
+    for seed in range(4):
+        packed = DetectionTransform(ops, seed=seed)
+        plain = DetectionTransform(ops, seed=seed)
+        plain._pack = False
+        assert packed._pack
+        for tgt in (target, fortran):
+            _, a = packed(image, tgt)
+            packed.compose.set_random_seed(seed)
+            _, b = plain(image, target)
+            plain.compose.set_random_seed(seed)
+            assert torch.equal(a["labels"], b["labels"]) and len(a["labels"]) > 8
+            assert torch.equal(a["masks"], b["masks"])
+            torch.testing.assert_close(a["boxes"], b["boxes"])
