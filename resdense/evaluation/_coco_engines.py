@@ -89,10 +89,12 @@ def _results_dataset(gt: dict, results: list[dict], iou_type: str) -> dict:
     if iou_type == "segm" and results:
         from pycocotools import mask as mask_utils
 
-        rles = [r["segmentation"] for r in results]
-        areas, boxes = mask_utils.area(rles).tolist(), mask_utils.toBbox(rles).tolist()
-        for r, area, box in zip(results, areas, boxes, strict=True):
-            r["area"], r["bbox"] = area, box
+        # One RLE at a time: pycocotools 2.0.11's area() of a list overflows past 255 masks (uint8 counter).
+        for r in results:
+            r["area"] = float(mask_utils.area(r["segmentation"]))
+        boxes = mask_utils.toBbox([r["segmentation"] for r in results]).tolist()
+        for r, box in zip(results, boxes, strict=True):
+            r["bbox"] = box
     elif iou_type == "bbox":
         for r in results:
             r["area"] = r["bbox"][2] * r["bbox"][3]

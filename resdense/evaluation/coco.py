@@ -8,6 +8,23 @@ Conventions (all pycocotools'): 10 IoU thresholds 0.50:0.05:0.95, 101-point inte
 small < 32**2 <= medium < 96**2 <= large taken from the ground truth's ``area`` field (the detection's own area
 for unmatched detections), crowd regions matched but never counted, and -1 for a statistic that has no ground
 truth (e.g. ``APs`` on a dataset without small objects).
+
+What this adds to the engines (pycocotools 2.0.x, faster-coco-eval 1.x), each covered by a test:
+
+* Validation first (see ``_coco_inputs``): result image / category ids absent from the GT (pycocotools asserts
+  without naming them), NaN/inf boxes or scores (a NaN box matches any GT: every ``iou < t`` test is False),
+  GT annotation id 0 (stored as the match flag, it reads as "unmatched": TPs become FPs; faster-coco-eval only
+  warns) and duplicate ids (collapsed by the id index). ``renumber_ann_ids=True`` renumbers instead of refusing.
+* Result datasets are built here, not by ``loadRes``: empty results work (pycocotools: IndexError), segm results
+  never take their area from a ``bbox`` field (pycocotools' loadRes treats any result with ``bbox`` as a box),
+  polygons and uncompressed RLE are accepted, and the caller's lists are never modified.
+* Statistics are read from the engines' ``precision`` / ``recall`` arrays by one function for both backends, at
+  the largest ``max_dets`` (pycocotools' ``summarize`` hard-codes 100 and reports AP = -1 without it).
+* Engines run quietly (pycocotools' prints go to the debug log) and with the cyclic GC paused, which alone makes
+  a val2017-sized bbox evaluation ~1.5x faster than calling faster-coco-eval directly.
+
+faster-coco-eval vs pycocotools: on the same inputs the 12 statistics agree to 2.3e-16 in our differential tests
+(the C++ accumulation differs from numpy's in the last bit of some precision values), not bit for bit.
 """
 
 from __future__ import annotations

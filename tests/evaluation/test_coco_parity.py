@@ -106,3 +106,12 @@ def test_custom_max_dets_reports_the_largest(backend):
         assert stats[key] == pytest.approx(at20[i], abs=TOL), key
     assert stats["AR3"] == pytest.approx(at3[8], abs=TOL)
     assert stats["AP"] > 0
+
+
+@pytest.mark.parametrize("backend", ["faster", "pycocotools"])
+def test_many_segm_results_in_one_call(backend):
+    # Regression: pycocotools' mask.area() of a list of more than 255 RLEs overflows a uint8 counter.
+    gt, _, segm_results = random_coco_problem(5, num_images=(30, 30), max_dt_per_image=30, dense_image_prob=0.0)
+    assert len(segm_results) > 255
+    expected = reference_stats(gt, segm_results, "segm")
+    np.testing.assert_allclose(as_array(coco_map(gt, segm_results, "segm", backend)), expected, rtol=0, atol=TOL)
