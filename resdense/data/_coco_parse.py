@@ -309,6 +309,13 @@ def _check_segm(segm, H: int, W: int):
             return None, "is an RLE without 'size' [h, w] and 'counts'"
         if list(size) != [H, W]:
             return None, f"RLE size {size} differs from the image size [{H}, {W}]"
+        if isinstance(counts, list):
+            if not all(_is_int(c) and c >= 0 for c in counts):
+                return None, "RLE 'counts' holds a value that is not a non-negative integer"
+            if sum(counts) != H * W:
+                return None, f"RLE 'counts' sum to {sum(counts)}, not height x width = {H * W}"
+        elif not isinstance(counts, str | bytes):
+            return None, f"RLE 'counts' is a {type(counts).__name__}, expected a list or a string"
         return segm, None
     return None, f"is a {type(segm).__name__}, expected polygons (list) or RLE (dict)"
 

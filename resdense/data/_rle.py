@@ -7,6 +7,8 @@ import warnings
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from resdense.errors import DataError
+
 __all__ = ["segm_to_rle", "decode_segms"]
 
 
@@ -38,11 +40,14 @@ def decode_segms(segms: list, height: int, width: int, boxes=None) -> np.ndarray
     """Decode N segmentations to ``uint8 [N, H, W]`` (0/1, a strided view); a ``None`` entry becomes its box."""
     if not segms:
         return np.zeros((0, height, width), dtype=np.uint8)
-    rles = [segm_to_rle(s, height, width, None if boxes is None else boxes[i]) for i, s in enumerate(segms)]
-    with warnings.catch_warnings():
-        # pycocotools' Cython RleObjs.__array__ predates numpy 2's copy keyword; harmless, not the user's concern.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        decoded = mask_utils.decode(rles)
+    try:
+        rles = [segm_to_rle(s, height, width, None if boxes is None else boxes[i]) for i, s in enumerate(segms)]
+        with warnings.catch_warnings():
+            # pycocotools' Cython RleObjs.__array__ predates numpy 2's copy keyword; harmless noise.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            decoded = mask_utils.decode(rles)
+    except (ValueError, TypeError, KeyError) as err:  # a compressed RLE string that does not decode
+        raise DataError(f"segmentation does not decode ({type(err).__name__}: {err})") from None
     # decode() returns [H, W, N] in Fortran order: the [N, H, W] view has column-major planes. It is returned as
     # is (transforms bit-pack it in that layout); callers needing C order copy it once.
     return decoded.transpose(2, 0, 1)

@@ -52,6 +52,7 @@ class _CocoSource(SkipBadImages, Dataset):
         self.cat_id_to_label = dict(parsed.cat_id_to_label)
         self.label_to_cat_id = dict(parsed.label_to_cat_id)
         self._dataset = parsed.dataset
+        self._source = parsed.source
         self._coco = None
         records = parsed.records
         missing = [r for r in records if not os.path.exists(self.images_dir / r.file_name)]
@@ -157,7 +158,10 @@ class CocoDetection(_CocoSource):
         target = {"boxes": rec.boxes.copy(), "labels": rec.labels.copy(), "area": rec.areas.copy(),
                   "iscrowd": np.zeros(n, dtype=np.int64)}
         if self.masks:
-            masks = decode_segms(rec.segms, rec.height, rec.width, rec.boxes)
+            try:
+                masks = decode_segms(rec.segms, rec.height, rec.width, rec.boxes)
+            except DataError as err:
+                raise DataError(f"{self._source}: image id {rec.image_id}: {err}") from None
             # DetectionTransform packs the decoder's column-major planes directly; anyone else gets C order.
             target["masks"] = masks if isinstance(self.transforms, DetectionTransform) else np.ascontiguousarray(masks)
         if self.transforms is not None:

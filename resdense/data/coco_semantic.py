@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from resdense.errors import ConfigError
+from resdense.errors import ConfigError, DataError
 
 from ._coco_parse import load_json, parse_coco
 from ._io import to_image_tensor
@@ -53,7 +53,12 @@ class CocoSemantic(_CocoSource):
 
     def render(self, index: int) -> np.ndarray:
         """The semantic mask of image ``index`` as ``int64 [H, W]`` (before transforms)."""
-        rec = self._records[index]
+        try:
+            return self._render(self._records[index])
+        except DataError as err:
+            raise DataError(f"{self._source}: image id {self._records[index].image_id}: {err}") from None
+
+    def _render(self, rec) -> np.ndarray:
         h, w = rec.height, rec.width
         sem = np.zeros((h, w), dtype=np.int64)
         if len(rec.labels):

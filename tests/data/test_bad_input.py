@@ -203,6 +203,20 @@ def test_rle_of_the_wrong_size(tmp_path):
         CocoDetection(tmp_path / "img", make_coco(tmp_path, [a]))
 
 
+def test_rle_counts_that_do_not_add_up(tmp_path):
+    a = _ann(1, segmentation={"size": [40, 60], "counts": [100, 5]})
+    with pytest.raises(DataError, match=r"annotation id 1: field 'segmentation' RLE 'counts' sum to 105, not "
+                                        r"height x width = 2400"):
+        CocoDetection(tmp_path / "img", make_coco(tmp_path, [a]))
+
+
+def test_compressed_rle_that_does_not_decode(tmp_path):
+    a = _ann(1, segmentation={"size": [40, 60], "counts": "\x01garbage"})
+    ds = CocoDetection(tmp_path / "img", make_coco(tmp_path, [a]), masks=True)
+    with pytest.raises(DataError, match=r"ann\.json: image id 1: segmentation does not decode"):
+        ds[0]
+
+
 @pytest.mark.parametrize("data, match", [
     ({"images": {}, "annotations": [], "categories": []}, r"field 'images' is a dict, expected a list"),
     ({"annotations": [], "categories": []}, r"field 'images' is missing"),
