@@ -55,6 +55,13 @@ def _uncompressed(rle: dict, h: int, w: int) -> dict:
     return {"size": [h, w], "counts": counts}
 
 
+def _moved(polygon: list[float], src: list[float], dst: list[float]) -> list[float]:
+    """The polygon mapped from box ``src`` to box ``dst`` (both xywh)."""
+    xy = np.asarray(polygon).reshape(-1, 2)
+    xy = (xy - src[:2]) / np.maximum(src[2:], 1e-6) * dst[2:] + dst[:2]
+    return [round(float(v), 2) for v in xy.reshape(-1)]
+
+
 def _jitter(rng: np.random.Generator, box: list[float], scale: float) -> list[float]:
     x, y, w, h = box
     dx, dy = rng.normal(0, scale * w), rng.normal(0, scale * h)
@@ -103,7 +110,7 @@ def random_coco_problem(
         images.append({"id": image_id, "height": h, "width": w, "file_name": f"{image_id}.jpg"})
         gt_boxes = []
         for _ in range(int(rng.integers(0, max_gt_per_image + 1))):
-            box = _random_box(rng, w, h)
+            box, polygon = _random_box(rng, w, h), None
             cat = int(rng.choice(cat_ids))
             crowd = int(rng.random() < crowd_prob)
             ann = {"id": len(annotations) + 1, "image_id": image_id, "category_id": cat, "bbox": box, "iscrowd": crowd}
@@ -120,23 +127,26 @@ def random_coco_problem(
             else:
                 ann["area"] = round(box[2] * box[3] * float(rng.uniform(0.5, 1.0)), 2)
             annotations.append(ann)
-            gt_boxes.append((box, cat, ann.get("segmentation")))
+            gt_boxes.append((box, cat, polygon))
         n_dt = int(rng.integers(0, max_dt_per_image + 1))
         if rng.random() < dense_image_prob:
             n_dt = int(rng.integers(100, 131))
         for _ in range(n_dt):
             if gt_boxes and rng.random() < 0.7:
-                box, cat, _ = gt_boxes[int(rng.integers(len(gt_boxes)))]
-                box = _jitter(rng, box, float(rng.choice([0.02, 0.1, 0.3])))
+                gt_box, cat, gt_polygon = gt_boxes[int(rng.integers(len(gt_boxes)))]
+                box = _jitter(rng, gt_box, float(rng.choice([0.02, 0.1, 0.3])))
+                # The GT outline moved with its box, so mask IoUs spread like box IoUs (true positives occur).
+                polygon = _moved(gt_polygon, gt_box, box) if segm else None
                 if rng.random() < 0.15:
                     cat = int(rng.choice(cat_ids))
             else:
                 box, cat = _random_box(rng, w, h), int(rng.choice(cat_ids))
+                polygon = _polygon_in_box(rng, box) if segm else None
             # Two decimals make tied scores common: ties are where ordering bugs hide.
             score = round(float(rng.uniform(0.01, 1.0)), 2)
             bbox_results.append({"image_id": image_id, "category_id": cat, "bbox": box, "score": score})
             if segm:
-                rle = _mask_of(_polygon_in_box(rng, box), h, w)
+                rle = _mask_of(polygon, h, w)
                 seg = {"size": [h, w], "counts": rle["counts"].decode("ascii")}
                 segm_results.append({"image_id": image_id, "category_id": cat, "segmentation": seg, "score": score})
     if not bbox_results:  # keep every problem evaluable by plain pycocotools (its loadRes fails on [])
