@@ -17,7 +17,7 @@ from resdense.errors import DataError
 from ._coco_parse import ImageRecord, ParsedCoco, load_json, parse_coco, raise_first
 from ._common import SkipBadImages, check_choice, warn
 from ._io import read_image, to_image_tensor
-from ._rle import decode_segms
+from ._rle import decode_segms, pack_segms
 from .transforms import DetectionTransform, as_detection_transform
 
 __all__ = ["CocoDetection", "build_coco"]
@@ -159,11 +159,14 @@ class CocoDetection(_CocoSource):
                   "iscrowd": np.zeros(n, dtype=np.int64)}
         if self.masks:
             try:
-                masks = decode_segms(rec.segms, rec.height, rec.width, rec.boxes)
+                if isinstance(self.transforms, DetectionTransform) and self.transforms.packs_masks:
+                    # Decoded straight into 8-instances-per-byte planes: one warp instead of N downstream.
+                    target["masks"] = pack_segms(rec.segms, rec.height, rec.width, rec.boxes)
+                else:
+                    masks = decode_segms(rec.segms, rec.height, rec.width, rec.boxes)
+                    target["masks"] = np.ascontiguousarray(masks)
             except DataError as err:
                 raise DataError(f"{self._source}: image id {rec.image_id}: {err}") from None
-            # DetectionTransform packs the decoder's column-major planes directly; anyone else gets C order.
-            target["masks"] = masks if isinstance(self.transforms, DetectionTransform) else np.ascontiguousarray(masks)
         if self.transforms is not None:
             image, target = self.transforms(img, target)
         else:

@@ -20,6 +20,7 @@ from resdense.errors import ConfigError
 
 from ._constants import IMAGENET_MEAN, IMAGENET_STD
 from ._io import to_image_tensor
+from ._rle import PackedMasks
 
 __all__ = [
     "DetectionTransform",
@@ -57,7 +58,7 @@ class DetectionTransform:
         seed: seed of albumentations' random generator (``None``: drawn from the global state).
 
     Call: ``(image uint8 [H, W, 3], target)`` with numpy ``boxes [N, 4]`` xyxy, ``labels [N]``, ``area [N]``,
-    ``iscrowd [N]`` and optionally ``masks uint8 [N, H, W]`` -> ``(image float32 [3, H', W'], target)`` with the same
+    ``iscrowd [N]`` and optionally ``masks uint8 [N, H, W]`` (or :class:`~resdense.data._rle.PackedMasks`) -> ``(image float32 [3, H', W'], target)`` with the same
     keys as tensors (``boxes`` float32, ``labels``/``iscrowd`` int64, ``area`` float32, ``masks`` uint8).
     """
 
@@ -98,8 +99,12 @@ class DetectionTransform:
         n = len(boxes)
         data = {"image": image, "bboxes": boxes, "labels": np.asarray(target["labels"]), "instance": np.arange(n)}
         masks = target.get("masks")
+        if isinstance(masks, PackedMasks) and not self._pack:
+            masks = _unpack_masks(masks.array, np.arange(masks.n))
         if masks is not None and n:
-            if self._pack:
+            if isinstance(masks, PackedMasks):
+                data["mask"] = masks.array
+            elif self._pack:
                 data["mask"] = _pack_masks(np.asarray(masks))
             else:
                 data["masks"] = np.asarray(masks)
@@ -139,6 +144,11 @@ class DetectionTransform:
         else:
             tensor = to_image_tensor(img)
         return tensor, result
+
+    @property
+    def packs_masks(self) -> bool:
+        """Whether instance masks travel bit-packed (every op warps masks by nearest neighbour and fills with 0)."""
+        return self._pack
 
     def __repr__(self) -> str:
         return f"DetectionTransform({self.compose.transforms!r}, normalize={self.normalize})"
