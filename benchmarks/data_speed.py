@@ -3,7 +3,8 @@
 
 Both pipelines do the same work per image: decode a 512x512 JPEG, parse its COCO targets (and decode its instance
 masks when asked), random resized crop to 512x512 (scale 0.25-1), horizontal flip, colour jitter, drop boxes that
-the crop removed, return a float32 [3, 512, 512] image in [0, 1]. Single process, one thread each, best of 3.
+the crop removed, return a float32 [3, 512, 512] image in [0, 1]. Single process, one thread each, best of 3 rounds
+that alternate the two pipelines.
 
     .venv/bin/python benchmarks/data_speed.py [--images 48] [--size 512]
 """
@@ -45,17 +46,20 @@ def resdense_pipeline(images, ann, size: int, masks: bool):
     return CocoDetection(images, ann, transforms=detection_transforms(train=True, size=size, seed=0), masks=masks)
 
 
-def rate(ds, repeats: int = 3) -> float:
-    n = len(ds)
-    for i in range(min(4, n)):  # warm-up (imports, caches)
-        ds[i]
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for i in range(n):
+def rates(datasets, repeats: int = 3) -> list[float]:
+    """Best-of-``repeats`` img/s of each dataset, the pipelines timed in turn in every round so that a change in
+    machine load (this CPU is shared) hits both alike."""
+    for ds in datasets:
+        for i in range(min(4, len(ds))):  # warm-up (imports, caches)
             ds[i]
-        best = min(best, time.perf_counter() - t0)
-    return n / best
+    best = [float("inf")] * len(datasets)
+    for _ in range(repeats):
+        for k, ds in enumerate(datasets):
+            t0 = time.perf_counter()
+            for i in range(len(ds)):
+                ds[i]
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return [len(ds) / t for ds, t in zip(datasets, best, strict=True)]
 
 
 def main() -> None:
@@ -72,8 +76,8 @@ def main() -> None:
               f"{args.size}x{args.size}; {platform.processor() or platform.machine()}, torch threads 1")
         print(f"{'pipeline':<12} {'torchvision img/s':>18} {'resdense img/s':>15} {'speed-up':>9}")
         for masks in (False, True):
-            ref = rate(torchvision_pipeline(split.images, split.instances, args.size, masks))
-            ours = rate(resdense_pipeline(split.images, split.instances, args.size, masks))
+            ref, ours = rates([torchvision_pipeline(split.images, split.instances, args.size, masks),
+                               resdense_pipeline(split.images, split.instances, args.size, masks)])
             name = "masks on" if masks else "boxes only"
             print(f"{name:<12} {ref:>18.1f} {ours:>15.1f} {ours / ref:>8.2f}x")
 
