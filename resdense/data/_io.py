@@ -8,7 +8,6 @@ read with PIL because OpenCV turns palette PNGs into colours, while a palette ma
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -155,8 +154,3 @@ def to_image_tensor(img: np.ndarray):
 
     t = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
     return t.to(torch.float32).div_(255.0)
-
-
-def resolve(root: str | os.PathLike, name: str) -> Path:
-    """Join an annotation's file name to its image folder."""
-    return Path(root) / name

@@ -9,7 +9,7 @@ from pathlib import Path
 from resdense.errors import ConfigError, DataError
 
 from ._coco_parse import parse_coco
-from ._io import IMAGE_EXTENSIONS
+from ._io import IMAGE_EXTENSIONS, image_size
 from .coco import CocoDetection
 
 __all__ = ["VocDetection", "voc_to_coco", "parse_voc_xml", "find_voc_image"]
@@ -87,8 +87,6 @@ def voc_to_coco(images_dir, annotations_dir, classes: Sequence[str] | None = Non
     for image_id, (xml, filename, w, h, objs) in enumerate(parsed, start=1):
         file_name = find_voc_image(images_dir, filename, xml)
         if not (w and h and w.isdigit() and h.isdigit() and int(w) > 0 and int(h) > 0):
-            from ._io import image_size
-
             hh, ww = image_size(images_dir / file_name)  # VOC exports with <size> 0 exist; trust the file
             w, h = str(ww), str(hh)
         images.append({"id": image_id, "file_name": file_name, "width": int(w), "height": int(h), "xml": str(xml)})
