@@ -123,6 +123,10 @@ class SegmentationMetrics:
             )
         if target.is_floating_point() or target.is_complex():
             raise EvaluationError(f"SegmentationMetrics.update: target must be an integer tensor, got {target.dtype}")
+        if preds.device != target.device:
+            raise EvaluationError(
+                f"SegmentationMetrics.update: preds on {preds.device} but target on {target.device}"
+            )
         if target.dim() == 2:  # a single image
             target, preds = target[None], preds[None]
         if target.dim() != 3:

@@ -223,4 +223,6 @@ def test_confusion_matrix_stays_on_the_data_device():
         m.update(logits.cuda(), target.cuda())
         cpu.update(logits, target)
     assert m.confusion_matrix.device.type == "cuda"
+    with pytest.raises(EvaluationError, match=r"preds on cuda:0 but target on cpu"):
+        m.update(logits.cuda(), target)
     assert torch.equal(m.confusion_matrix.cpu(), cpu.confusion_matrix)
