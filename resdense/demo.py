@@ -32,9 +32,17 @@ _PICTURES = 6
 def _demo_config(task: str, out: Path, overrides: Sequence[str]):
     from resdense.config import load_config
 
-    sets = [f"data.shapes.root={out / 'shapes'}", f"train.output_dir={out / task}", "train.resume=false",
-            *overrides]
-    return load_config(DEMO_CONFIGS[task], sets)
+    sets = [f"data.shapes.root={out / 'shapes'}", f"train.output_dir={out / task}", "train.resume=false"]
+    if task == "detection":
+        # The detector's backbone starts from the demo U-Net's encoder (see the recipe's comment).
+        seg = out / "segmentation" / "best.pt"
+        if not seg.exists():
+            from resdense.errors import ConfigError
+
+            raise ConfigError(f"{seg}: the detection demo starts from the segmentation demo's encoder; run "
+                              "`resdense demo` without --only, or --only segmentation first")
+        sets.append(f"model.weights_backbone={seg}")
+    return load_config(DEMO_CONFIGS[task], [*sets, *overrides])
 
 
 def run_demo(out: str | os.PathLike = "demo_out", *, only: str | None = None,

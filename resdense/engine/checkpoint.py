@@ -70,10 +70,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: checkpoint not found")
+    if not zipfile.is_zipfile(path):
+        raise WeightsError(f"{path}: not a readable checkpoint (truncated, or not written by torch.save)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        raise WeightsError(f"{path}: refused, the file needs arbitrary unpickling ({str(err).splitlines()[0]})") from None
+        lines = [ln.strip() for ln in str(err).splitlines() if "GLOBAL" in ln or "Unsupported global" in ln]
+        why = lines[0] if lines else "it holds Python objects"
+        raise WeightsError(f"{path}: refused, the file needs arbitrary unpickling ({why})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         raise WeightsError(f"{path}: not a readable checkpoint ({str(err).splitlines()[0]})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:

@@ -1,0 +1,98 @@
+"""Recipes: every shipped YAML validates; unknown keys and wrong types name the file and the key."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from resdense.config import Config, TrainConfig, check_type, list_configs, load_config
+from resdense.errors import ConfigError
+
+from .recipes import seg_recipe, write
+
+SHIPPED = ["demo_shapes_unet_r18", "demo_shapes_frcnn_r18_fpn", "unet_r34_membrane", "unet_r50_camvid",
+           "fasterrcnn_r18_fpn_raccoon", "fasterrcnn_r50_fpn_coco", "maskrcnn_r50_fpn_coco",
+           "classifier_r50_finetune_imagefolder"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_recipes_validate(name):
+    cfg = load_config(name)
+    assert isinstance(cfg, Config) and cfg.name == name
+    assert cfg.task in ("segmentation", "detection", "classification")
+    assert name in {p.stem for p in list_configs()}
+
+
+def test_unknown_key_names_file_and_key(tmp_path):
+    raw = seg_recipe(tmp_path / "shapes", tmp_path / "run")
+    raw["train"]["lrr"] = 0.1
+    path = write(raw, tmp_path / "x.yaml")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert str(path) in msg and "'train.lrr'" in msg and "did you mean 'lr'" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("section,key", [("model", "decoder_chanels"), ("data", "trian"), ("eval", "evry_iters")])
+def test_unknown_keys_in_every_section(tmp_path, section, key):
+    raw = seg_recipe(tmp_path / "shapes", tmp_path / "run")
+    raw[section][key] = 1
+    path = write(raw, tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError, match=rf"bad\.yaml: unknown key '{section}\.{key}'"):
+        load_config(path)
+
+
+def test_unknown_dataset_argument(tmp_path):
+    raw = seg_recipe(tmp_path / "shapes", tmp_path / "run")
+    raw["data"]["train_transforms"]["flip"] = 0.5
+    with pytest.raises(ConfigError, match=r"unknown key 'data\.train_transforms\.flip' \(did you mean 'hflip'"):
+        load_config(write(raw, tmp_path / "bad.yaml"))
+
+
+def test_set_overrides_are_type_checked(tmp_path):
+    path = write(seg_recipe(tmp_path / "shapes", tmp_path / "run"), tmp_path / "x.yaml")
+    cfg = load_config(path, ["train.lr=0.02", "train.grad_clip=null", "model.decoder_channels=[8, 8, 8, 8, 8]"])
+    assert cfg.train.lr == 0.02 and cfg.train.grad_clip is None and cfg.model["decoder_channels"] == [8] * 5
+    with pytest.raises(ConfigError, match=r"train\.lr = 'fast' is not a float"):
+        load_config(path, ["train.lr=fast"])
+    with pytest.raises(ConfigError, match=r"train\.iterations = 2\.5 is not a"):
+        load_config(path, ["train.iterations=2.5"])
+    with pytest.raises(ConfigError, match=r"model\.num_classes = 'four' is not a int"):
+        load_config(path, ["model.num_classes=four"])
+    with pytest.raises(ConfigError, match=r"unknown key 'train\.bogus'"):
+        load_config(path, ["train.bogus=1"])
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(path, ["train.lr"])
+
+
+def test_values_outside_choices(tmp_path):
+    path = write(seg_recipe(tmp_path / "shapes", tmp_path / "run"), tmp_path / "x.yaml")
+    with pytest.raises(ConfigError, match=r"train\.optimizer = 'adam' is not one of 'adamw', 'sgd'"):
+        load_config(path, ["train.optimizer=adam"])
+    with pytest.raises(ConfigError, match=r"model\.arch = 'unett'"):
+        load_config(path, ["model.arch=unett"])
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: line \d+ not valid YAML"):
+        load_config(bad)
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(write(seg_recipe(tmp_path / "shapes", tmp_path / "run"), tmp_path / "x.yaml"))
+    plain = cfg.to_dict()
+    again = load_config(write(yaml.safe_load(yaml.safe_dump(plain)), tmp_path / "y.yaml"))
+    assert again.to_dict() == {**plain, "name": plain["name"]}
+    assert again.train == cfg.train
+
+
+def test_check_type():
+    assert check_type(3, float) and not check_type(True, int) and not check_type("3", int)
+    assert check_type([1, 2], tuple[int, int]) and not check_type([1], tuple[int, int])
+    assert check_type(None, int | None) and check_type([0.1, 0.2], list[float])
+    with pytest.raises(ConfigError, match="set either 'epochs' or 'iterations'"):
+        TrainConfig()
