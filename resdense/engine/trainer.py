@@ -16,6 +16,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
@@ -180,7 +181,7 @@ class Trainer:
         """Train to ``total_iters`` and return the final metrics (also in ``run_dir/metrics.json``)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.maybe_resume(resume)
-        logger = RunLogger(self.run_dir, tensorboard=self.cfg.progress)
+        logger = RunLogger(self.run_dir)
         logger.resume_at(self.iteration)
         progress = self._progress()
         loader = self._train_loader()
@@ -229,7 +230,9 @@ class Trainer:
                 self._raise_nonfinite(values, batch)
             log.warning("iteration %d: non-finite loss %s, step skipped", self.iteration + 1, values)
             self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()
+            with warnings.catch_warnings():  # the schedule advances even though this step was skipped
+                warnings.simplefilter("ignore", UserWarning)
+                self.scheduler.step()
             return values
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
