@@ -202,11 +202,11 @@ def _freeze(body: nn.Module, frozen_stages: int) -> None:
 
 def _assemble(kind: str, backbone: DetectionBackbone, num_classes: int, kwargs: dict[str, Any]) -> nn.Module:
     kwargs = dict(kwargs)
-    mean, std = (getattr(backbone.body, "pretrained_cfg", None) or {}).get("mean"), None
-    if mean is not None:
-        std = backbone.body.pretrained_cfg["std"]
-        kwargs.setdefault("image_mean", list(mean))
-        kwargs.setdefault("image_std", list(std))
+    # The detector normalises its [0, 1] inputs itself (GeneralizedRCNNTransform): use the backbone's statistics.
+    cfg = getattr(backbone.body, "pretrained_cfg", None) or {}
+    if "mean" in cfg and "std" in cfg:
+        kwargs.setdefault("image_mean", list(cfg["mean"]))
+        kwargs.setdefault("image_std", list(cfg["std"]))
     info = backbone.feature_info
     if kind in ("faster_rcnn", "mask_rcnn"):
         kwargs.setdefault("rpn_anchor_generator", anchor_generator_for(kind, info))
