@@ -77,8 +77,8 @@ class ResNet(FeatureExtractor):
         norm_layer = get_norm_layer(norm)
         self._norm_layer = norm_layer
 
-        all_info = self._all_feature_info(block.expansion, output_stride)
-        self.feature_info = select_features(all_info, out_features, name)
+        self._available = self._all_feature_info(block.expansion, output_stride)
+        self.feature_info = select_features(self._available, out_features, name)
         self._return = frozenset(self.out_features)
         self._num_stages = max(STAGE_NAMES.index(n) for n in self.out_features) + 1  # stem counts as stage 1
 
@@ -136,6 +136,19 @@ class ResNet(FeatureExtractor):
             for m in self.modules():
                 if isinstance(m, (BasicBlock, Bottleneck)) and getattr(m.last_norm(), "weight", None) is not None:
                     nn.init.constant_(m.last_norm().weight, 0)
+
+    def set_out_features(self, out_features: Sequence[str]) -> None:
+        """Change which features ``forward`` returns, among the stages already built; weights are untouched.
+
+        A head that needs more maps than the backbone was built with (a U-Net also reads ``c1``) widens it here.
+        """
+        info = select_features(self._available, out_features, self.name)
+        unbuilt = [f.name for f in info if STAGE_NAMES.index(f.name) + 1 > self._num_stages]
+        if unbuilt:
+            raise ConfigError(f"{self.name}: the stages of {unbuilt} were not built; create the backbone with "
+                              f"out_features={tuple(f.name for f in info)}")
+        self.feature_info = info
+        self._return = frozenset(self.out_features)
 
     # ---- freezing -------------------------------------------------------------------------------------------
     def frozen_modules(self) -> list[nn.Module]:

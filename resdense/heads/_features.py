@@ -11,7 +11,6 @@ from typing import Any
 from torch import nn
 
 from resdense.backbones import FeatureExtractor, ResNet, ResNetClassifier, create_backbone
-from resdense.backbones._contract import select_features
 from resdense.errors import ConfigError
 
 __all__ = ["resolve_backbone", "ensure_features"]
@@ -68,9 +67,4 @@ def ensure_features(backbone: FeatureExtractor, needed: Sequence[str], owner: st
             f"{owner}: the backbone was built without the stages of {unbuilt}; create it with "
             f"out_features={tuple(needed)}"
         )
-    first = next(iter(backbone.stages()), (None, None))[1]
-    expansion = getattr(first[0], "expansion", 1) if first is not None else 1
-    # The ResNet keeps its output selection in feature_info and _return (see ResNet.__init__); widen both together.
-    all_info = ResNet._all_feature_info(expansion, backbone.output_stride)
-    backbone.feature_info = select_features(all_info, sorted(have | set(needed)), backbone.name)
-    backbone._return = frozenset(backbone.out_features)
+    backbone.set_out_features(sorted(have | set(needed)))

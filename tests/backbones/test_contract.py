@@ -74,3 +74,14 @@ def test_size_divisibility_and_channel_properties():
     net = create_backbone("resnet34", out_features=("c2", "c5"))
     assert net.size_divisibility == 32
     assert net.channels == {"c2": 64, "c5": 512} and net.strides == {"c2": 4, "c5": 32}
+
+
+def test_set_out_features_widens_within_built_stages():
+    net = create_backbone("resnet18", out_features=("c3", "c4"))
+    net.set_out_features(("c1", "c4", "c2"))
+    assert net.out_features == ("c1", "c2", "c4")
+    assert list(net(torch.zeros(1, 3, 32, 32))) == ["c1", "c2", "c4"]
+    from resdense.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"resnet18: the stages of \['c5'\] were not built"):
+        net.set_out_features(("c5",))
