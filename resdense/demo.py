@@ -91,8 +91,15 @@ def run_demo(out: str | os.PathLike = "demo_out", *, only: str | None = None,
 
 def _machine() -> str:
     cores = os.cpu_count() or 0
+    model = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
+    except OSError:
+        pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cores}-core {platform.machine()} CPU ({platform.processor() or 'unknown model'}), {gpu}, torch {torch.__version__}"
+    return (f"{cores}-core {platform.machine()} CPU ({model or 'unknown model'}), {gpu}, "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
 
 # ---- pictures ------------------------------------------------------------------------------------------------------
@@ -146,7 +153,10 @@ def _up(img: np.ndarray, legend: bool = False, target: int = 256) -> np.ndarray:
 
 # ---- report --------------------------------------------------------------------------------------------------------
 def _fmt(v: Any) -> str:
-    return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+    # COCO reports -1 for an area range without ground truth: shown as "-".
+    if v is None or (isinstance(v, float) and v < 0):
+        return "-"
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
 def _report(summary: dict[str, Any], out: Path) -> str:
