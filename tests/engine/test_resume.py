@@ -3,6 +3,7 @@ run, bit for bit (data order, augmentation, RPN sampling and optimizer state all
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import sys
@@ -35,8 +36,9 @@ def _kill_and_resume(tmp_path, recipe_fn, iterations, checkpoint_every):
     common = {"iterations": iterations, "checkpoint_every": checkpoint_every}
     ref = run_training(write(recipe_fn(shapes, tmp_path / "ref", **common), tmp_path / "ref.yaml"))
     cfg = write(recipe_fn(shapes, tmp_path / "killed", **common), tmp_path / "killed.yaml")
+    # OMP_NUM_THREADS=1: the child runs on one thread like this process (see conftest.one_thread).
     proc = subprocess.run([sys.executable, "-c", KILLER, str(cfg), str(kill_at)], capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == -9, f"the child was not SIGKILLed at iteration {kill_at}: {proc.stderr[-2000:]}"
     saved = load_checkpoint(tmp_path / "killed" / "last.pt")["iteration"] if (tmp_path / "killed" / "last.pt").exists() else 0
     assert saved <= kill_at
