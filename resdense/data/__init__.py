@@ -8,7 +8,7 @@ what it reads and names the file, field and value of whatever is wrong.
 
 from ._common import DataWarning
 from ._constants import IMAGENET_MEAN, IMAGENET_STD
-from ._io import read_image, read_mask
+from ._io import read_image, read_mask, to_image_tensor
 from .check import CheckReport, check_path
 from .coco import CocoDetection, build_coco
 from .coco_semantic import CocoSemantic
@@ -44,6 +44,7 @@ __all__ = [
     "CheckReport",
     "DataWarning",
     "read_image",
+    "to_image_tensor",
     "read_mask",
     "build_coco",
     "voc_to_coco",

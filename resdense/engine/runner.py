@@ -186,7 +186,7 @@ def run_prediction(config: Config | str | os.PathLike | None, checkpoint: str | 
             pred = _predict_mask(model, run, img, device)
             picture = overlay_mask(img, pred, run.class_names or [str(i) for i in range(int(pred.max()) + 1)])
         elif cfg.task == "detection":
-            from resdense.data._io import to_image_tensor
+            from resdense.data import to_image_tensor
 
             with torch.no_grad():
                 out = run.task.predict(model, [to_image_tensor(img).to(device)])[0]
