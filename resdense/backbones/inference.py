@@ -1,20 +1,29 @@
-"""Inference mode for a backbone: BatchNorm folded into the convolutions, channels-last memory, optional compile.
+"""Inference mode for a backbone: BatchNorm folded into the convolutions, fused activations, channels-last memory,
+optional ``torch.compile``.
 
 Folding removes one memory pass per norm layer; channels-last lets oneDNN (CPU) and cuDNN (GPU) pick their fastest
-convolution kernels. Outputs stay within float rounding of the eager model (tested to 1e-4).
+convolution kernels. On a CPU, each convolution then runs as one oneDNN primitive with its ReLU (and, at the end of a
+residual block, the shortcut addition and ReLU) applied in the kernel's epilogue and its weight reordered once into
+the kernel's blocked layout instead of on every call: the same kernels ``torch.compile`` emits for a frozen graph
+(``torch/_inductor/fx_passes/mkldnn_fusion.py``). Elsewhere (CUDA, other dtypes, a torch without those kernels) the
+same modules run ``F.conv2d`` + add + ReLU. Outputs stay within float rounding of the eager model (tested to 1e-4).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+from .blocks import BasicBlock, Bottleneck
 from .norm import BATCH_NORMS
+from .resnet import ResNet
 
-__all__ = ["fold_batchnorm", "optimize_for_inference", "InferenceBackbone"]
+__all__ = ["fold_batchnorm", "fuse_blocks", "optimize_for_inference", "FusedConv2d", "InferenceBackbone"]
 
 
 def _fold_pair(conv: nn.Conv2d, norm: nn.Module) -> nn.Conv2d:
@@ -42,33 +51,200 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
+# ---- fused convolutions -------------------------------------------------------------------------------------------
+@functools.cache
+def _onednn_fused_conv_works() -> bool:
+    """Whether this torch has oneDNN's fused convolution ops (``torch.ops.mkldnn._convolution_pointwise``, used by
+    inductor since torch 2.0) and they agree with ``F.conv2d`` on a small case. Checked once; False means every
+    ``FusedConv2d`` takes the portable path."""
+    if not (torch.backends.mkldnn.enabled and torch.backends.mkldnn.is_available()):
+        return False
+    try:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(2, 8, 9, 9, generator=g).contiguous(memory_format=torch.channels_last)
+        res = torch.randn(2, 16, 5, 5, generator=g).contiguous(memory_format=torch.channels_last)
+        conv = nn.Conv2d(8, 16, 3, stride=2, padding=2, dilation=2, groups=2).eval()
+        fused = FusedConv2d(conv, relu=True)
+        with torch.no_grad():
+            want = F.relu(conv(x) + res)
+            got = fused._onednn(x, res)
+        return bool(torch.allclose(got, want, atol=1e-5, rtol=1e-5))
+    except (RuntimeError, AttributeError, TypeError, NotImplementedError):
+        return False
+
+
+class _PackedWeight:
+    """The weight in oneDNN's blocked layout for the last input shape seen. An opaque oneDNN tensor has no storage, so
+    copies and pickles of a module start with an empty cache and repack on their first call."""
+
+    __slots__ = ("key", "tensor")
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.tensor: Tensor | None = None
+
+    def __deepcopy__(self, memo) -> _PackedWeight:
+        return _PackedWeight()
+
+    def __reduce__(self):
+        return _PackedWeight, ()
+
+
+class FusedConv2d(nn.Module):
+    """A convolution (norm already folded into ``weight``/``bias``) followed by an optional ReLU, or by the residual
+    addition and ReLU that close a ResNet block: ``forward(x, residual=None)``.
+
+    For CPU float32 inputs without autograd it runs one oneDNN primitive with the ReLU / add+ReLU fused into the
+    kernel and the weight prepacked for the input shape (repacked when the shape or the weight changes); otherwise
+    ``F.conv2d`` + add + ReLU. Parameters keep the ``nn.Conv2d`` names and shapes, so ``state_dict`` is portable.
+    """
+
+    def __init__(self, conv: nn.Conv2d, *, relu: bool) -> None:
+        super().__init__()
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError(f"FusedConv2d needs numeric zero padding, got {conv.padding!r} / {conv.padding_mode!r}")
+        bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels, device=conv.weight.device,
+                                                                   dtype=conv.weight.dtype)
+        self.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
+        self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.stride, self.padding, self.dilation = list(conv.stride), list(conv.padding), list(conv.dilation)
+        self.groups = conv.groups
+        self.relu = relu
+        self._packed = _PackedWeight()
+
+    def extra_repr(self) -> str:
+        o, i, kh, kw = self.weight.shape
+        return (f"{i * self.groups}, {o}, kernel_size=({kh}, {kw}), stride={tuple(self.stride)}, "
+                f"padding={tuple(self.padding)}, dilation={tuple(self.dilation)}, groups={self.groups}, relu={self.relu}")
+
+    def _packed_weight(self, x: Tensor) -> Tensor:
+        key = (tuple(x.shape), self.weight._version, self.weight.data_ptr())
+        if self._packed.key != key:
+            self._packed.tensor = torch.ops.mkldnn._reorder_convolution_weight(
+                self.weight, self.padding, self.stride, self.dilation, self.groups, list(x.shape))
+            self._packed.key = key
+        return self._packed.tensor
+
+    def _onednn(self, x: Tensor, residual: Tensor | None) -> Tensor:
+        args = (self._packed_weight(x), self.bias, self.padding, self.stride, self.dilation, self.groups)
+        if residual is None:
+            return torch.ops.mkldnn._convolution_pointwise(x, *args, "relu" if self.relu else "none", [], "")
+        return torch.ops.mkldnn._convolution_pointwise.binary(
+            x, residual, *args, "add", 1.0, "relu" if self.relu else None, [], "")
+
+    def _use_onednn(self, x: Tensor, residual: Tensor | None) -> bool:
+        return (x.device.type == "cpu" and x.dtype == torch.float32 == self.weight.dtype
+                and not (torch.is_grad_enabled() and x.requires_grad)
+                and (residual is None or (residual.dtype == torch.float32 and residual.device.type == "cpu"))
+                and _onednn_fused_conv_works())
+
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        if self._use_onednn(x, residual):
+            return self._onednn(x, residual)
+        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        if residual is not None:
+            y = y + residual
+        return F.relu(y) if self.relu else y
+
+
+class FusedBlock(nn.Module):
+    """A folded BasicBlock / Bottleneck as a chain of ``FusedConv2d`` under the block's own names (``conv1``, ``conv2``
+    [, ``conv3``], ``downsample``): every convolution but the last carries its ReLU, the last one adds the shortcut and
+    applies the block's final ReLU."""
+
+    def __init__(self, convs: dict[str, FusedConv2d], downsample: FusedConv2d | None) -> None:
+        super().__init__()
+        for name, conv in convs.items():
+            self.add_module(name, conv)
+        self._chain = tuple(convs)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = x
+        for name in self._chain[:-1]:
+            out = getattr(self, name)(out)
+        return getattr(self, self._chain[-1])(out, identity)
+
+
+def _folded(*norms: nn.Module) -> bool:
+    return all(isinstance(n, nn.Identity) for n in norms)
+
+
+def _fuse_block(block: nn.Module) -> nn.Module:
+    if isinstance(block, Bottleneck):
+        convs, norms = [block.conv1, block.conv2, block.conv3], [block.bn1, block.bn2, block.bn3]
+    elif isinstance(block, BasicBlock):
+        convs, norms = [block.conv1, block.conv2], [block.bn1, block.bn2]
+    else:
+        return block
+    ds = block.downsample
+    ds_ok = ds is None or (isinstance(ds, nn.Sequential) and len(ds) == 2 and isinstance(ds[0], nn.Conv2d)
+                           and _folded(ds[1]))
+    if not (_folded(*norms) and ds_ok and isinstance(block.relu, nn.ReLU)):
+        return block  # e.g. GroupNorm: nothing was folded, keep the block as it is
+    fused = {f"conv{i}": FusedConv2d(c, relu=True) for i, c in enumerate(convs, 1)}
+    return FusedBlock(fused, None if ds is None else FusedConv2d(ds[0], relu=False))
+
+
+def fuse_blocks(model: nn.Module) -> nn.Module:
+    """Replace, in place, each folded residual block by a ``FusedBlock`` and a ResNet's folded stem conv + ReLU by one
+    ``FusedConv2d``. Call after :func:`fold_batchnorm`; blocks whose norms were not folded are left as they are."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, (BasicBlock, Bottleneck)):
+                setattr(parent, name, _fuse_block(child))
+    if isinstance(model, ResNet) and _folded(model.bn1) and isinstance(model.relu, nn.ReLU):
+        model.conv1 = FusedConv2d(model.conv1, relu=True)
+        model.relu = nn.Identity()
+    return model
+
+
 class InferenceBackbone(nn.Module):
-    """Wraps a folded backbone: converts the input to channels-last and keeps the feature contract."""
+    """Wraps an optimised backbone: runs it without autograd on a channels-last input and keeps the feature
+    contract (``feature_info``, ``dict[str, Tensor]`` output)."""
 
     def __init__(self, backbone: nn.Module, channels_last: bool) -> None:
         super().__init__()
         self.backbone = backbone
         self.channels_last = channels_last
         self.feature_info = backbone.feature_info
+        self.__dict__["compiled"] = None  # torch.compile(backbone), kept out of the module tree and state_dict
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.backbone(x)
+        with torch.no_grad():
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            if self.compiled is None:
+                return self.backbone(x)
+            # Inductor reads `freezing` when it compiles (first call, new shapes); torch.compile(options=...) does not
+            # reach that switch, so it is set around each call (~20 us).
+            with torch._inductor.config.patch(freezing=True):
+                return self.compiled(x)
 
 
 @torch.no_grad()
-def optimize_for_inference(backbone: nn.Module, *, channels_last: bool = True, compile: bool = False,
-                           compile_mode: str | None = None) -> nn.Module:
-    """Return an eval-only copy of ``backbone`` with BatchNorm folded, channels-last weights and, optionally,
-    ``torch.compile``. The original is left untouched. GroupNorm layers have no statistics to fold and stay as they are.
+def optimize_for_inference(backbone: nn.Module, *, channels_last: bool = True, fuse: bool = True,
+                           compile: bool = False, compile_mode: str | None = None) -> InferenceBackbone:
+    """Return an eval-only, no-autograd copy of ``backbone`` for fast inference; the original is left untouched.
+
+    - BatchNorm (and FrozenBatchNorm) is folded into the preceding convolution; GroupNorm has no statistics to fold
+      and stays as it is.
+    - ``fuse``: residual blocks become chains of :class:`FusedConv2d` (oneDNN fused conv + ReLU / add + ReLU with
+      prepacked weights on CPU).
+    - ``channels_last``: weights and inputs in NHWC memory order.
+    - ``compile``: ``torch.compile`` the folded model with inductor's freezing (weights as constants, prepacked and
+      fused by inductor itself, so ``fuse`` is not applied). ``compile_mode`` is passed on ("max-autotune", ...).
+      The first call compiles (about a minute on a small CPU).
     """
     model = fold_batchnorm(copy.deepcopy(backbone).eval())
     for p in model.parameters():
         p.requires_grad_(False)
+    if fuse and not compile:
+        fuse_blocks(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     wrapped = InferenceBackbone(model, channels_last).eval()
     if compile:
-        wrapped = torch.compile(wrapped, mode=compile_mode)
+        wrapped.__dict__["compiled"] = torch.compile(model, mode=compile_mode)
     return wrapped

@@ -1,10 +1,14 @@
 """ImageNet tags resolve to torchvision's declared weights; the inference mode keeps outputs."""
 
+import copy
+import io
+
 import pytest
 import torch
 from torch.testing import assert_close
 
 from resdense.backbones import create_backbone, optimize_for_inference
+from resdense.backbones.inference import FusedConv2d, _onednn_fused_conv_works
 from resdense.backbones.weights import resolve_weights
 from tests.backbones.reference import randomize_norm_stats
 
@@ -35,16 +39,87 @@ def test_imagenet_download_goes_through_hub_cache_with_hash_check(monkeypatch):
     assert net.pretrained_cfg["weights"] == seen["url"]
 
 
-@pytest.mark.parametrize("name,norm", [("resnet50", "bn"), ("resnet18", "frozen_bn"), ("resnext50_32x4d", "bn")])
-def test_inference_mode_folds_norms_within_1e4(name, norm):
+@pytest.mark.parametrize("name,kwargs,fused", [
+    ("resnet50", {}, 53),  # every conv: stem + 16 blocks x 3 + 4 shortcuts
+    ("resnet18", {"norm": "frozen_bn"}, 20),
+    ("resnext50_32x4d", {"output_stride": 8}, 53),  # grouped + dilated convolutions
+    ("wide_resnet50_2", {"out_features": ("c1", "c2")}, 11),  # c1 comes out of the fused stem conv + ReLU
+    ("resnet34", {"norm": "gn"}, 0),  # GroupNorm has nothing to fold: blocks stay as they are
+])
+def test_inference_mode_matches_eager_within_1e4(name, kwargs, fused):
     torch.manual_seed(0)
-    net = randomize_norm_stats(create_backbone(name, norm=norm))
+    net = randomize_norm_stats(create_backbone(name, **kwargs))
     fast = optimize_for_inference(net)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert sum(isinstance(m, FusedConv2d) for m in fast.modules()) == fused
     assert fast.feature_info == net.feature_info
-    x = torch.randn(2, 3, 64, 96)
+    for shape in [(2, 3, 64, 96), (1, 3, 37, 45), (2, 3, 64, 96)]:  # a new shape repacks the weights
+        x = torch.randn(shape)
+        with torch.no_grad():
+            want = net.eval()(x)
+        got = fast(x)
+        assert list(got) == list(want)
+        for k in want:
+            assert_close(got[k], want[k], atol=1e-4, rtol=1e-4)
+    assert net.bn1.__class__.__name__ != "Identity"  # the original is untouched
+
+
+def test_fused_path_runs_onednn_kernels_on_cpu():
+    """The speed of the inference mode on a CPU comes from oneDNN's fused kernels; if this torch lost them the
+    portable path would still be correct but slow, and this test says so."""
+    assert _onednn_fused_conv_works()
+    fast = optimize_for_inference(create_backbone("resnet18"))
+    with torch.profiler.profile() as prof:
+        fast(torch.randn(1, 3, 64, 64))
+    ops = {e.key for e in prof.key_averages()}
+    assert "mkldnn::_convolution_pointwise" in ops and "aten::conv2d" not in ops
+
+
+def test_fused_conv_portable_path_equals_onednn_path_and_keeps_autograd():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(16, 32, 3, stride=2, padding=2, dilation=2, groups=4, bias=False)
+    fused = FusedConv2d(conv, relu=True)
+    x = torch.randn(2, 16, 15, 17).contiguous(memory_format=torch.channels_last)
+    res = torch.randn(2, 32, 8, 9)
+    want = torch.relu(conv(x) + res).detach()
     with torch.no_grad():
-        want, got = net.eval()(x), fast(x)
+        assert_close(fused(x, res), want, atol=1e-5, rtol=1e-5)  # oneDNN
+    x.requires_grad_(True)
+    out = fused(x, res)  # autograd needed: F.conv2d path
+    assert_close(out, want, atol=1e-5, rtol=1e-5)
+    out.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_fused_conv_repacks_after_a_weight_change_and_copies_cleanly():
+    torch.manual_seed(0)
+    fused = FusedConv2d(torch.nn.Conv2d(8, 8, 3, padding=1), relu=False)
+    x = torch.randn(1, 8, 10, 10)
+    with torch.no_grad():
+        before = fused(x)
+        fused.weight.mul_(2)  # in place: the packed copy must follow
+        after = fused(x)
+        assert_close(after - fused.bias.view(1, -1, 1, 1), 2 * (before - fused.bias.view(1, -1, 1, 1)))
+        clone = copy.deepcopy(fused)  # the opaque packed tensor is not copied; the clone repacks
+        assert_close(clone(x), after)
+        buffer = io.BytesIO()
+        torch.save(fused.state_dict(), buffer)
+        assert set(fused.state_dict()) == {"weight", "bias"}
+
+
+@pytest.mark.slow
+def test_compiled_inference_mode_matches_eager_with_frozen_prepacked_weights():
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    torch.manual_seed(0)
+    net = randomize_norm_stats(create_backbone("resnet18", out_features=("c3", "c5")))
+    fast = optimize_for_inference(net, compile=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        want = net(x)
+    got = fast(x)
     for k in want:
         assert_close(got[k], want[k], atol=1e-4, rtol=1e-4)
-    assert isinstance(net.bn1, torch.nn.Module) and net.bn1.__class__.__name__ != "Identity"  # original untouched
+    # inductor froze the weights and packed every convolution for oneDNN (its counter for that pass)
+    assert counters["inductor"]["mkldnn_conv_weight_pack_matcher_count"] == 20  # stem + 8 blocks x 2 + 3 shortcuts
