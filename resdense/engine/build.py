@@ -7,9 +7,8 @@ feeds, checked against that constructor's signature (unknown keys and wrong type
 ``unet``                                      :class:`resdense.heads.UNet`
 ``smp.<Arch>`` (e.g. ``smp.DeepLabV3Plus``)   :func:`resdense.heads.smp_model` with ``arch=<Arch>``
 ``faster_rcnn``, ``mask_rcnn``,               :func:`resdense.heads.build_detector` (``kind=arch``); extra keys go
-``retinanet``, ``fcos``                       to the torchvision class. YAML cannot hold an ``AnchorGenerator``, so
-                                              ``anchor_sizes`` / ``aspect_ratios`` (one tuple per pyramid level)
-                                              build it here.
+``retinanet``, ``fcos``                       to the torchvision class (``anchor_sizes``, ``aspect_ratios``,
+                                              ``fpn_channels``, ``representation_size`` are its own arguments).
 ``classifier``                                :class:`resdense.heads.Classifier`
 ============================================  =========================================================
 
@@ -51,8 +50,6 @@ MODEL_ARCHS = {"unet": "segmentation", "smp.<Arch>": "segmentation", "classifier
                **{k: "detection" for k in DETECTOR_KINDS}}
 DATASETS = {"mask": "segmentation", "coco_semantic": "segmentation", "coco": "detection", "voc": "detection",
             "imagefolder": "classification", "shapes": "segmentation|detection"}
-_ANCHOR_KEYS = ("anchor_sizes", "aspect_ratios")
-_WIDTH_KEYS = ("fpn_channels", "representation_size")
 _DATA_KEYS = ("dataset", "train", "val", "shapes", "train_transforms", "val_transforms")
 
 
@@ -100,15 +97,12 @@ def _params(targets: list[Callable]) -> dict[str, Any]:
     return out
 
 
-def _check_kwargs(kwargs: Mapping[str, Any], params: Mapping[str, Any], section: str, source: str,
-                  skip: tuple[str, ...] = ()) -> None:
+def _check_kwargs(kwargs: Mapping[str, Any], params: Mapping[str, Any], section: str, source: str) -> None:
     from resdense.config import _type_name, _unknown, check_type
 
     for key, value in kwargs.items():
-        if key in skip:
-            continue
         if key not in params:
-            raise _unknown(source, f"{section}.{key}", [*params, *skip])
+            raise _unknown(source, f"{section}.{key}", list(params))
         if not check_type(value, params[key]):
             raise ConfigError(f"{source}: {section}.{key} = {value!r} is not a {_type_name(params[key])}")
 
@@ -125,17 +119,7 @@ def check_model_section(model: Mapping[str, Any], source: str) -> None:
     params = _params(_model_targets(arch))
     params.pop("kind", None)
     params.pop("arch", None)
-    extra = _ANCHOR_KEYS if arch in DETECTOR_KINDS else ()
-    if arch in ("faster_rcnn", "mask_rcnn"):
-        extra = extra + _WIDTH_KEYS
-        for key in _WIDTH_KEYS:
-            v = model.get(key)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ConfigError(f"{source}: model.{key} = {v!r} is not a positive int")
-        if model.get("weights") is not None and any(model.get(k) is not None for k in _WIDTH_KEYS):
-            raise ConfigError(f"{source}: model.fpn_channels / model.representation_size change layer shapes, so "
-                              "they cannot be combined with model.weights (a whole detector checkpoint)")
-    _check_kwargs({k: v for k, v in model.items() if k != "arch"}, params, "model", source, skip=extra)
+    _check_kwargs({k: v for k, v in model.items() if k != "arch"}, params, "model", source)
 
 
 def _dataset_class(name: str):
@@ -282,75 +266,22 @@ def fill_num_classes(model: dict[str, Any], task: str, class_names: list[str]) -
 
 
 # ---- models ------------------------------------------------------------------------------------------------------
-def build_model(model: Mapping[str, Any]) -> nn.Module:
-    """Build the ``model`` section (see the module docstring)."""
+def build_model(model: Mapping[str, Any], source: str = "<dict>") -> nn.Module:
+    """Build the ``model`` section (see the module docstring); a refused value names ``source`` and the section."""
     from resdense import heads
 
     kwargs = dict(model)
     arch = kwargs.pop("arch")
-    if arch == "unet":
-        return heads.UNet(**kwargs)
-    if arch.startswith("smp."):
-        return heads.smp_model(arch[4:], **kwargs)
-    if arch == "classifier":
-        return heads.Classifier(**kwargs)
-    if any(k in kwargs for k in _ANCHOR_KEYS):
-        kwargs.update(_anchor_kwargs(arch, kwargs.pop("anchor_sizes", None), kwargs.pop("aspect_ratios", None)))
-    widths = {k: kwargs.pop(k, None) for k in _WIDTH_KEYS}
-    model = heads.build_detector(arch, **kwargs)
-    if any(v is not None for v in widths.values()):
-        _narrow_heads(model, arch, **widths)
-    return model
-
-
-def _narrow_heads(model: nn.Module, kind: str, fpn_channels: int | None, representation_size: int | None) -> None:
-    """Rebuild the FPN, RPN head and box head of a two-stage detector with other widths.
-
-    torchvision's recipe (256-channel FPN, 1024-wide box MLP) is sized for 800 px images on a GPU; on small CPU
-    images the FPN's 3x3 convolutions at stride 4 and the box MLP cost more than the whole ResNet-18. Layers are
-    rebuilt with torchvision's / resdense's own classes and initialisation, before any detector weights exist.
-    """
-    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
-    from torchvision.models.detection.rpn import RPNHead
-
-    from resdense.heads import FPN
-
-    backbone, roi = model.backbone, model.roi_heads
-    channels = backbone.out_channels
-    if fpn_channels is not None and fpn_channels != channels:
-        old = backbone.fpn
-        in_info = tuple(f for f in backbone.body.feature_info if f.name in old.in_features)
-        backbone.fpn = FPN(in_info, fpn_channels, old.extra_levels, p6_from=getattr(old, "p6_from", "p5"))
-        backbone.feature_info = backbone.fpn.feature_info
-        backbone.out_channels = channels = fpn_channels
-        model.rpn.head = RPNHead(channels, model.rpn.anchor_generator.num_anchors_per_location()[0])
-        if kind == "mask_rcnn":
-            layers = tuple(m.out_channels for m in roi.mask_head.modules() if isinstance(m, nn.Conv2d))
-            roi.mask_head = MaskRCNNHeads(channels, layers, 1)
-    resolution = roi.box_roi_pool.output_size
-    resolution = resolution[0] if isinstance(resolution, (tuple, list)) else resolution
-    rep = representation_size or roi.box_head.fc7.out_features
-    num_classes = roi.box_predictor.cls_score.out_features
-    roi.box_head = TwoMLPHead(channels * resolution**2, rep)
-    roi.box_predictor = FastRCNNPredictor(rep, num_classes)
-
-
-def _anchor_kwargs(kind: str, sizes, ratios) -> dict[str, Any]:
-    from torchvision.models.detection.anchor_utils import AnchorGenerator
-
-    if sizes is None:
-        raise ConfigError(f"model.aspect_ratios needs model.anchor_sizes (one list per pyramid level) for {kind}")
-    sizes = tuple(tuple(int(s) for s in (lvl if isinstance(lvl, (list, tuple)) else [lvl])) for lvl in sizes)
-    if ratios is None:
-        ratios = [[0.5, 1.0, 2.0]] * len(sizes)
-    elif ratios and not isinstance(ratios[0], (list, tuple)):
-        ratios = [ratios] * len(sizes)
-    ratios = tuple(tuple(float(r) for r in lvl) for lvl in ratios)
-    if len(ratios) != len(sizes):
-        raise ConfigError(f"model.aspect_ratios has {len(ratios)} levels but model.anchor_sizes has {len(sizes)}")
-    key = "rpn_anchor_generator" if kind in ("faster_rcnn", "mask_rcnn") else "anchor_generator"
-    return {key: AnchorGenerator(sizes, ratios)}
+    try:
+        if arch == "unet":
+            return heads.UNet(**kwargs)
+        if arch.startswith("smp."):
+            return heads.smp_model(arch[4:], **kwargs)
+        if arch == "classifier":
+            return heads.Classifier(**kwargs)
+        return heads.build_detector(arch, **kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: model: {err}") from None
 
 
 def build_task(task: str, class_names: list[str], config) -> Any:

@@ -76,7 +76,7 @@ def build_run(config: Config, splits: Sequence[str] = ("train", "val"), *, for_c
             if model_kwargs.get(key) is not None:
                 model_kwargs[key] = None
     seed_everything(config.train.seed)
-    model = build_model(model_kwargs)
+    model = build_model(model_kwargs, config.source)
     task = build_task(config.task, class_names, config)
     return Run(config, model, task, sets.get("train"), sets.get("val"), class_names)
 
@@ -132,7 +132,7 @@ def load_model(checkpoint: str | os.PathLike, config: Config | str | os.PathLike
     for key in ("weights", "weights_backbone"):
         if model_kwargs.get(key) is not None:
             model_kwargs[key] = None
-    model = build_model(model_kwargs)
+    model = build_model(model_kwargs, cfg.source)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as err:

@@ -13,12 +13,14 @@ import difflib
 import os
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from torch import Tensor, nn
 from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 
 from resdense.backbones import FeatureExtractor, ResNet
@@ -65,24 +67,54 @@ class DetectionBackbone(FeatureExtractor):
         return self.fpn(self.body(x))
 
 
-def anchor_generator_for(kind: str, feature_info) -> AnchorGenerator:
-    """torchvision's anchor settings per pyramid level, derived from the strides in ``feature_info``.
+def anchor_generator_for(kind: str, feature_info, sizes: Sequence[Sequence[int]] | Sequence[int] | None = None,
+                         aspect_ratios: Sequence[Sequence[float]] | Sequence[float] | None = None) -> AnchorGenerator:
+    """The anchors of ``kind`` on the pyramid levels of ``feature_info``; torchvision's settings unless given.
+
+    Defaults, from the strides in ``feature_info``:
 
     - Faster/Mask R-CNN: one size ``8 * stride`` (32 on P2 ... 512 on P6), aspect ratios (0.5, 1, 2).
     - RetinaNet: sizes ``4 * stride * 2**(i/3)``, i = 0, 1, 2 (32 on P3 ... 512 on P7), aspect ratios (0.5, 1, 2).
     - FCOS: one anchor point per location of size ``stride`` (8 on P3 ... 128 on P7).
+
+    ``sizes``: one sequence of sizes per level (a bare number per level means one size). ``aspect_ratios``: one
+    sequence for every level, or one per level. Every level must have the same number of anchors (the heads share
+    their convolutions across levels); FCOS takes exactly one anchor per location.
     """
     strides = [f.stride for f in feature_info]
-    if kind in ("faster_rcnn", "mask_rcnn"):
-        sizes = tuple((8 * s,) for s in strides)
-        ratios = ((0.5, 1.0, 2.0),) * len(sizes)
-    elif kind == "retinanet":
-        sizes = tuple((4 * s, int(4 * s * 2 ** (1 / 3)), int(4 * s * 2 ** (2 / 3))) for s in strides)
-        ratios = ((0.5, 1.0, 2.0),) * len(sizes)
-    else:
-        sizes = tuple((s,) for s in strides)
-        ratios = ((1.0,),) * len(sizes)
-    return AnchorGenerator(sizes, ratios)
+    levels = [f.name for f in feature_info]
+    if sizes is None:
+        if kind in ("faster_rcnn", "mask_rcnn"):
+            sizes = [(8 * s,) for s in strides]
+        elif kind == "retinanet":
+            sizes = [(4 * s, int(4 * s * 2 ** (1 / 3)), int(4 * s * 2 ** (2 / 3))) for s in strides]
+        else:
+            sizes = [(s,) for s in strides]
+    sizes = tuple(tuple(lvl) if isinstance(lvl, (list, tuple)) else (lvl,) for lvl in sizes)
+    if aspect_ratios is None:
+        aspect_ratios = (1.0,) if kind == "fcos" else (0.5, 1.0, 2.0)
+    if aspect_ratios and not isinstance(aspect_ratios[0], (list, tuple)):
+        aspect_ratios = [aspect_ratios] * len(sizes)
+    ratios = tuple(tuple(float(r) for r in lvl) for lvl in aspect_ratios)
+
+    if len(sizes) != len(levels):
+        raise ConfigError(f"{kind}: anchor_sizes has {len(sizes)} levels but the pyramid has {len(levels)} "
+                          f"({', '.join(levels)}): give one list of sizes per level")
+    if len(ratios) != len(levels):
+        raise ConfigError(f"{kind}: aspect_ratios has {len(ratios)} levels but the pyramid has {len(levels)} "
+                          f"({', '.join(levels)}): give one list for all levels or one per level")
+    bad = [v for lvl in sizes for v in lvl if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0]
+    bad += [v for lvl in ratios for v in lvl if v <= 0]
+    if bad:
+        raise ConfigError(f"{kind}: anchor sizes and aspect ratios must be positive numbers, got {bad[0]!r}")
+    per_level = {len(sz) * len(r) for sz, r in zip(sizes, ratios, strict=True)}
+    if len(per_level) > 1:
+        raise ConfigError(f"{kind}: every pyramid level needs the same number of anchors (sizes x aspect ratios), "
+                          f"got {sorted(per_level)}")
+    if kind == "fcos" and per_level != {1}:
+        raise ConfigError(f"fcos: one anchor point per location (one size and one aspect ratio per level), "
+                          f"got {per_level.pop()}")
+    return AnchorGenerator(tuple(tuple(int(v) for v in lvl) for lvl in sizes), ratios)
 
 
 def build_detector(
@@ -95,6 +127,10 @@ def build_detector(
     trainable_stages: int = 3,
     norm: str | Callable[[int], nn.Module] | None = None,
     p6_from: str = "p5",
+    fpn_channels: int = 256,
+    anchor_sizes: Sequence[Sequence[int]] | Sequence[int] | None = None,
+    aspect_ratios: Sequence[Sequence[float]] | Sequence[float] | None = None,
+    representation_size: int | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build a torchvision detector on a resdense backbone.
@@ -116,8 +152,13 @@ def build_detector(
             else ``"bn"``: frozen statistics of a random backbone are never learnt (torchvision PR 5443); asking
             for ``"frozen_bn"`` without weights warns.
         p6_from: RetinaNet/FCOS input of P6: ``"p5"`` (torchvision's v1 recipes; default) or ``"c5"`` (v2 / paper).
+        fpn_channels: width of every pyramid level; the RPN, box, mask and one-stage heads follow it. torchvision's
+            256 is sized for 800 px images on a GPU; small images on a CPU train faster with 64-128.
+        anchor_sizes, aspect_ratios: anchors per pyramid level (see :func:`anchor_generator_for`); default
+            torchvision's, derived from the strides.
+        representation_size: width of the two-stage box head's MLP (torchvision: 1024).
         **kwargs: passed to the torchvision class (``min_size``, ``max_size``, ``box_score_thresh``,
-            ``rpn_anchor_generator`` / ``anchor_generator`` to override the derived anchors, ...).
+            ``rpn_anchor_generator`` / ``anchor_generator`` for an ``AnchorGenerator`` of your own, ...).
 
     Returns:
         The torchvision model (``FasterRCNN``, ``MaskRCNN``, ``RetinaNet`` or ``FCOS``), whose ``backbone`` is a
@@ -140,6 +181,19 @@ def build_detector(
         raise ConfigError(f"build_detector: trainable_stages={trainable_stages!r} must be an int in 0..5")
     if weights is not None and weights_backbone is not None:
         raise ConfigError("build_detector: give weights (a whole detector) or weights_backbone, not both")
+    for key, value in (("fpn_channels", fpn_channels), ("representation_size", representation_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"build_detector: {key}={value!r} must be a positive int")
+    if representation_size is not None and kind not in ("faster_rcnn", "mask_rcnn"):
+        raise ConfigError(f"build_detector: representation_size is the box head width of a two-stage detector; "
+                          f"{kind} has none")
+    if weights is not None and (fpn_channels != 256 or representation_size not in (None, 1024)):
+        raise ConfigError(f"build_detector: fpn_channels={fpn_channels} / representation_size={representation_size} "
+                          "change layer shapes, so a torchvision detector checkpoint (weights=...) cannot load; "
+                          "use weights_backbone to start from backbone weights")
+    anchor_key = "rpn_anchor_generator" if kind in ("faster_rcnn", "mask_rcnn") else "anchor_generator"
+    if anchor_key in kwargs and (anchor_sizes is not None or aspect_ratios is not None):
+        raise ConfigError(f"build_detector: give {anchor_key} or anchor_sizes / aspect_ratios, not both")
 
     pretrained = weights is not None or weights_backbone is not None
     if not isinstance(backbone, str):
@@ -163,8 +217,10 @@ def build_detector(
         )
 
     in_info = tuple(f for f in body.feature_info if f.name in in_features)
-    fpn = FPN(in_info, 256, extra, p6_from=p6_from)
-    model = _assemble(kind, DetectionBackbone(body, fpn), num_classes, kwargs)
+    fpn = FPN(in_info, fpn_channels, extra, p6_from=p6_from)
+    detection_backbone = DetectionBackbone(body, fpn)
+    kwargs.setdefault(anchor_key, anchor_generator_for(kind, fpn.feature_info, anchor_sizes, aspect_ratios))
+    model = _assemble(kind, detection_backbone, num_classes, representation_size, kwargs)
     model.resdense_cfg = {"kind": kind, "backbone": getattr(body, "name", type(body).__name__),
                           "num_classes": num_classes, "trainable_stages": trainable}
     if weights is not None:
@@ -200,7 +256,8 @@ def _freeze(body: nn.Module, frozen_stages: int) -> None:
             p.requires_grad_(False)
 
 
-def _assemble(kind: str, backbone: DetectionBackbone, num_classes: int, kwargs: dict[str, Any]) -> nn.Module:
+def _assemble(kind: str, backbone: DetectionBackbone, num_classes: int, representation_size: int | None,
+              kwargs: dict[str, Any]) -> nn.Module:
     kwargs = dict(kwargs)
     # The detector normalises its [0, 1] inputs itself (GeneralizedRCNNTransform): use the backbone's statistics.
     cfg = getattr(backbone.body, "pretrained_cfg", None) or {}
@@ -209,12 +266,19 @@ def _assemble(kind: str, backbone: DetectionBackbone, num_classes: int, kwargs: 
         kwargs.setdefault("image_std", list(cfg["std"]))
     info = backbone.feature_info
     if kind in ("faster_rcnn", "mask_rcnn"):
-        kwargs.setdefault("rpn_anchor_generator", anchor_generator_for(kind, info))
         # RoIAlign on the FPN levels proper (P2-P5), not on the subsampled P6, as torchvision's ["0", "1", "2", "3"].
         roi_levels = [f.name for f in info[: len(backbone.fpn.in_features)]]
         kwargs.setdefault("box_roi_pool", MultiScaleRoIAlign(roi_levels, output_size=7, sampling_ratio=2))
         if kind == "mask_rcnn":
             kwargs.setdefault("mask_roi_pool", MultiScaleRoIAlign(roi_levels, output_size=14, sampling_ratio=2))
-    else:
-        kwargs.setdefault("anchor_generator", anchor_generator_for(kind, info))
+        if representation_size is not None and "box_head" not in kwargs:
+            # torchvision builds TwoMLPHead(out_channels * 7 * 7, 1024) itself; another width means building the
+            # head and the predictor here, and torchvision then wants num_classes=None.
+            pool = kwargs["box_roi_pool"].output_size
+            side = pool[0] if isinstance(pool, (list, tuple)) else pool
+            kwargs["box_head"] = TwoMLPHead(backbone.out_channels * side**2, representation_size)
+            kwargs.setdefault("box_predictor", FastRCNNPredictor(representation_size, num_classes))
+            if kind == "mask_rcnn":  # torchvision's default mask predictor (256 in, 256 reduced)
+                kwargs.setdefault("mask_predictor", MaskRCNNPredictor(256, 256, num_classes))
+            return _CLASSES[kind](backbone, num_classes=None, **kwargs)
     return _CLASSES[kind](backbone, num_classes=num_classes, **kwargs)

@@ -96,3 +96,16 @@ def test_check_type():
     assert check_type(None, int | None) and check_type([0.1, 0.2], list[float])
     with pytest.raises(ConfigError, match="set either 'epochs' or 'iterations'"):
         TrainConfig()
+
+
+def test_detector_arguments_refused_at_build_name_the_recipe():
+    from resdense.engine.build import build_model
+
+    for override, message in [("model.fpn_channels=0", "fpn_channels=0 must be a positive int"),
+                              ("model.anchor_sizes=[[32], [64]]", "anchor_sizes has 2 levels but the pyramid has 5")]:
+        cfg = load_config("demo_shapes_frcnn_r18_fpn", [override, "model.num_classes=4", "model.weights_backbone=null"])
+        with pytest.raises(ConfigError) as err:
+            build_model(cfg.model, cfg.source)
+        msg = str(err.value)
+        assert msg.startswith(f"{cfg.source}: model: faster_rcnn: ") or msg.startswith(f"{cfg.source}: model: build_detector: ")
+        assert message in msg and "\n" not in msg

@@ -111,6 +111,63 @@ def test_anchors_and_levels_derived_from_feature_info(kind):
     assert model.backbone.out_channels == 256
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_fpn_width_and_anchors_are_arguments(kind):
+    """A narrower pyramid and custom anchors: every head follows the width, a step trains, and the module tree is
+    what torchvision builds when handed the same pieces by hand."""
+    torch.manual_seed(0)
+    one_stage = kind in ("retinanet", "fcos")
+    sizes = [[16], [32], [64], [128], [256]] if kind == "fcos" else [[12, 18], [24, 36], [48, 72], [96, 144], [192, 288]]
+    ratios = [1.0] if kind == "fcos" else [0.5, 2.0]
+    extra = {} if one_stage else {"representation_size": 96}
+    model = build_detector(kind, backbone="resnet18", num_classes=3, fpn_channels=64, anchor_sizes=sizes,
+                           aspect_ratios=ratios, **extra, **FAST[kind])
+    gen = model.anchor_generator if one_stage else model.rpn.anchor_generator
+    assert gen.sizes == tuple(tuple(s) for s in sizes)
+    assert gen.aspect_ratios == (tuple(ratios),) * 5
+    assert model.backbone.out_channels == 64 and {f.channels for f in model.backbone.feature_info} == {64}
+    anchors = gen.num_anchors_per_location()[0]
+    if one_stage:
+        first_conv = next(m for m in model.head.classification_head.modules() if isinstance(m, torch.nn.Conv2d))
+        assert first_conv.in_channels == 64
+        assert model.head.classification_head.cls_logits.out_channels == anchors * 3
+    else:
+        assert model.rpn.head.conv[0][0].in_channels == 64
+        assert model.rpn.head.cls_logits.out_channels == anchors == 4
+        assert model.roi_heads.box_head.fc6.in_features == 64 * 7 * 7
+        assert model.roi_heads.box_head.fc7.out_features == 96
+        assert model.roi_heads.box_predictor.cls_score.out_features == 3
+        if kind == "mask_rcnn":
+            assert model.roi_heads.mask_head[0][0].in_channels == 64
+    images, targets = batch()
+    model.train()
+    losses = model(images, targets)
+    assert set(losses) == LOSSES[kind] and all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+
+
+def test_anchor_and_width_arguments_are_checked():
+    with pytest.raises(ConfigError, match=r"anchor_sizes has 3 levels but the pyramid has 5 \(p2, p3, p4, p5, p6\)"):
+        build_detector("faster_rcnn", backbone="resnet18", num_classes=3, anchor_sizes=[[32], [64], [128]])
+    with pytest.raises(ConfigError, match="aspect_ratios has 2 levels but the pyramid has 5"):
+        build_detector("retinanet", backbone="resnet18", num_classes=3, aspect_ratios=[[1.0], [2.0]])
+    with pytest.raises(ConfigError, match=r"same number of anchors .* got \[3, 6\]"):
+        build_detector("faster_rcnn", backbone="resnet18", num_classes=3, anchor_sizes=[[32], [64, 90], [128], [256], [512]])
+    with pytest.raises(ConfigError, match="fcos: one anchor point per location .* got 3"):
+        build_detector("fcos", backbone="resnet18", num_classes=3, aspect_ratios=[0.5, 1.0, 2.0])
+    with pytest.raises(ConfigError, match="must be positive numbers, got -8"):
+        build_detector("fcos", backbone="resnet18", num_classes=3, anchor_sizes=[[-8], [16], [32], [64], [128]])
+    with pytest.raises(ConfigError, match="fpn_channels=0 must be a positive int"):
+        build_detector("fcos", backbone="resnet18", num_classes=3, fpn_channels=0)
+    with pytest.raises(ConfigError, match="retinanet has none"):
+        build_detector("retinanet", backbone="resnet18", num_classes=3, representation_size=256)
+    with pytest.raises(ConfigError, match="give rpn_anchor_generator or anchor_sizes"):
+        build_detector("faster_rcnn", backbone="resnet18", num_classes=3, anchor_sizes=[[32]] * 5,
+                       rpn_anchor_generator=object())
+    with pytest.raises(ConfigError, match="fpn_channels=128 / representation_size=None change layer shapes"):
+        build_detector("faster_rcnn", num_classes=91, weights="coco", fpn_channels=128)
+
+
 @pytest.mark.parametrize("name", list_backbones())
 def test_every_backbone_wires_into_every_kind(name):
     # Built on the meta device: only the wiring (channels, levels) is checked, not the numbers.
