@@ -17,7 +17,7 @@ import torch
 import torchvision
 from torchvision.models._utils import IntermediateLayerGetter
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path[:0] = [os.path.dirname(__file__), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
 from _timing import print_table, ratio, throughput  # noqa: E402
 
 from resdense.backbones import create_backbone, optimize_for_inference  # noqa: E402
