@@ -59,22 +59,17 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def build_run(config: Config, splits: Sequence[str] = ("train", "val"), *, for_checkpoint: bool = False) -> Run:
+def build_run(config: Config, splits: Sequence[str] = ("train", "val")) -> Run:
     """Build datasets, the model and the task adapter of a recipe.
 
     Args:
         splits: which datasets to build (``()`` builds none: the class names must then come from elsewhere).
-        for_checkpoint: the weights will come from a checkpoint: skip ``weights`` / ``weights_backbone`` downloads.
     """
     seed_everything(config.train.seed)
     sets = {s: build_dataset(config.data, config.task, s) for s in splits}
     first = next(iter(sets.values()), None)
     class_names = dataset_classes(first, config.task) if first is not None else []
     model_kwargs = fill_num_classes(config.model, config.task, class_names) if class_names else dict(config.model)
-    if for_checkpoint:
-        for key in ("weights", "weights_backbone"):
-            if model_kwargs.get(key) is not None:
-                model_kwargs[key] = None
     seed_everything(config.train.seed)
     model = build_model(model_kwargs, config.source)
     task = build_task(config.task, class_names, config)
