@@ -133,6 +133,9 @@ class FusedConv2d(nn.Module):
             x, residual, *args, "add", 1.0, "relu" if self.relu else None, [], "")
 
     def _use_onednn(self, x: Tensor, residual: Tensor | None) -> bool:
+        # Tracers (ONNX / TorchScript export, dynamo) get the portable ops, which every exporter knows.
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return False
         return (x.device.type == "cpu" and x.dtype == torch.float32 == self.weight.dtype
                 and not (torch.is_grad_enabled() and x.requires_grad)
                 and (residual is None or (residual.dtype == torch.float32 and residual.device.type == "cpu"))
@@ -209,6 +212,7 @@ class InferenceBackbone(nn.Module):
         self.backbone = backbone
         self.channels_last = channels_last
         self.feature_info = backbone.feature_info
+        self.in_channels = getattr(backbone, "in_channels", 3)
         self.__dict__["compiled"] = None  # torch.compile(backbone), kept out of the module tree and state_dict
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:

@@ -1,6 +1,7 @@
 """Our backbones give torchvision's / timm's / smp's outputs when loaded with their weights."""
 
 import pytest
+import timm
 import torch
 from safetensors.torch import save_file
 from torch.testing import assert_close
@@ -51,7 +52,6 @@ def test_safetensors_and_wrapped_checkpoints(tmp_path, image):
 
 
 def test_timm_resnet50_state_dict(tmp_path, image):
-    timm = pytest.importorskip("timm", reason="timm is a dev extra")
     torch.manual_seed(0)
     ref = randomize_norm_stats(timm.create_model("resnet50", pretrained=False))
     torch.save(ref.state_dict(), tmp_path / "timm_r50.pth")
