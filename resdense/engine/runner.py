@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from torch.utils.data import Dataset
 from resdense.config import Config, config_from_dict, load_config, save_config
 from resdense.errors import ConfigError, WeightsError
 
-from .build import build_dataset, build_model, build_task, dataset_classes, fill_num_classes
+from .build import DETECTOR_KINDS, build_dataset, build_model, build_task, dataset_classes, fill_num_classes
 from .checkpoint import load_checkpoint
 from .tasks.base import Task
 from .trainer import Trainer, resolve_device
@@ -110,6 +111,24 @@ def _checkpoint_config(ckpt: dict[str, Any], path: Path) -> tuple[Config, list[s
     return config_from_dict(raw, f"{path} (stored recipe)"), class_names
 
 
+def _build_for_checkpoint(model_kwargs: dict[str, Any], source: str) -> nn.Module:
+    """Build the recipe's model for weights that come from a checkpoint: no ``weights`` / ``weights_backbone``
+    download, but the same modules as in training. A detector picks FrozenBatchNorm2d because it was given weights,
+    so that choice is kept explicitly (and build_detector's warnings about a random backbone do not apply)."""
+    kwargs = dict(model_kwargs)
+    pretrained = any(kwargs.get(k) is not None for k in ("weights", "weights_backbone"))
+    for key in ("weights", "weights_backbone"):
+        if kwargs.get(key) is not None:
+            kwargs[key] = None
+    if not (pretrained and kwargs.get("arch") in DETECTOR_KINDS and isinstance(kwargs.get("backbone", ""), str)):
+        return build_model(kwargs, source)
+    kwargs["norm"] = kwargs.get("norm") or "frozen_bn"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*FrozenBatchNorm2d on a randomly initialised backbone")
+        warnings.filterwarnings("ignore", message=".*has no effect without weights")
+        return build_model(kwargs, source)
+
+
 def load_model(checkpoint: str | os.PathLike, config: Config | str | os.PathLike | None = None,
                device: str = "auto") -> tuple[nn.Module, Run]:
     """Rebuild a trained model from a checkpoint (its stored recipe, or ``config`` when given) in eval mode.
@@ -124,10 +143,7 @@ def load_model(checkpoint: str | os.PathLike, config: Config | str | os.PathLike
     if config is not None and cfg.task != stored.task:
         raise ConfigError(f"{path}: the checkpoint is a {stored.task} model but {cfg.source} is a {cfg.task} recipe")
     model_kwargs = fill_num_classes(cfg.model, cfg.task, class_names) if class_names else dict(cfg.model)
-    for key in ("weights", "weights_backbone"):
-        if model_kwargs.get(key) is not None:
-            model_kwargs[key] = None
-    model = build_model(model_kwargs, cfg.source)
+    model = _build_for_checkpoint(model_kwargs, cfg.source)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as err:
