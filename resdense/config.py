@@ -239,7 +239,13 @@ def check_type(value: Any, annotation: Any) -> bool:
 def _type_name(annotation: Any) -> str:
     if isinstance(annotation, type):
         return annotation.__name__
-    return str(annotation).replace("typing.", "")
+    return str(annotation).replace("typing.", "").replace("collections.abc.", "")
+
+
+def _wrong_type(source: str, key: str, value: Any, annotation: Any) -> ConfigError:
+    expected = _type_name(annotation)
+    article = "an" if expected[0] in "aeiou" else "a"
+    return ConfigError(f"{source}: {key} = {value!r} is not {article} {expected}")
 
 
 def _unknown(source: str, key: str, known: Sequence[str]) -> ConfigError:
@@ -260,7 +266,7 @@ def _dataclass_section(cls: type, raw: Any, section: str, source: str):
         if key not in names:
             raise _unknown(source, f"{section}.{key}", names)
         if not check_type(value, hints[key]):
-            raise ConfigError(f"{source}: {section}.{key} = {value!r} is not a {_type_name(hints[key])}")
+            raise _wrong_type(source, f"{section}.{key}", value, hints[key])
     try:
         return cls(**raw)
     except ConfigError as err:

@@ -2,6 +2,9 @@
 
 Module names match torchvision (``conv1 bn1 conv2 bn2 [conv3 bn3] downsample``) so its checkpoints load strictly.
 The stride sits on the 3x3 convolution of the Bottleneck ("ResNet v1.5", torchvision's choice).
+As in torchvision, the shortcut is added in place into the last norm's output and the final ReLU is in place: a
+forward hook that keeps the output of ``bn2`` / ``bn3`` (or of ``relu``) must ``clone()`` it to see the value before
+the addition.
 """
 
 from __future__ import annotations

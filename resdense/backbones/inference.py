@@ -55,9 +55,9 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
 @functools.cache
 def _onednn_fused_conv_works() -> bool:
     """Whether this torch has oneDNN's fused convolution ops (``torch.ops.mkldnn._convolution_pointwise``, used by
-    inductor since torch 2.0) and they agree with ``F.conv2d`` on a small case. Checked once; False means every
-    ``FusedConv2d`` takes the portable path."""
-    if not (torch.backends.mkldnn.enabled and torch.backends.mkldnn.is_available()):
+    inductor since torch 2.0) and they agree with ``F.conv2d`` on a small case. Checked once (with oneDNN enabled);
+    False means every ``FusedConv2d`` takes the portable path."""
+    if not torch.backends.mkldnn.is_available():
         return False
     try:
         g = torch.Generator().manual_seed(0)
@@ -94,9 +94,15 @@ class FusedConv2d(nn.Module):
     """A convolution (norm already folded into ``weight``/``bias``) followed by an optional ReLU, or by the residual
     addition and ReLU that close a ResNet block: ``forward(x, residual=None)``.
 
-    For CPU float32 inputs without autograd it runs one oneDNN primitive with the ReLU / add+ReLU fused into the
-    kernel and the weight prepacked for the input shape (repacked when the shape or the weight changes); otherwise
-    ``F.conv2d`` + add + ReLU. Parameters keep the ``nn.Conv2d`` names and shapes, so ``state_dict`` is portable.
+    For CPU float32 inputs without autograd (no tensor involved requires grad, or grad mode is off) and with
+    ``torch.backends.mkldnn.enabled``, it runs one oneDNN primitive with the ReLU / add+ReLU fused into the kernel and
+    the weight prepacked for the input shape; otherwise ``F.conv2d`` + add + ReLU. Parameters keep the ``nn.Conv2d``
+    names and shapes, so ``state_dict`` is portable.
+
+    The packed weight is rebuilt when the input shape changes, when the weight is changed in place by a torch op
+    (``load_state_dict``, ``weight.copy_(...)`` under ``no_grad``), and after ``.to()`` / ``.float()`` and the like.
+    Writes through ``weight.data`` bypass the version counter torch keeps: call :meth:`reset_packed_weight` after
+    them.
     """
 
     def __init__(self, conv: nn.Conv2d, *, relu: bool) -> None:
@@ -117,6 +123,19 @@ class FusedConv2d(nn.Module):
         return (f"{i * self.groups}, {o}, kernel_size=({kh}, {kw}), stride={tuple(self.stride)}, "
                 f"padding={tuple(self.padding)}, dilation={tuple(self.dilation)}, groups={self.groups}, relu={self.relu}")
 
+    def reset_packed_weight(self) -> None:
+        """Forget the packed weight; the next call packs ``weight`` again."""
+        self._packed = _PackedWeight()
+
+    def _apply(self, fn, recurse: bool = True):
+        # .to(dtype/device) may give the weight new storage at the old address (e.g. a bf16 -> float round trip).
+        self.reset_packed_weight()
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self.reset_packed_weight()
+        super()._load_from_state_dict(*args, **kwargs)
+
     def _packed_weight(self, x: Tensor) -> Tensor:
         key = (tuple(x.shape), self.weight._version, self.weight.data_ptr())
         if self._packed.key != key:
@@ -136,10 +155,12 @@ class FusedConv2d(nn.Module):
         # Tracers (ONNX / TorchScript export, dynamo) get the portable ops, which every exporter knows.
         if torch.jit.is_tracing() or torch.compiler.is_compiling():
             return False
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad or self.bias.requires_grad
+                                        or (residual is not None and residual.requires_grad)):
+            return False  # the fused op has no backward
         return (x.device.type == "cpu" and x.dtype == torch.float32 == self.weight.dtype
-                and not (torch.is_grad_enabled() and x.requires_grad)
                 and (residual is None or (residual.dtype == torch.float32 and residual.device.type == "cpu"))
-                and _onednn_fused_conv_works())
+                and torch.backends.mkldnn.enabled and _onednn_fused_conv_works())
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         if self._use_onednn(x, residual):
@@ -215,6 +236,12 @@ class InferenceBackbone(nn.Module):
         self.in_channels = getattr(backbone, "in_channels", 3)
         self.__dict__["compiled"] = None  # torch.compile(backbone), kept out of the module tree and state_dict
 
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        if self.compiled is not None:
+            raise RuntimeError("optimize_for_inference(compile=True) froze the weights into the compiled graph: load "
+                               "them into the source backbone and call optimize_for_inference again")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         with torch.no_grad():
             if self.channels_last:
@@ -239,7 +266,9 @@ def optimize_for_inference(backbone: nn.Module, *, channels_last: bool = True, f
     - ``channels_last``: weights and inputs in NHWC memory order.
     - ``compile``: ``torch.compile`` the folded model with inductor's freezing (weights as constants, prepacked and
       fused by inductor itself, so ``fuse`` is not applied). ``compile_mode`` is passed on ("max-autotune", ...).
-      The first call compiles (about a minute on a small CPU).
+      The first call compiles (about a minute on a small CPU). Freezing makes the weights constants of the compiled
+      code: later changes to them (``load_state_dict`` refuses; in-place edits, ``.to()``) are not seen, so build a
+      new one from the updated backbone instead.
     """
     model = fold_batchnorm(copy.deepcopy(backbone).eval())
     for p in model.parameters():

@@ -98,13 +98,13 @@ def _params(targets: list[Callable]) -> dict[str, Any]:
 
 
 def _check_kwargs(kwargs: Mapping[str, Any], params: Mapping[str, Any], section: str, source: str) -> None:
-    from resdense.config import _type_name, _unknown, check_type
+    from resdense.config import _unknown, _wrong_type, check_type
 
     for key, value in kwargs.items():
         if key not in params:
             raise _unknown(source, f"{section}.{key}", list(params))
         if not check_type(value, params[key]):
-            raise ConfigError(f"{source}: {section}.{key} = {value!r} is not a {_type_name(params[key])}")
+            raise _wrong_type(source, f"{section}.{key}", value, params[key])
 
 
 def check_model_section(model: Mapping[str, Any], source: str) -> None:

@@ -10,6 +10,8 @@ defaults, ``build_detector("faster_rcnn", backbone="resnet50", num_classes=91)``
 from __future__ import annotations
 
 import difflib
+import math
+import numbers
 import os
 import warnings
 from collections import OrderedDict
@@ -67,8 +69,36 @@ class DetectionBackbone(FeatureExtractor):
         return self.fpn(self.body(x))
 
 
+def _is_positive(value: Any) -> bool:
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+            and value > 0)
+
+
+def _per_level(kind: str, key: str, value: Any, levels: list[str], *, shared: bool) -> tuple[tuple[Any, ...], ...]:
+    """``value`` as one tuple per pyramid level. A bare number counts as a level of one; with ``shared`` a flat list
+    (or a bare number) is used for every level."""
+    where = f"{kind}: {key}"
+    if shared and _is_positive(value):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value:
+        per = "one list for all levels or one per level" if shared else "one list of sizes per level"
+        raise ConfigError(f"{where} = {value!r} must be a non-empty list: {per} ({', '.join(levels)})")
+    if shared and not any(isinstance(v, (list, tuple)) for v in value):
+        value = [value] * len(levels)
+    out = tuple(tuple(lvl) if isinstance(lvl, (list, tuple)) else (lvl,) for lvl in value)
+    if len(out) != len(levels):
+        raise ConfigError(f"{where} has {len(out)} levels but the pyramid has {len(levels)} ({', '.join(levels)})")
+    for name, lvl in zip(levels, out, strict=True):
+        bad = [v for v in lvl if not _is_positive(v) or (key == "anchor_sizes" and not float(v).is_integer())]
+        if not lvl or bad:
+            what = "whole numbers of pixels > 0" if key == "anchor_sizes" else "numbers > 0"
+            raise ConfigError(f"{where}: level {name} must hold {what}, got {list(lvl)!r}")
+    return out
+
+
 def anchor_generator_for(kind: str, feature_info, sizes: Sequence[Sequence[int]] | Sequence[int] | None = None,
-                         aspect_ratios: Sequence[Sequence[float]] | Sequence[float] | None = None) -> AnchorGenerator:
+                         aspect_ratios: Sequence[Sequence[float]] | Sequence[float] | float | None = None,
+                         ) -> AnchorGenerator:
     """The anchors of ``kind`` on the pyramid levels of ``feature_info``; torchvision's settings unless given.
 
     Defaults, from the strides in ``feature_info``:
@@ -77,9 +107,10 @@ def anchor_generator_for(kind: str, feature_info, sizes: Sequence[Sequence[int]]
     - RetinaNet: sizes ``4 * stride * 2**(i/3)``, i = 0, 1, 2 (32 on P3 ... 512 on P7), aspect ratios (0.5, 1, 2).
     - FCOS: one anchor point per location of size ``stride`` (8 on P3 ... 128 on P7).
 
-    ``sizes``: one sequence of sizes per level (a bare number per level means one size). ``aspect_ratios``: one
-    sequence for every level, or one per level. Every level must have the same number of anchors (the heads share
-    their convolutions across levels); FCOS takes exactly one anchor per location.
+    ``sizes``: one sequence of whole-pixel sizes per level (a bare number per level means one size).
+    ``aspect_ratios``: one sequence for every level (or a bare number), or one per level. Every level must have the
+    same number of anchors (the heads share their convolutions across levels); FCOS takes exactly one anchor per
+    location. Anything else raises :class:`~resdense.errors.ConfigError` naming the argument and the level.
     """
     strides = [f.stride for f in feature_info]
     levels = [f.name for f in feature_info]
@@ -90,23 +121,12 @@ def anchor_generator_for(kind: str, feature_info, sizes: Sequence[Sequence[int]]
             sizes = [(4 * s, int(4 * s * 2 ** (1 / 3)), int(4 * s * 2 ** (2 / 3))) for s in strides]
         else:
             sizes = [(s,) for s in strides]
-    sizes = tuple(tuple(lvl) if isinstance(lvl, (list, tuple)) else (lvl,) for lvl in sizes)
     if aspect_ratios is None:
         aspect_ratios = (1.0,) if kind == "fcos" else (0.5, 1.0, 2.0)
-    if aspect_ratios and not isinstance(aspect_ratios[0], (list, tuple)):
-        aspect_ratios = [aspect_ratios] * len(sizes)
-    ratios = tuple(tuple(float(r) for r in lvl) for lvl in aspect_ratios)
-
-    if len(sizes) != len(levels):
-        raise ConfigError(f"{kind}: anchor_sizes has {len(sizes)} levels but the pyramid has {len(levels)} "
-                          f"({', '.join(levels)}): give one list of sizes per level")
-    if len(ratios) != len(levels):
-        raise ConfigError(f"{kind}: aspect_ratios has {len(ratios)} levels but the pyramid has {len(levels)} "
-                          f"({', '.join(levels)}): give one list for all levels or one per level")
-    bad = [v for lvl in sizes for v in lvl if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0]
-    bad += [v for lvl in ratios for v in lvl if v <= 0]
-    if bad:
-        raise ConfigError(f"{kind}: anchor sizes and aspect ratios must be positive numbers, got {bad[0]!r}")
+    sizes = tuple(tuple(int(v) for v in lvl)
+                  for lvl in _per_level(kind, "anchor_sizes", sizes, levels, shared=False))
+    ratios = tuple(tuple(float(r) for r in lvl)
+                   for lvl in _per_level(kind, "aspect_ratios", aspect_ratios, levels, shared=True))
     per_level = {len(sz) * len(r) for sz, r in zip(sizes, ratios, strict=True)}
     if len(per_level) > 1:
         raise ConfigError(f"{kind}: every pyramid level needs the same number of anchors (sizes x aspect ratios), "
@@ -114,7 +134,7 @@ def anchor_generator_for(kind: str, feature_info, sizes: Sequence[Sequence[int]]
     if kind == "fcos" and per_level != {1}:
         raise ConfigError(f"fcos: one anchor point per location (one size and one aspect ratio per level), "
                           f"got {per_level.pop()}")
-    return AnchorGenerator(tuple(tuple(int(v) for v in lvl) for lvl in sizes), ratios)
+    return AnchorGenerator(sizes, ratios)
 
 
 def build_detector(
@@ -191,6 +211,9 @@ def build_detector(
         raise ConfigError(f"build_detector: fpn_channels={fpn_channels} / representation_size={representation_size} "
                           "change layer shapes, so a torchvision detector checkpoint (weights=...) cannot load; "
                           "use weights_backbone to start from backbone weights")
+    if representation_size is not None and "box_head" in kwargs:
+        raise ConfigError("build_detector: representation_size sets the width of the box head resdense builds; "
+                          "with your own box_head, give its box_predictor instead")
     anchor_key = "rpn_anchor_generator" if kind in ("faster_rcnn", "mask_rcnn") else "anchor_generator"
     if anchor_key in kwargs and (anchor_sizes is not None or aspect_ratios is not None):
         raise ConfigError(f"build_detector: give {anchor_key} or anchor_sizes / aspect_ratios, not both")

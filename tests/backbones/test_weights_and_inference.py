@@ -107,6 +107,68 @@ def test_fused_conv_repacks_after_a_weight_change_and_copies_cleanly():
         assert set(fused.state_dict()) == {"weight", "bias"}
 
 
+def _op_counts(fn) -> dict[str, int]:
+    with torch.profiler.profile() as prof:
+        fn()
+    return {e.key: e.count for e in prof.key_averages()}
+
+
+def test_fused_conv_repacks_after_dtype_round_trip_and_load_state_dict():
+    torch.manual_seed(0)
+    fused = FusedConv2d(torch.nn.Conv2d(8, 8, 3, padding=1), relu=False)
+    x = torch.randn(1, 8, 10, 10)
+    repacks = lambda: _op_counts(lambda: fused(x)).get("mkldnn::_reorder_convolution_weight", 0)  # noqa: E731
+    with torch.no_grad():
+        fused(x)
+        assert repacks() == 0  # packed once, reused
+        fused.double().float()  # new storage, possibly at the old address: the cache must not trust it
+        assert repacks() == 1
+        other = {k: torch.randn_like(v) for k, v in fused.state_dict().items()}
+        fused.load_state_dict(other)
+        want = torch.nn.functional.conv2d(x, other["weight"], other["bias"], padding=1)
+        assert_close(fused(x), want, atol=1e-5, rtol=1e-5)
+        fused.weight.data.mul_(3)  # bypasses the version counter: documented, reset by hand
+        fused.reset_packed_weight()
+        assert_close(fused(x), torch.nn.functional.conv2d(x, 3 * other["weight"], other["bias"], padding=1),
+                     atol=1e-5, rtol=1e-5)
+
+
+def test_fused_conv_takes_the_autograd_path_when_any_operand_needs_grad():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1)
+    fused = FusedConv2d(conv, relu=True)
+    x, res = torch.randn(1, 8, 10, 10), torch.randn(1, 8, 10, 10)
+    for needs_grad in (fused.weight, fused.bias, res):
+        needs_grad.requires_grad_(True)
+        out = fused(x, res)
+        assert out.grad_fn is not None
+        out.sum().backward()
+        assert needs_grad.grad is not None and needs_grad.grad.abs().sum() > 0
+        needs_grad.requires_grad_(False)
+    assert fused(x, res).grad_fn is None
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # torch's own, from mkldnn.flags()
+def test_fused_conv_follows_the_mkldnn_switch_at_call_time():
+    fused = FusedConv2d(torch.nn.Conv2d(8, 8, 3, padding=1), relu=True)
+    x = torch.randn(1, 8, 10, 10)
+    with torch.no_grad():
+        want = fused(x)
+        assert _onednn_fused_conv_works()
+        with torch.backends.mkldnn.flags(enabled=False):
+            ops = _op_counts(lambda: assert_close(fused(x), want, atol=1e-5, rtol=1e-5))
+    assert "mkldnn::_convolution_pointwise" not in ops and "aten::conv2d" in ops
+
+
+def test_compiled_inference_mode_refuses_load_state_dict():
+    net = create_backbone("resnet18", out_features=("c3",))
+    fast = optimize_for_inference(net, compile=True)  # lazy: nothing compiles until the first call
+    with pytest.raises(RuntimeError, match=r"froze the weights .* call optimize_for_inference again"):
+        fast.load_state_dict(fast.state_dict())
+    plain = optimize_for_inference(net)
+    plain.load_state_dict(plain.state_dict())
+
+
 @pytest.mark.slow
 def test_compiled_inference_mode_matches_eager_with_frozen_prepacked_weights():
     from torch._dynamo.utils import counters

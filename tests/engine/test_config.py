@@ -57,8 +57,10 @@ def test_set_overrides_are_type_checked(tmp_path):
         load_config(path, ["train.lr=fast"])
     with pytest.raises(ConfigError, match=r"train\.iterations = 2\.5 is not a"):
         load_config(path, ["train.iterations=2.5"])
-    with pytest.raises(ConfigError, match=r"model\.num_classes = 'four' is not a int"):
+    with pytest.raises(ConfigError, match=r"model\.num_classes = 'four' is not an int"):
         load_config(path, ["model.num_classes=four"])
+    with pytest.raises(ConfigError, match=r"train\.betas = \[0\.9\] is not a tuple\[float, float\]$"):
+        load_config(path, ["train.betas=[0.9]"])
     with pytest.raises(ConfigError, match=r"unknown key 'train\.bogus'"):
         load_config(path, ["train.bogus=1"])
     with pytest.raises(ConfigError, match="expected key=value"):

@@ -2,11 +2,18 @@
 
 import pytest
 import torch
+from torch import nn
 from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
 
-from resdense.backbones import create_backbone, list_backbones
+from resdense.backbones import FeatureInfo, create_backbone, list_backbones
 from resdense.errors import ConfigError, DataError
-from resdense.heads import KINDS, DetectionBackbone, build_detector, validate_detection_targets
+from resdense.heads import (
+    KINDS,
+    DetectionBackbone,
+    anchor_generator_for,
+    build_detector,
+    validate_detection_targets,
+)
 
 # Small images and few RoIs keep a resnet50 step at about a second on two CPU cores.
 FAST = {
@@ -155,8 +162,12 @@ def test_anchor_and_width_arguments_are_checked():
         build_detector("faster_rcnn", backbone="resnet18", num_classes=3, anchor_sizes=[[32], [64, 90], [128], [256], [512]])
     with pytest.raises(ConfigError, match="fcos: one anchor point per location .* got 3"):
         build_detector("fcos", backbone="resnet18", num_classes=3, aspect_ratios=[0.5, 1.0, 2.0])
-    with pytest.raises(ConfigError, match="must be positive numbers, got -8"):
+    with pytest.raises(ConfigError, match=r"fcos: anchor_sizes: level p3 must hold whole numbers of pixels > 0, "
+                                          r"got \[-8\]"):
         build_detector("fcos", backbone="resnet18", num_classes=3, anchor_sizes=[[-8], [16], [32], [64], [128]])
+    with pytest.raises(ConfigError, match="representation_size sets the width of the box head resdense builds"):
+        build_detector("faster_rcnn", backbone="resnet18", num_classes=3, representation_size=256,
+                       box_head=nn.Identity())
     with pytest.raises(ConfigError, match="fpn_channels=0 must be a positive int"):
         build_detector("fcos", backbone="resnet18", num_classes=3, fpn_channels=0)
     with pytest.raises(ConfigError, match="retinanet has none"):
@@ -166,6 +177,36 @@ def test_anchor_and_width_arguments_are_checked():
                        rpn_anchor_generator=object())
     with pytest.raises(ConfigError, match="fpn_channels=128 / representation_size=None change layer shapes"):
         build_detector("faster_rcnn", num_classes=91, weights="coco", fpn_channels=128)
+
+
+PYRAMID = tuple(FeatureInfo(f"p{i}", 256, 2**i) for i in range(2, 7))
+
+
+@pytest.mark.parametrize(("sizes", "ratios", "message"), [
+    ([[32], [64.5], [128], [256], [512]], None, r"anchor_sizes: level p3 must hold whole numbers .* got \[64.5\]"),
+    ([[32], [True], [128], [256], [512]], None, r"anchor_sizes: level p3 must hold whole numbers .* got \[True\]"),
+    ([["32"], [64], [128], [256], [512]], None, r"anchor_sizes: level p2 must hold whole numbers .* got \['32'\]"),
+    ([[32], [64], [], [256], [512]], None, r"anchor_sizes: level p4 must hold whole numbers .* got \[\]"),
+    (32, None, r"anchor_sizes = 32 must be a non-empty list: one list of sizes per level \(p2, p3, p4, p5, p6\)"),
+    ("32", None, r"anchor_sizes = '32' must be a non-empty list"),
+    (None, [0.5, float("nan")], r"aspect_ratios: level p2 must hold numbers > 0, got \[0.5, nan\]"),
+    (None, 0.0, r"aspect_ratios = 0.0 must be a non-empty list"),
+    (None, "1.0", r"aspect_ratios = '1.0' must be a non-empty list"),
+    (None, [], r"aspect_ratios = \[\] must be a non-empty list"),
+])
+def test_bad_anchor_arguments_name_the_argument_and_level(sizes, ratios, message):
+    with pytest.raises(ConfigError, match="faster_rcnn: " + message):
+        anchor_generator_for("faster_rcnn", PYRAMID, sizes, ratios)
+
+
+def test_anchor_arguments_normalise_bare_numbers():
+    gen = anchor_generator_for("faster_rcnn", PYRAMID, [32, 64.0, 128, 256, 512], 1)
+    assert gen.sizes == ((32,), (64,), (128,), (256,), (512,))
+    assert gen.aspect_ratios == ((1.0,),) * 5
+    assert all(isinstance(v, int) for lvl in gen.sizes for v in lvl)
+    p3_p7 = tuple(FeatureInfo(f"p{i}", 256, 2**i) for i in range(3, 8))
+    gen = anchor_generator_for("retinanet", p3_p7, None, [[0.5, 1.0, 2.0]] * 5)
+    assert gen.sizes[0] == (32, 40, 50) and gen.aspect_ratios == ((0.5, 1.0, 2.0),) * 5
 
 
 @pytest.mark.parametrize("name", list_backbones())
