@@ -3,9 +3,9 @@ optional ``torch.compile``.
 
 Folding removes one memory pass per norm layer; channels-last lets oneDNN (CPU) and cuDNN (GPU) pick their fastest
 convolution kernels. On a CPU, each convolution then runs as one oneDNN primitive with its ReLU (and, at the end of a
-residual block, the shortcut addition and ReLU) applied in the kernel's epilogue and its weight reordered once into
-the kernel's blocked layout instead of on every call: the same kernels ``torch.compile`` emits for a frozen graph
-(``torch/_inductor/fx_passes/mkldnn_fusion.py``). Elsewhere (CUDA, other dtypes, a torch without those kernels) the
+residual block, the shortcut addition and ReLU, written into the shortcut's buffer) applied in the kernel's epilogue
+and its weight reordered once into the kernel's blocked layout instead of on every call: the same kernels
+``torch.compile`` emits for a frozen graph (``torch/_inductor/fx_passes/mkldnn_fusion.py``). Elsewhere (CUDA, other dtypes, a torch without those kernels) the
 same modules run ``F.conv2d`` + add + ReLU. Outputs stay within float rounding of the eager model (tested to 1e-4).
 """
 
@@ -68,6 +68,25 @@ def _onednn_fused_conv_works() -> bool:
         with torch.no_grad():
             want = F.relu(conv(x) + res)
             got = fused._onednn(x, res)
+        return bool(torch.allclose(got, want, atol=1e-5, rtol=1e-5))
+    except (RuntimeError, AttributeError, TypeError, NotImplementedError):
+        return False
+
+
+@functools.cache
+def _onednn_inplace_add_works() -> bool:
+    """Whether oneDNN's in-place variant (``_convolution_pointwise_.binary``: the convolution's output is added into
+    the residual's buffer, which becomes the result) exists here and agrees with ``F.conv2d``. Checked once."""
+    if not _onednn_fused_conv_works():
+        return False
+    try:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(2, 8, 9, 9, generator=g).contiguous(memory_format=torch.channels_last)
+        res = torch.randn(2, 16, 9, 9, generator=g).contiguous(memory_format=torch.channels_last)
+        conv = nn.Conv2d(8, 16, 3, padding=1).eval()
+        with torch.no_grad():
+            want = F.relu(conv(x) + res)
+            got = FusedConv2d(conv, relu=True)._onednn(x, res.clone(), overwrite_residual=True)
         return bool(torch.allclose(got, want, atol=1e-5, rtol=1e-5))
     except (RuntimeError, AttributeError, TypeError, NotImplementedError):
         return False
@@ -144,12 +163,14 @@ class FusedConv2d(nn.Module):
             self._packed.key = key
         return self._packed.tensor
 
-    def _onednn(self, x: Tensor, residual: Tensor | None) -> Tensor:
+    def _onednn(self, x: Tensor, residual: Tensor | None, overwrite_residual: bool = False) -> Tensor:
         args = (self._packed_weight(x), self.bias, self.padding, self.stride, self.dilation, self.groups)
         if residual is None:
             return torch.ops.mkldnn._convolution_pointwise(x, *args, "relu" if self.relu else "none", [], "")
-        return torch.ops.mkldnn._convolution_pointwise.binary(
-            x, residual, *args, "add", 1.0, "relu" if self.relu else None, [], "")
+        unary = "relu" if self.relu else None
+        if overwrite_residual:  # the sum lands in residual's buffer: one output allocation fewer
+            return torch.ops.mkldnn._convolution_pointwise_.binary(residual, x, *args, "add", 1.0, unary, [], "")
+        return torch.ops.mkldnn._convolution_pointwise.binary(x, residual, *args, "add", 1.0, unary, [], "")
 
     def _use_onednn(self, x: Tensor, residual: Tensor | None) -> bool:
         # Tracers (ONNX / TorchScript export, dynamo) get the portable ops, which every exporter knows.
@@ -162,9 +183,13 @@ class FusedConv2d(nn.Module):
                 and (residual is None or (residual.dtype == torch.float32 and residual.device.type == "cpu"))
                 and torch.backends.mkldnn.enabled and _onednn_fused_conv_works())
 
-    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, residual: Tensor | None = None, *, overwrite_residual: bool = False) -> Tensor:
+        """``relu?(conv(x) [+ residual])``. ``overwrite_residual=True`` lets the oneDNN path write the result into
+        ``residual``'s buffer (and return it); only for a residual that nothing else reads afterwards."""
         if self._use_onednn(x, residual):
-            return self._onednn(x, residual)
+            overwrite = (overwrite_residual and residual.is_contiguous(memory_format=torch.channels_last)
+                         and not residual._is_view() and _onednn_inplace_add_works())
+            return self._onednn(x, residual, overwrite)
         y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
         if residual is not None:
             y = y + residual
@@ -174,28 +199,37 @@ class FusedConv2d(nn.Module):
 class FusedBlock(nn.Module):
     """A folded BasicBlock / Bottleneck as a chain of ``FusedConv2d`` under the block's own names (``conv1``, ``conv2``
     [, ``conv3``], ``downsample``): every convolution but the last carries its ReLU, the last one adds the shortcut and
-    applies the block's final ReLU."""
+    applies the block's final ReLU.
 
-    def __init__(self, convs: dict[str, FusedConv2d], downsample: FusedConv2d | None) -> None:
+    The last convolution writes its sum into the shortcut's buffer when that buffer is the block's own: always with a
+    ``downsample``, and with ``owns_input=True`` (the block's input is an intermediate that nothing reads after it,
+    as for every block but the first of a ResNet stage), where the block's input buffer becomes its output. A
+    forward hook that keeps the output of the block before such a block must ``clone()`` it.
+    """
+
+    def __init__(self, convs: dict[str, FusedConv2d], downsample: FusedConv2d | None, *,
+                 owns_input: bool = False) -> None:
         super().__init__()
         for name, conv in convs.items():
             self.add_module(name, conv)
         self._chain = tuple(convs)
         self.downsample = downsample
+        self.owns_input = owns_input
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = x
         for name in self._chain[:-1]:
             out = getattr(self, name)(out)
-        return getattr(self, self._chain[-1])(out, identity)
+        overwrite = self.downsample is not None or self.owns_input
+        return getattr(self, self._chain[-1])(out, identity, overwrite_residual=overwrite)
 
 
 def _folded(*norms: nn.Module) -> bool:
     return all(isinstance(n, nn.Identity) for n in norms)
 
 
-def _fuse_block(block: nn.Module) -> nn.Module:
+def _fuse_block(block: nn.Module, owns_input: bool) -> nn.Module:
     if isinstance(block, Bottleneck):
         convs, norms = [block.conv1, block.conv2, block.conv3], [block.bn1, block.bn2, block.bn3]
     elif isinstance(block, BasicBlock):
@@ -208,16 +242,23 @@ def _fuse_block(block: nn.Module) -> nn.Module:
     if not (_folded(*norms) and ds_ok and isinstance(block.relu, nn.ReLU)):
         return block  # e.g. GroupNorm: nothing was folded, keep the block as it is
     fused = {f"conv{i}": FusedConv2d(c, relu=True) for i, c in enumerate(convs, 1)}
-    return FusedBlock(fused, None if ds is None else FusedConv2d(ds[0], relu=False))
+    return FusedBlock(fused, None if ds is None else FusedConv2d(ds[0], relu=False), owns_input=owns_input)
 
 
 def fuse_blocks(model: nn.Module) -> nn.Module:
     """Replace, in place, each folded residual block by a ``FusedBlock`` and a ResNet's folded stem conv + ReLU by one
-    ``FusedConv2d``. Call after :func:`fold_batchnorm`; blocks whose norms were not folded are left as they are."""
+    ``FusedConv2d``. Call after :func:`fold_batchnorm`; blocks whose norms were not folded are left as they are.
+    A block that follows another fused block in an ``nn.Sequential`` reuses its input's buffer for its output (see
+    :class:`FusedBlock`)."""
     for parent in list(model.modules()):
+        previous = None
         for name, child in list(parent.named_children()):
             if isinstance(child, (BasicBlock, Bottleneck)):
-                setattr(parent, name, _fuse_block(child))
+                # In a stage (nn.Sequential) a block's input is the previous block's output, read by nobody else.
+                owns_input = isinstance(parent, nn.Sequential) and isinstance(previous, FusedBlock)
+                child = _fuse_block(child, owns_input)
+                setattr(parent, name, child)
+            previous = child
     if isinstance(model, ResNet) and _folded(model.bn1) and isinstance(model.relu, nn.ReLU):
         model.conv1 = FusedConv2d(model.conv1, relu=True)
         model.relu = nn.Identity()

@@ -54,10 +54,12 @@ def test_inference_mode_matches_eager_within_1e4(name, kwargs, fused):
     assert sum(isinstance(m, FusedConv2d) for m in fast.modules()) == fused
     assert fast.feature_info == net.feature_info
     for shape in [(2, 3, 64, 96), (1, 3, 37, 45), (2, 3, 64, 96)]:  # a new shape repacks the weights
-        x = torch.randn(shape)
+        x = torch.randn(shape).contiguous(memory_format=torch.channels_last)  # passed through as it is
+        original = x.clone()
         with torch.no_grad():
             want = net.eval()(x)
         got = fast(x)
+        assert torch.equal(x, original)  # blocks reuse intermediate buffers, never the caller's
         assert list(got) == list(want)
         for k in want:
             assert_close(got[k], want[k], atol=1e-4, rtol=1e-4)
@@ -71,8 +73,29 @@ def test_fused_path_runs_onednn_kernels_on_cpu():
     fast = optimize_for_inference(create_backbone("resnet18"))
     with torch.profiler.profile() as prof:
         fast(torch.randn(1, 3, 64, 64))
-    ops = {e.key for e in prof.key_averages()}
+    ops = {e.key: e.count for e in prof.key_averages()}
     assert "mkldnn::_convolution_pointwise" in ops and "aten::conv2d" not in ops
+    # The shortcut sum lands in a buffer the block owns (a downsample's output, or the previous block's output) in
+    # all 8 blocks but layer1.0, whose input is the max-pool output.
+    assert ops["mkldnn::_convolution_pointwise_"] == 7
+
+
+def test_fused_block_leaves_its_input_alone_unless_it_owns_it():
+    from resdense.backbones.inference import fold_batchnorm, fuse_blocks
+
+    torch.manual_seed(0)
+    stage = randomize_norm_stats(create_backbone("resnet18")).layer1.eval()  # two blocks, no downsample
+    fused = fuse_blocks(fold_batchnorm(copy.deepcopy(stage)))
+    assert [m.owns_input for m in fused] == [False, True]
+    x = torch.randn(2, 64, 16, 16).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        want = stage(x)
+        kept = x.clone()
+        assert_close(fused(x), want, atol=1e-5, rtol=1e-5)
+        assert torch.equal(x, kept)
+        first = fused[0](x)
+        out = fused[1](first)
+        assert out.data_ptr() == first.data_ptr()  # the second block wrote into its input's buffer
 
 
 def test_fused_conv_portable_path_equals_onednn_path_and_keeps_autograd():
