@@ -93,14 +93,14 @@ def _onednn_inplace_add_works() -> bool:
 
 
 class _PackedWeight:
-    """The weight in oneDNN's blocked layout for the last input shape seen. An opaque oneDNN tensor has no storage, so
-    copies and pickles of a module start with an empty cache and repack on their first call."""
+    """The weight in oneDNN's blocked layout for the last input shape seen, as one ``(key, tensor)`` pair so that
+    threads sharing the module never pair one shape's key with another's tensor. An opaque oneDNN tensor has no
+    storage, so copies and pickles of a module start with an empty cache and repack on their first call."""
 
-    __slots__ = ("key", "tensor")
+    __slots__ = ("entry",)
 
     def __init__(self) -> None:
-        self.key: tuple | None = None
-        self.tensor: Tensor | None = None
+        self.entry: tuple[tuple, Tensor] | None = None
 
     def __deepcopy__(self, memo) -> _PackedWeight:
         return _PackedWeight()
@@ -157,11 +157,12 @@ class FusedConv2d(nn.Module):
 
     def _packed_weight(self, x: Tensor) -> Tensor:
         key = (tuple(x.shape), self.weight._version, self.weight.data_ptr())
-        if self._packed.key != key:
-            self._packed.tensor = torch.ops.mkldnn._reorder_convolution_weight(
+        entry = self._packed.entry
+        if entry is None or entry[0] != key:
+            entry = key, torch.ops.mkldnn._reorder_convolution_weight(
                 self.weight, self.padding, self.stride, self.dilation, self.groups, list(x.shape))
-            self._packed.key = key
-        return self._packed.tensor
+            self._packed.entry = entry
+        return entry[1]
 
     def _onednn(self, x: Tensor, residual: Tensor | None, overwrite_residual: bool = False) -> Tensor:
         args = (self._packed_weight(x), self.bias, self.padding, self.stride, self.dilation, self.groups)
@@ -248,14 +249,15 @@ def _fuse_block(block: nn.Module, owns_input: bool) -> nn.Module:
 def fuse_blocks(model: nn.Module) -> nn.Module:
     """Replace, in place, each folded residual block by a ``FusedBlock`` and a ResNet's folded stem conv + ReLU by one
     ``FusedConv2d``. Call after :func:`fold_batchnorm`; blocks whose norms were not folded are left as they are.
-    A block that follows another fused block in an ``nn.Sequential`` reuses its input's buffer for its output (see
+    A block that follows another fused block in a plain ``nn.Sequential`` reuses its input's buffer for its output (see
     :class:`FusedBlock`)."""
     for parent in list(model.modules()):
         previous = None
         for name, child in list(parent.named_children()):
             if isinstance(child, (BasicBlock, Bottleneck)):
                 # In a stage (nn.Sequential) a block's input is the previous block's output, read by nobody else.
-                owns_input = isinstance(parent, nn.Sequential) and isinstance(previous, FusedBlock)
+                # A plain nn.Sequential only: a subclass may keep intermediate outputs.
+                owns_input = type(parent) is nn.Sequential and isinstance(previous, FusedBlock)
                 child = _fuse_block(child, owns_input)
                 setattr(parent, name, child)
             previous = child

@@ -89,15 +89,16 @@ def _per_level(kind: str, key: str, value: Any, levels: list[str], *, shared: bo
     if len(out) != len(levels):
         raise ConfigError(f"{where} has {len(out)} levels but the pyramid has {len(levels)} ({', '.join(levels)})")
     for name, lvl in zip(levels, out, strict=True):
-        bad = [v for v in lvl if not _is_positive(v) or (key == "anchor_sizes" and not float(v).is_integer())]
-        if not lvl or bad:
-            what = "whole numbers of pixels > 0" if key == "anchor_sizes" else "numbers > 0"
-            raise ConfigError(f"{where}: level {name} must hold {what}, got {list(lvl)!r}")
+        if not lvl or not all(_is_positive(v) for v in lvl):
+            raise ConfigError(f"{where}: level {name} must hold numbers > 0, got {list(lvl)!r}")
+        if len(set(lvl)) != len(lvl):
+            hint = ": for one ratio per level give [[r2], [r3], ...]" if shared and len(lvl) == len(levels) else ""
+            raise ConfigError(f"{where}: level {name} repeats a value, {list(lvl)!r} (identical anchors){hint}")
     return out
 
 
-def anchor_generator_for(kind: str, feature_info, sizes: Sequence[Sequence[int]] | Sequence[int] | None = None,
-                         aspect_ratios: Sequence[Sequence[float]] | Sequence[float] | float | None = None,
+def anchor_generator_for(kind: str, feature_info, sizes: Sequence[Sequence[float] | float] | None = None,
+                         aspect_ratios: Sequence[Sequence[float] | float] | float | None = None,
                          ) -> AnchorGenerator:
     """The anchors of ``kind`` on the pyramid levels of ``feature_info``; torchvision's settings unless given.
 
@@ -107,7 +108,8 @@ def anchor_generator_for(kind: str, feature_info, sizes: Sequence[Sequence[int]]
     - RetinaNet: sizes ``4 * stride * 2**(i/3)``, i = 0, 1, 2 (32 on P3 ... 512 on P7), aspect ratios (0.5, 1, 2).
     - FCOS: one anchor point per location of size ``stride`` (8 on P3 ... 128 on P7).
 
-    ``sizes``: one sequence of whole-pixel sizes per level (a bare number per level means one size).
+    ``sizes``: one sequence of sizes in pixels per level (a bare number per level means one size); fractional sizes
+    such as detectron2's ``32 * 2**(1/3)`` are kept as given.
     ``aspect_ratios``: one sequence for every level (or a bare number), or one per level. Every level must have the
     same number of anchors (the heads share their convolutions across levels); FCOS takes exactly one anchor per
     location. Anything else raises :class:`~resdense.errors.ConfigError` naming the argument and the level.
@@ -123,8 +125,7 @@ def anchor_generator_for(kind: str, feature_info, sizes: Sequence[Sequence[int]]
             sizes = [(s,) for s in strides]
     if aspect_ratios is None:
         aspect_ratios = (1.0,) if kind == "fcos" else (0.5, 1.0, 2.0)
-    sizes = tuple(tuple(int(v) for v in lvl)
-                  for lvl in _per_level(kind, "anchor_sizes", sizes, levels, shared=False))
+    sizes = _per_level(kind, "anchor_sizes", sizes, levels, shared=False)
     ratios = tuple(tuple(float(r) for r in lvl)
                    for lvl in _per_level(kind, "aspect_ratios", aspect_ratios, levels, shared=True))
     per_level = {len(sz) * len(r) for sz, r in zip(sizes, ratios, strict=True)}
@@ -134,7 +135,7 @@ def anchor_generator_for(kind: str, feature_info, sizes: Sequence[Sequence[int]]
     if kind == "fcos" and per_level != {1}:
         raise ConfigError(f"fcos: one anchor point per location (one size and one aspect ratio per level), "
                           f"got {per_level.pop()}")
-    return AnchorGenerator(sizes, ratios)
+    return AnchorGenerator(tuple(tuple(v if isinstance(v, int) else float(v) for v in lvl) for lvl in sizes), ratios)
 
 
 def build_detector(
@@ -148,8 +149,8 @@ def build_detector(
     norm: str | Callable[[int], nn.Module] | None = None,
     p6_from: str = "p5",
     fpn_channels: int = 256,
-    anchor_sizes: Sequence[Sequence[int]] | Sequence[int] | None = None,
-    aspect_ratios: Sequence[Sequence[float]] | Sequence[float] | None = None,
+    anchor_sizes: Sequence[Sequence[float] | float] | None = None,
+    aspect_ratios: Sequence[Sequence[float] | float] | float | None = None,
     representation_size: int | None = None,
     **kwargs: Any,
 ) -> nn.Module:

@@ -111,3 +111,11 @@ def test_detector_arguments_refused_at_build_name_the_recipe():
         msg = str(err.value)
         assert msg.startswith(f"{cfg.source}: model: faster_rcnn: ") or msg.startswith(f"{cfg.source}: model: build_detector: ")
         assert message in msg and "\n" not in msg
+
+
+def test_detector_anchor_forms_that_build_detector_takes_pass_the_recipe_check():
+    for anchors in ("model.aspect_ratios=1.0", "model.anchor_sizes=[16, 32.0, [64], 128, 256]",
+                    "model.aspect_ratios=[[0.5, 1.0], [1.0, 2.0], [0.5, 2.0], [1.0, 3.0], [1.0, 2.0]]"):
+        load_config("demo_shapes_frcnn_r18_fpn", [anchors])  # validates the model section against build_detector
+    with pytest.raises(ConfigError, match=r"model\.aspect_ratios = \[\[1\.0\], 'wide'\] is not a Sequence"):
+        load_config("demo_shapes_frcnn_r18_fpn", ["model.aspect_ratios=[[1.0], 'wide']"])

@@ -162,8 +162,7 @@ def test_anchor_and_width_arguments_are_checked():
         build_detector("faster_rcnn", backbone="resnet18", num_classes=3, anchor_sizes=[[32], [64, 90], [128], [256], [512]])
     with pytest.raises(ConfigError, match="fcos: one anchor point per location .* got 3"):
         build_detector("fcos", backbone="resnet18", num_classes=3, aspect_ratios=[0.5, 1.0, 2.0])
-    with pytest.raises(ConfigError, match=r"fcos: anchor_sizes: level p3 must hold whole numbers of pixels > 0, "
-                                          r"got \[-8\]"):
+    with pytest.raises(ConfigError, match=r"fcos: anchor_sizes: level p3 must hold numbers > 0, got \[-8\]"):
         build_detector("fcos", backbone="resnet18", num_classes=3, anchor_sizes=[[-8], [16], [32], [64], [128]])
     with pytest.raises(ConfigError, match="representation_size sets the width of the box head resdense builds"):
         build_detector("faster_rcnn", backbone="resnet18", num_classes=3, representation_size=256,
@@ -183,10 +182,12 @@ PYRAMID = tuple(FeatureInfo(f"p{i}", 256, 2**i) for i in range(2, 7))
 
 
 @pytest.mark.parametrize(("sizes", "ratios", "message"), [
-    ([[32], [64.5], [128], [256], [512]], None, r"anchor_sizes: level p3 must hold whole numbers .* got \[64.5\]"),
-    ([[32], [True], [128], [256], [512]], None, r"anchor_sizes: level p3 must hold whole numbers .* got \[True\]"),
-    ([["32"], [64], [128], [256], [512]], None, r"anchor_sizes: level p2 must hold whole numbers .* got \['32'\]"),
-    ([[32], [64], [], [256], [512]], None, r"anchor_sizes: level p4 must hold whole numbers .* got \[\]"),
+    ([[32], [True], [128], [256], [512]], None, r"anchor_sizes: level p3 must hold numbers > 0, got \[True\]"),
+    ([["32"], [64], [128], [256], [512]], None, r"anchor_sizes: level p2 must hold numbers > 0, got \['32'\]"),
+    ([[32], [64], [], [256], [512]], None, r"anchor_sizes: level p4 must hold numbers > 0, got \[\]"),
+    ([[32, 32], [64, 64], [128, 128], [256, 256], [512, 512]], None, r"anchor_sizes: level p2 repeats a value"),
+    (None, [1.0] * 5, r"aspect_ratios: level p2 repeats a value, \[1.0, 1.0, 1.0, 1.0, 1.0\] \(identical anchors\): "
+                      r"for one ratio per level give \[\[r2\], \[r3\], ...\]"),
     (32, None, r"anchor_sizes = 32 must be a non-empty list: one list of sizes per level \(p2, p3, p4, p5, p6\)"),
     ("32", None, r"anchor_sizes = '32' must be a non-empty list"),
     (None, [0.5, float("nan")], r"aspect_ratios: level p2 must hold numbers > 0, got \[0.5, nan\]"),
@@ -203,7 +204,9 @@ def test_anchor_arguments_normalise_bare_numbers():
     gen = anchor_generator_for("faster_rcnn", PYRAMID, [32, 64.0, 128, 256, 512], 1)
     assert gen.sizes == ((32,), (64,), (128,), (256,), (512,))
     assert gen.aspect_ratios == ((1.0,),) * 5
-    assert all(isinstance(v, int) for lvl in gen.sizes for v in lvl)
+    # detectron2-style fractional sizes stay as given (torchvision's AnchorGenerator takes floats)
+    gen = anchor_generator_for("retinanet", PYRAMID, [[32, 40.3, 50.8]] * 5, [0.5, 1.0, 2.0])
+    assert gen.sizes[0] == (32, 40.3, 50.8) and isinstance(gen.sizes[0][0], int)
     p3_p7 = tuple(FeatureInfo(f"p{i}", 256, 2**i) for i in range(3, 8))
     gen = anchor_generator_for("retinanet", p3_p7, None, [[0.5, 1.0, 2.0]] * 5)
     assert gen.sizes[0] == (32, 40, 50) and gen.aspect_ratios == ((0.5, 1.0, 2.0),) * 5
