@@ -2,7 +2,8 @@
 
 Batch 8, 224x224, fp32, no autograd, on whatever machine runs it; every number is measured in this run, rounds
 interleave the candidates, and ratios are taken round by round against torchvision eager.
-Usage: ``python benchmarks/backbone_speed.py [--rounds 15] [--compile] [--device cuda]``.
+Usage: ``python benchmarks/backbone_speed.py [--rounds 15] [--compile] [--bf16] [--device cuda]``; ``--bf16`` adds the
+bfloat16 inference mode, which is outside the float32 tolerance (about 1e-2 relative, like autocast).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (about a minute to compile)")
+    parser.add_argument("--bf16", action="store_true", help="also time the bfloat16 inference mode (not fp32)")
     args = parser.parse_args()
 
     import timm
@@ -68,6 +70,9 @@ def main() -> None:
             compiled(x)
             print(f"torch.compile (freezing) first call: {time.perf_counter() - t0:.0f} s")
             models["resdense inference + torch.compile"] = compiled
+        if args.bf16:
+            models["resdense inference, bfloat16 weights + activations"] = optimize_for_inference(
+                ours, dtype=torch.bfloat16)
         for name, model in models.items():
             errors[name] = _rel_error(model(x), ref)
         sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)

@@ -8,8 +8,9 @@ import torch
 from torch.testing import assert_close
 
 from resdense.backbones import create_backbone, optimize_for_inference
-from resdense.backbones.inference import FusedConv2d, _onednn_fused_conv_works
+from resdense.backbones.inference import FusedConv2d, _onednn_fused_conv_works, _onednn_ops
 from resdense.backbones.weights import resolve_weights
+from resdense.errors import ConfigError
 from tests.backbones.reference import randomize_norm_stats
 
 
@@ -182,7 +183,7 @@ def test_fused_conv_follows_the_mkldnn_switch_at_call_time():
     x = torch.randn(1, 8, 10, 10)
     with torch.no_grad():
         want = fused(x)
-        _onednn_fused_conv_works.cache_clear()
+        _onednn_ops.cache_clear()
         with torch.backends.mkldnn.flags(enabled=False):
             ops = _op_counts(lambda: assert_close(fused(x), want, atol=1e-5, rtol=1e-5))
         assert "mkldnn::_convolution_pointwise" not in ops and "aten::conv2d" in ops
@@ -198,6 +199,47 @@ def test_compiled_inference_mode_refuses_load_state_dict():
         fast.load_state_dict(fast.state_dict())
     plain = optimize_for_inference(net)
     plain.load_state_dict(plain.state_dict())
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])  # resnet18's layer1.0 adds into a fresh tensor
+def test_bfloat16_inference_mode_is_as_close_as_autocast(name):
+    torch.manual_seed(0)
+    net = randomize_norm_stats(create_backbone(name, out_features=("c2", "c5"))).eval()
+    fast = optimize_for_inference(net, dtype=torch.bfloat16)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        want = net(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = net(x)
+    ops = _op_counts(lambda: fast(x))
+    got = fast(x)
+    for k in want:
+        assert got[k].dtype == torch.bfloat16
+        scale = want[k].abs().max()
+        err = (got[k].float() - want[k]).abs().max() / scale
+        err_autocast = (autocast[k].float() - want[k]).abs().max() / scale
+        assert err < max(2 * err_autocast, 1e-2), (k, err, err_autocast)
+    # the fused bf16 kernels wherever the CPU has native bf16 (this project's Zen 4 machine does); F.conv2d elsewhere
+    assert ("mkldnn::_convolution_pointwise" in ops) == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def test_inference_mode_under_autocast_leaves_the_dtype_to_autocast():
+    torch.manual_seed(0)
+    net = randomize_norm_stats(create_backbone("resnet18", out_features=("c3",))).eval()
+    fast = optimize_for_inference(net)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ops = _op_counts(lambda: fast(x))
+        got = fast(x)["c3"]
+        with torch.no_grad():
+            want = net(x)["c3"]
+    assert got.dtype == want.dtype == torch.bfloat16 and "mkldnn::_convolution_pointwise" not in ops
+    assert ((got.float() - want.float()).abs().max() / want.float().abs().max()) < 2e-2
+
+
+def test_inference_dtype_is_checked():
+    with pytest.raises(ConfigError, match=r"optimize_for_inference: dtype=torch.int8 must be torch.float32, "):
+        optimize_for_inference(create_backbone("resnet18"), dtype=torch.int8)
 
 
 @pytest.mark.slow
