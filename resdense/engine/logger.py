@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -81,12 +82,26 @@ def _fmt(v: Any) -> Any:
     return v
 
 
+def _after_existing_event_files(tb_dir: Path) -> None:
+    """TensorBoard reads a directory's event files in name order, and names start with the creation second: wait
+    (at most a second) until a new file sorts after the ones already there, so its purge applies to them."""
+    stamps = [int(part) for p in tb_dir.glob("events.out.tfevents.*")
+              if len(parts := p.name.split(".")) > 3 and (part := parts[3]).isdigit()]
+    if stamps and (delay := max(stamps) + 1 - time.time()) > 0:
+        time.sleep(delay)
+
+
 class RunLogger:
-    """Writes training and evaluation rows to ``run_dir`` (and TensorBoard when ``tensorboard`` imports).
+    """Writes training and evaluation rows to ``run_dir`` (and TensorBoard when ``tensorboard`` is installed).
 
     Args:
         run_dir: the run directory.
-        tensorboard: try to open a ``SummaryWriter`` under ``run_dir/tb``.
+        tensorboard: also write scalars under ``run_dir/tb`` (``pip install resdense[tensorboard]``); without the
+            package the run logs CSV only.
+
+    After a resume, :meth:`resume_at` drops the rows logged past the checkpoint from the CSV files and has
+    TensorBoard purge its events from that step on (``SummaryWriter(purge_step=...)``), so both read like an
+    uninterrupted run. Call it before the first row is logged.
     """
 
     def __init__(self, run_dir: str | Path, tensorboard: bool = True) -> None:
@@ -94,32 +109,44 @@ class RunLogger:
         self.train = _CsvFile(self.run_dir / "log.csv")
         self.eval = _CsvFile(self.run_dir / "eval.csv")
         self.tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(self.run_dir / "tb"))
-            except Exception:  # tensorboard not installed: CSV only
-                self.tb = None
+        self._tensorboard = tensorboard
+        self._purge_step: int | None = None
 
     def resume_at(self, iteration: int) -> None:
         """Drop rows logged after ``iteration`` (they will be produced again)."""
         self.train.truncate_after(iteration)
         self.eval.truncate_after(iteration)
+        self._purge_step = iteration + 1
+
+    def _writer(self):
+        if self.tb is None and self._tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is not installed: CSV only
+                self._tensorboard = False
+                return None
+            tb_dir = self.run_dir / "tb"
+            if self._purge_step is not None:
+                _after_existing_event_files(tb_dir)
+            self.tb = SummaryWriter(str(tb_dir), purge_step=self._purge_step)
+        return self.tb
 
     def log_train(self, iteration: int, values: dict[str, float]) -> None:
         self.train.write({"iteration": iteration, **values})
-        if self.tb is not None:
+        if (tb := self._writer()) is not None:
             for k, v in values.items():
-                self.tb.add_scalar(f"train/{k}", v, iteration)
+                tb.add_scalar(f"train/{k}", v, iteration)
+            tb.flush()  # like the CSV rows: on disk before a kill can take them
 
     def log_eval(self, iteration: int, metrics: dict[str, float]) -> None:
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.eval.write({"iteration": iteration, **scalars})
-        if self.tb is not None:
+        if (tb := self._writer()) is not None:
             for k, v in scalars.items():
-                self.tb.add_scalar(f"eval/{k}", v, iteration)
+                tb.add_scalar(f"eval/{k}", v, iteration)
+            tb.flush()
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+            self.tb = None

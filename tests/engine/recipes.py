@@ -46,3 +46,12 @@ def det_recipe(shapes_root: Path, out: Path, **train) -> dict:
 def write(recipe: dict, path: Path) -> Path:
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
+
+
+def tensorboard_scalars(run_dir: Path, skip: tuple[str, ...] = ("train/time_s",)) -> dict[str, list[tuple[int, float]]]:
+    """The scalars TensorBoard itself would show for ``run_dir/tb`` (purged steps removed), per tag."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(Path(run_dir) / "tb"))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"] if tag not in skip}

@@ -13,7 +13,7 @@ import torch
 
 from resdense.engine import load_checkpoint, run_training
 
-from .recipes import det_recipe, seg_recipe, write
+from .recipes import det_recipe, seg_recipe, tensorboard_scalars, write
 
 KILLER = """
 import os, signal, sys
@@ -52,6 +52,10 @@ def _kill_and_resume(tmp_path, recipe_fn, iterations, checkpoint_every):
     strip = lambda rows: [r.rsplit(",", 1)[0] for r in rows]  # noqa: E731  (last column is wall time)
     assert strip((tmp_path / "killed" / "log.csv").read_text().splitlines()) == \
         strip((tmp_path / "ref" / "log.csv").read_text().splitlines())
+    # and so does TensorBoard: the killed run's events past the checkpoint are purged, the rest are the same numbers
+    ref_tb = tensorboard_scalars(tmp_path / "ref")
+    assert "train/loss" in ref_tb and any(tag.startswith("eval/") for tag in ref_tb)
+    assert tensorboard_scalars(tmp_path / "killed") == ref_tb
     return kill_at
 
 

@@ -15,6 +15,8 @@ from resdense.config import EvalConfig, TrainConfig
 from resdense.engine import NonFiniteLossError, ResumableSampler, SegmentationTask, Trainer, load_checkpoint
 from resdense.errors import ResdenseError
 
+from .recipes import tensorboard_scalars
+
 
 class Stripes(Dataset):
     """Class 1 where the red channel is positive: a rule a 1x1 conv learns in a few dozen steps."""
@@ -58,6 +60,13 @@ def test_learns_and_writes_the_run_directory(tmp_path):
     assert rows[0].startswith("iteration,epoch,lr,loss_ce,loss") and len(rows) == 1 + 60 // 5
     evals = (run / "eval.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in evals[1:]] == ["20", "40", "60"]
+    # TensorBoard holds the same rows (float32 there, 6 significant digits in the CSV)
+    tb = tensorboard_scalars(run)
+    csv_loss = [(int(r.split(",")[0]), float(r.split(",")[3])) for r in rows[1:]]
+    assert [(s, pytest.approx(v, rel=1e-5)) for s, v in tb["train/loss_ce"]] == csv_loss
+    header = evals[0].split(",")
+    assert [s for s, _ in tb["eval/mIoU"]] == [20, 40, 60]
+    assert tb["eval/mIoU"][-1][1] == pytest.approx(float(evals[-1].split(",")[header.index("mIoU")]), rel=1e-5)
     ckpt = load_checkpoint(run / "last.pt")
     assert ckpt["iteration"] == 60 and ckpt["config"] == {"name": "t"}
     first_loss = float(rows[1].split(",")[3])
