@@ -58,6 +58,12 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
 _ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
 
 
+def _native_bf16() -> bool:
+    """AVX512-BF16 or AMX: oneDNN runs bf16 convolutions natively (elsewhere it emulates them, slower than fp32)."""
+    cpu = getattr(torch, "cpu", None)
+    return any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
 def _probe(dtype: torch.dtype, op: str) -> bool:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 8, 9, 9, generator=g).to(dtype=dtype, memory_format=torch.channels_last)
@@ -87,7 +93,7 @@ def _onednn_ops(dtype: torch.dtype = torch.float32) -> frozenset[str]:
     AMX): emulated, it is slower than float32."""
     if dtype not in _ONEDNN_DTYPES or not torch.backends.mkldnn.is_available():
         return frozenset()
-    if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if dtype == torch.bfloat16 and not (torch.ops.mkldnn._is_mkldnn_bf16_supported() and _native_bf16()):
         return frozenset()
     works = set()
     for op in ("unary", "binary", "binary_"):
@@ -300,6 +306,12 @@ class InferenceBackbone(nn.Module):
         self.in_channels = getattr(backbone, "in_channels", 3)
         self.__dict__["compiled"] = None  # torch.compile(backbone), kept out of the module tree and state_dict
 
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        if self.dtype is not None:  # .float() / .to(torch.bfloat16) / .half(): inputs follow the weights
+            self.dtype = next(p.dtype for p in self.backbone.parameters() if p.is_floating_point())
+        return self
+
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         if self.compiled is not None:
             raise RuntimeError("optimize_for_inference(compile=True) froze the weights into the compiled graph: load "
@@ -308,7 +320,7 @@ class InferenceBackbone(nn.Module):
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         with torch.no_grad():
-            if self.dtype is not None and x.is_floating_point():
+            if self.dtype is not None and x.is_floating_point():  # integer images are the caller's to convert
                 x = x.to(self.dtype)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -337,7 +349,8 @@ def optimize_for_inference(backbone: nn.Module, *, channels_last: bool = True, f
       code: later changes to them (``load_state_dict`` refuses; in-place edits, ``.to()``) are not seen, so build a
       new one from the updated backbone instead.
     - ``dtype``: run in ``torch.bfloat16`` or ``torch.float16`` (weights folded in float32 first, then converted;
-      inputs are cast on the way in and the features come out in ``dtype``). Not within the float32 tolerance: about
+      floating-point inputs are cast on the way in, and follow later ``.to()`` / ``.float()`` of the module; the
+      features come out in ``dtype``). Not within the float32 tolerance: about
       1e-2 relative for bfloat16 on ResNet-50, as with autocast. On a CPU with native bf16 instructions (AVX512-BF16,
       AMX) bfloat16 takes the fused oneDNN path at about twice the float32 speed; float16 on CPU runs ``F.conv2d``.
       ``None`` keeps the backbone's dtype.

@@ -88,7 +88,7 @@ def _after_existing_event_files(tb_dir: Path) -> None:
     stamps = [int(part) for p in tb_dir.glob("events.out.tfevents.*")
               if len(parts := p.name.split(".")) > 3 and (part := parts[3]).isdigit()]
     if stamps and (delay := max(stamps) + 1 - time.time()) > 0:
-        time.sleep(delay)
+        time.sleep(min(delay, 1.0))  # a file from a clock in the future: not worth waiting for
 
 
 class RunLogger:
@@ -129,6 +129,7 @@ class RunLogger:
             if self._purge_step is not None:
                 _after_existing_event_files(tb_dir)
             self.tb = SummaryWriter(str(tb_dir), purge_step=self._purge_step)
+            self._purge_step = None  # purge once: a writer reopened after close() keeps what this one wrote
         return self.tb
 
     def log_train(self, iteration: int, values: dict[str, float]) -> None:

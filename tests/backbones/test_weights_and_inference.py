@@ -220,7 +220,13 @@ def test_bfloat16_inference_mode_is_as_close_as_autocast(name):
         err_autocast = (autocast[k].float() - want[k]).abs().max() / scale
         assert err < max(2 * err_autocast, 1e-2), (k, err, err_autocast)
     # the fused bf16 kernels wherever the CPU has native bf16 (this project's Zen 4 machine does); F.conv2d elsewhere
-    assert ("mkldnn::_convolution_pointwise" in ops) == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert ("mkldnn::_convolution_pointwise" in ops) == native
+    # converting the module back converts the inputs it expects
+    back = fast.float()(x)
+    for k in want:
+        assert back[k].dtype == torch.float32
+        assert_close(back[k], want[k], atol=0.05 * float(want[k].abs().max()), rtol=0)
 
 
 def test_inference_mode_under_autocast_leaves_the_dtype_to_autocast():
