@@ -204,6 +204,13 @@ class ResNet(FeatureExtractor):
         """``x[N, in_channels, H, W]`` -> ``{name: [N, C_name, ceil(H/stride), ceil(W/stride)]}`` in stride order."""
         return self.forward_features(x)
 
+    def optimize_for_inference(self, **kwargs) -> nn.Module:
+        """An eval-only, no-autograd copy for fast inference (BN folded, fused convolutions, channels-last, optional
+        ``compile`` / ``dtype``); the keyword arguments and details are :func:`resdense.backbones.optimize_for_inference`'s."""
+        from .inference import optimize_for_inference
+
+        return optimize_for_inference(self, **kwargs)
+
     def extra_repr(self) -> str:
         return f"name={self.name}, out_features={self.out_features}, output_stride={self.output_stride}"
 

@@ -243,6 +243,15 @@ def test_inference_mode_under_autocast_leaves_the_dtype_to_autocast():
     assert ((got.float() - want.float()).abs().max() / want.float().abs().max()) < 2e-2
 
 
+def test_inference_mode_is_also_a_backbone_method():
+    torch.manual_seed(0)
+    net = randomize_norm_stats(create_backbone("resnet18", out_features=("c4",))).eval()
+    x = torch.randn(1, 3, 64, 64)
+    fast = net.optimize_for_inference(channels_last=False)
+    assert not fast.channels_last and fast.feature_info == net.feature_info
+    assert_close(fast(x), optimize_for_inference(net)(x), atol=1e-5, rtol=1e-5)
+
+
 def test_inference_dtype_is_checked():
     with pytest.raises(ConfigError, match=r"optimize_for_inference: dtype=torch.int8 must be torch.float32, "):
         optimize_for_inference(create_backbone("resnet18"), dtype=torch.int8)
