@@ -134,18 +134,18 @@ class RunLogger:
 
     def log_train(self, iteration: int, values: dict[str, float]) -> None:
         self.train.write({"iteration": iteration, **values})
-        if (tb := self._writer()) is not None:
-            for k, v in values.items():
-                tb.add_scalar(f"train/{k}", v, iteration)
-            tb.flush()  # like the CSV rows: on disk before a kill can take them
+        self._scalars("train", iteration, values)
 
     def log_eval(self, iteration: int, metrics: dict[str, float]) -> None:
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.eval.write({"iteration": iteration, **scalars})
+        self._scalars("eval", iteration, scalars)
+
+    def _scalars(self, group: str, iteration: int, values: dict[str, float]) -> None:
         if (tb := self._writer()) is not None:
-            for k, v in scalars.items():
-                tb.add_scalar(f"eval/{k}", v, iteration)
-            tb.flush()
+            for k, v in values.items():
+                tb.add_scalar(f"{group}/{k}", v, iteration)
+            tb.flush()  # like the CSV rows: on disk before a kill can take them
 
     def close(self) -> None:
         if self.tb is not None:
