@@ -73,7 +73,7 @@ def _probe(dtype: torch.dtype, op: str) -> bool:
     with torch.no_grad():
         want = F.relu(F.conv2d(x.float(), conv.weight.float(), conv.bias.float(), 2, 2, 2, 2)
                       + (0 if op == "unary" else res.float()))
-        args = (fused._packed_weight(x), fused.bias, fused.padding, fused.stride, fused.dilation, fused.groups)
+        args = fused._op_args(x)
         if op == "unary":
             got = torch.ops.mkldnn._convolution_pointwise(x, *args, "relu", [], "")
         elif op == "binary":
@@ -184,8 +184,12 @@ class FusedConv2d(nn.Module):
             self._packed.entry = entry
         return entry[1]
 
+    def _op_args(self, x: Tensor) -> tuple:
+        """The arguments oneDNN's fused ops take after the input (and residual): packed weight, bias, geometry."""
+        return self._packed_weight(x), self.bias, self.padding, self.stride, self.dilation, self.groups
+
     def _onednn(self, x: Tensor, residual: Tensor | None, overwrite_residual: bool = False) -> Tensor:
-        args = (self._packed_weight(x), self.bias, self.padding, self.stride, self.dilation, self.groups)
+        args = self._op_args(x)
         if residual is None:
             return torch.ops.mkldnn._convolution_pointwise(x, *args, "relu" if self.relu else "none", [], "")
         unary = "relu" if self.relu else None
