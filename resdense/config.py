@@ -67,7 +67,9 @@ class TrainConfig:
             iterations, or as fractions of the run when < 1) or ``constant``; after ``warmup_iters`` of linear
             warm-up from ``warmup_factor * lr``.
         grad_clip: clip the gradient's global L2 norm to this value (``None``: no clipping).
-        amp: ``auto`` (fp16 on CUDA, off on CPU), ``fp16`` (CUDA), ``bf16`` (CPU or CUDA) or ``none``.
+        amp: ``auto`` (the default: fp16 on CUDA, bf16 on a CPU with native bf16 - AVX512-BF16 or AMX as oneDNN
+            reports it - and fp32 on every other CPU; see :mod:`resdense.hardware`), ``fp16`` (CUDA), ``bf16`` (CUDA,
+            or a CPU: without native bf16 it is emulated, several times slower, and warns) or ``none`` (fp32).
         loss: segmentation loss: ``ce``, ``dice`` or ``ce+dice`` (smp's DiceLoss); ignored by detection, whose
             models compute their own losses.
         class_weights: per-class cross-entropy weights for segmentation (``None``: uniform).

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from resdense.errors import ConfigError
+from resdense.hardware import native_bf16, warn_emulated_bf16
 
 from .blocks import BasicBlock, Bottleneck
 from .norm import BATCH_NORMS
@@ -58,12 +59,6 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
 _ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
 
 
-def _native_bf16() -> bool:
-    """AVX512-BF16 or AMX: oneDNN runs bf16 convolutions natively (elsewhere it emulates them, slower than fp32)."""
-    cpu = getattr(torch, "cpu", None)
-    return any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-
-
 def _probe(dtype: torch.dtype, op: str) -> bool:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 8, 9, 9, generator=g).to(dtype=dtype, memory_format=torch.channels_last)
@@ -93,7 +88,7 @@ def _onednn_ops(dtype: torch.dtype = torch.float32) -> frozenset[str]:
     AMX): emulated, it is slower than float32."""
     if dtype not in _ONEDNN_DTYPES or not torch.backends.mkldnn.is_available():
         return frozenset()
-    if dtype == torch.bfloat16 and not (torch.ops.mkldnn._is_mkldnn_bf16_supported() and _native_bf16()):
+    if dtype == torch.bfloat16 and not (native_bf16()):
         return frozenset()
     works = set()
     for op in ("unary", "binary", "binary_"):
@@ -356,12 +351,16 @@ def optimize_for_inference(backbone: nn.Module, *, channels_last: bool = True, f
       floating-point inputs are cast on the way in, and follow later ``.to()`` / ``.float()`` of the module; the
       features come out in ``dtype``). Not within the float32 tolerance: about
       1e-2 relative for bfloat16 on ResNet-50, as with autocast. On a CPU with native bf16 instructions (AVX512-BF16,
-      AMX) bfloat16 takes the fused oneDNN path at about twice the float32 speed; float16 on CPU runs ``F.conv2d``.
+      AMX) bfloat16 takes the fused oneDNN path at about twice the float32 speed; on any other CPU bf16 is emulated,
+      several times *slower* than float32 (measured 0.17x torchvision fp32 on an AVX2-only Zen 3), and this warns
+      once. float16 on CPU runs ``F.conv2d``.
       ``None`` keeps the backbone's dtype.
     """
     if dtype is not None and dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ConfigError(f"optimize_for_inference: dtype={dtype!r} must be torch.float32, torch.bfloat16 or "
                           "torch.float16")
+    if dtype == torch.bfloat16 and not native_bf16():
+        warn_emulated_bf16("optimize_for_inference(dtype=torch.bfloat16)")
     model = fold_batchnorm(copy.deepcopy(backbone).eval())
     for p in model.parameters():
         p.requires_grad_(False)

@@ -11,6 +11,8 @@ import logging
 import math
 import os
 import pickle
+import urllib.error
+import urllib.parse
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,6 +32,8 @@ __all__ = [
     "load_weights",
     "adapt_input_conv",
     "weights_tags",
+    "cache_path",
+    "download_state_dict",
 ]
 
 log = logging.getLogger(__name__)
@@ -99,9 +103,30 @@ def resolve_weights(arch: str, tag: str):
         ) from None
 
 
-def _download(entry, progress: bool = True) -> dict[str, Tensor]:
-    # Cached under $TORCH_HOME/hub/checkpoints; check_hash verifies the SHA-256 prefix in the file name.
-    return torch.hub.load_state_dict_from_url(entry.url, progress=progress, check_hash=True, weights_only=True)
+def cache_path(url: str) -> Path:
+    """Where ``torch.hub`` keeps (and looks for) the file of ``url``: ``$TORCH_HOME/hub/checkpoints/<file name>``.
+    A copy downloaded on another machine and placed there is used without any network access."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urllib.parse.urlparse(url).path)
+
+
+def download_state_dict(url: str, what: str, progress: bool = True) -> dict[str, Tensor]:
+    """Fetch ``url`` into the torch hub cache (SHA-256 prefix in the file name checked) and read it safely.
+
+    Any failure (no network, a proxy refusal, an HTTP error, a hash mismatch, a corrupt cached file) is one line of
+    :class:`WeightsError` naming ``what``, the URL, the cache file where a copy fetched elsewhere can be placed, and
+    the ``weights=PATH`` alternative.
+    """
+    try:
+        return torch.hub.load_state_dict_from_url(url, progress=progress, check_hash=True, weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        # urllib's URLError/HTTPError and socket errors are OSErrors; torch.hub reports a hash mismatch as a
+        # RuntimeError and deletes the partial file.
+        plain = isinstance(err, urllib.error.URLError) and not isinstance(err, urllib.error.HTTPError)
+        reason = _first_line(err.reason if plain else err)  # URLError's str() wraps the reason in <urlopen error>
+        raise WeightsError(
+            f"could not download the {what} weights from {url} ({type(err).__name__}: {reason}); place a copy of "
+            f"that file at {cache_path(url)} or pass weights=PATH to a local checkpoint"
+        ) from None
 
 
 # ---- files -------------------------------------------------------------------------------------------------------
@@ -203,7 +228,7 @@ def load_weights(
         source, sd = str(weights), read_state_dict(weights)
     elif isinstance(weights, str):
         entry = resolve_weights(arch, weights)
-        source, sd = entry.url, _download(entry, progress)
+        source, sd = entry.url, download_state_dict(entry.url, f"{arch} {entry.name}", progress)
     else:
         raise WeightsError(f"weights={weights!r}: expected a tag, a file path or a state dict")
 

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from resdense.config import EvalConfig, TrainConfig
 from resdense.errors import ResdenseError
+from resdense.hardware import choose_precision
 
 from .checkpoint import CHECKPOINT_FORMAT, atomic_save, load_checkpoint, rng_state, set_rng_state
 from .logger import RunLogger
@@ -56,20 +57,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    if amp == "auto":
-        return torch.float16 if device.type == "cuda" else None
-    if amp == "fp16":
-        if device.type != "cuda":
-            from resdense.errors import ConfigError
-
-            raise ConfigError("train.amp = 'fp16' needs CUDA; on CPU use 'bf16' or 'none'")
-        return torch.float16
-    if amp == "bf16":
-        return torch.bfloat16
-    return None
-
-
 class Trainer:
     """Train ``model`` on ``train_set`` with ``task``'s loss, evaluating on ``val_set``.
 
@@ -91,7 +78,8 @@ class Trainer:
         self.config = config or {}
         self.hooks = hooks or {}
         self.device = resolve_device(train.device)
-        self.amp_dtype = _amp_dtype(train.amp, self.device)
+        self.precision = choose_precision(train.amp, self.device)
+        self.amp_dtype = self.precision.dtype
         self.model = model.to(self.device)
         self.train_set = SeededDataset(train_set)
         self.val_set = val_set
@@ -180,6 +168,7 @@ class Trainer:
     def fit(self, resume: str | os.PathLike | None = None) -> dict[str, Any]:
         """Train to ``total_iters`` and return the final metrics (also in ``run_dir/metrics.json``)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        log.info("precision %s (%s)", self.precision.name, self.precision.reason)
         self.maybe_resume(resume)
         logger = RunLogger(self.run_dir)
         logger.resume_at(self.iteration)
@@ -325,6 +314,7 @@ class Trainer:
             "best": {k: v for k, v in self.best.items() if k != "evaluated_at"},
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "device": str(self.device),
+            "precision": self.precision.as_dict(),
         }
         (self.run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
         try:

@@ -13,10 +13,10 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
 from resdense.backbones import LoadReport, read_state_dict
+from resdense.backbones.weights import download_state_dict
 from resdense.errors import WeightsError
 
 __all__ = ["map_torchvision_detection_keys", "load_detection_weights", "TV_BUILDER_PREFIX"]
@@ -80,8 +80,7 @@ def _resolve(weights: str | os.PathLike | Mapping[str, Tensor], kind: str, arch:
         entry = enum.DEFAULT if key == "DEFAULT" else enum[key]
     except KeyError:
         raise WeightsError(f"weights={weights!r}: not a file nor a tag of {builder} ({[w.name for w in enum]})") from None
-    sd = torch.hub.load_state_dict_from_url(entry.url, progress=True, check_hash=True, weights_only=True)
-    return entry.url, sd
+    return entry.url, download_state_dict(entry.url, f"{builder} {entry.name}")
 
 
 def load_detection_weights(

@@ -1,0 +1,115 @@
+"""What this machine can run fast, and the precision chosen from it (house style 16: hardware-aware defaults).
+
+The rule behind ``train.amp: auto`` (and every shipped recipe):
+
+- CUDA: float16 autocast with a gradient scaler;
+- a CPU with native bf16 instructions (AVX512-BF16 or AMX, as oneDNN reports them): bfloat16 autocast;
+- any other CPU: float32. There bf16 is emulated and typically several times slower than float32 (PyTorch documents
+  this; pytorch issues 86270 and 118499 measure 2x-100x), so choosing it would be a 'fast here, 40x slower there'
+  default.
+
+oneDNN's own report follows ``ONEDNN_MAX_CPU_ISA``, so ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2`` makes a
+machine with AVX-512 behave like an AVX2-only laptop for this choice and for the kernels themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from resdense.errors import ConfigError
+
+__all__ = ["cpu_capability", "native_bf16", "Precision", "choose_precision", "warn_emulated_bf16", "hardware_summary"]
+
+log = logging.getLogger(__name__)
+
+
+def cpu_capability() -> str:
+    """ATen's vector ISA for CPU kernels (``"AVX512"``, ``"AVX2"``, ``"DEFAULT"``, ...; follows
+    ``ATEN_CPU_CAPABILITY``)."""
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def _onednn_bf16() -> bool:
+    # oneDNN's bf16 support: True from AVX512-core up (emulated there without AVX512-BF16), capped by
+    # ONEDNN_MAX_CPU_ISA. Private API, guarded: older or non-x86 builds may lack it.
+    fn = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(fn()) if fn is not None and torch.backends.mkldnn.is_available() else False
+    except (RuntimeError, AttributeError):
+        return False
+
+
+def _bf16_instructions() -> bool:
+    # The CPU's own bf16 dot-product instructions (AVX512-BF16) or AMX tiles. Private torch.cpu API, guarded.
+    cpu = getattr(torch, "cpu", None)
+    return any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def native_bf16() -> bool:
+    """Whether bf16 convolutions and matmuls run natively on this CPU: oneDNN supports bf16 *and* the CPU has
+    AVX512-BF16 or AMX. False on AVX2-only CPUs, on AVX-512 CPUs without the bf16 extension, and whenever
+    ``ONEDNN_MAX_CPU_ISA`` caps oneDNN below them."""
+    return _onednn_bf16() and _bf16_instructions()
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The precision a run uses: ``dtype`` for autocast (``None``: float32), its ``name`` and why it was chosen."""
+
+    dtype: torch.dtype | None
+    name: str
+    reason: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"amp": self.name, "reason": self.reason}
+
+
+def hardware_summary() -> str:
+    """One line: CPU capability and bf16 support, as reported next to every figure."""
+    return (f"CPU capability {cpu_capability()}, oneDNN bf16 {_onednn_bf16()}, native bf16 {native_bf16()}")
+
+
+def choose_precision(amp: str, device: torch.device) -> Precision:
+    """Resolve ``train.amp`` (``auto``, ``fp16``, ``bf16``, ``none``) for ``device``.
+
+    ``auto``: fp16 on CUDA, bf16 on a CPU with native bf16 (:func:`native_bf16`), fp32 elsewhere. An explicit
+    ``bf16`` on a CPU without native bf16 is honoured with a warning (:func:`warn_emulated_bf16`); ``fp16`` on a CPU
+    is refused (CPU float16 autocast is slower still and not what the recipes are tuned for).
+    """
+    device = torch.device(device)
+    if amp == "none":
+        return Precision(None, "fp32", "train.amp = 'none'")
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise ConfigError("train.amp = 'fp16' needs CUDA; on CPU use 'auto', 'bf16' or 'none'")
+        return Precision(torch.float16, "fp16", "train.amp = 'fp16'")
+    if amp == "bf16":
+        if device.type == "cpu" and not native_bf16():
+            warn_emulated_bf16("train.amp = 'bf16'")
+        return Precision(torch.bfloat16, "bf16", "train.amp = 'bf16'")
+    if amp != "auto":
+        raise ConfigError(f"train.amp = {amp!r} is not one of 'auto', 'fp16', 'bf16', 'none'")
+    if device.type == "cuda":
+        return Precision(torch.float16, "fp16", "auto: CUDA device, float16 autocast with gradient scaling")
+    if device.type == "cpu" and native_bf16():
+        return Precision(torch.bfloat16, "bf16", f"auto: CPU has native bf16 ({hardware_summary()})")
+    return Precision(None, "fp32", f"auto: no native bf16 on this {device.type} ({hardware_summary()}); "
+                                   "emulated bf16 would be several times slower than fp32")
+
+
+_WARNED: set[str] = set()  # the places already warned about in this process
+
+
+def warn_emulated_bf16(where: str) -> None:
+    """Warn once per ``where`` that bf16 is emulated on this CPU (no AVX512-BF16/AMX) and typically several times
+    slower than float32 there."""
+    if where in _WARNED:
+        return
+    _WARNED.add(where)
+    warnings.warn(f"{where}: this CPU has no native bf16 (CPU capability {cpu_capability()}, no AVX512-BF16/AMX "
+                  "reported by oneDNN), so bf16 is emulated and typically several times slower than fp32 here; "
+                  "use 'auto' (fp32 on this CPU) unless you need bf16 numerics", UserWarning, stacklevel=3)
