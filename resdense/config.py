@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -70,9 +71,15 @@ class TrainConfig:
         amp: ``auto`` (the default: fp16 on CUDA, bf16 on a CPU with native bf16 - AVX512-BF16 or AMX as oneDNN
             reports it - and fp32 on every other CPU; see :mod:`resdense.hardware`), ``fp16`` (CUDA), ``bf16`` (CUDA,
             or a CPU: without native bf16 it is emulated, several times slower, and warns) or ``none`` (fp32).
-        loss: segmentation loss: ``ce``, ``dice`` or ``ce+dice`` (smp's DiceLoss); ignored by detection, whose
-            models compute their own losses.
-        class_weights: per-class cross-entropy weights for segmentation (``None``: uniform).
+        loss: segmentation loss: ``ce``, ``dice``, ``ce+dice``, ``focal`` or ``focal+dice`` (smp's ``DiceLoss`` and
+            ``FocalLoss``; all of them leave out the pixels whose target is the dataset's ``ignore_index``, and average
+            over the remaining ones). smp's multiclass focal loss is the sigmoid focal loss of Lin et al. (2017) of
+            each class against the rest, summed over the classes. Ignored by detection, whose models compute their
+            own losses.
+        class_weights: per-class weights ``[K]`` of the segmentation cross-entropy term (``ce``, ``ce+dice``; the
+            weighted mean of torch's ``cross_entropy``); ``None``: uniform. Refused with a loss that has no
+            cross-entropy term (smp's Dice and focal losses take no class weights).
+        focal_gamma: the focusing exponent of the focal loss (2: Lin et al.).
         checkpoint_every: also write ``last.pt`` every N iterations (0: only at evaluations and epoch ends).
         log_every: write a ``log.csv`` row every N iterations.
         progress: show a tqdm bar (only when stderr is a terminal).
@@ -103,6 +110,7 @@ class TrainConfig:
     amp: str = "auto"
     loss: str = "ce"
     class_weights: list[float] | None = None
+    focal_gamma: float = 2.0
     checkpoint_every: int = 0
     log_every: int = 10
     progress: bool = True
@@ -113,7 +121,7 @@ class TrainConfig:
         _choice("train.optimizer", self.optimizer, ("adamw", "sgd"))
         _choice("train.schedule", self.schedule, ("cosine", "step", "constant"))
         _choice("train.amp", self.amp, ("auto", "fp16", "bf16", "none"))
-        _choice("train.loss", self.loss, ("ce", "dice", "ce+dice"))
+        _choice("train.loss", self.loss, ("ce", "dice", "ce+dice", "focal", "focal+dice"))
         if self.epochs is None and self.iterations is None:
             raise ConfigError("train: set either 'epochs' or 'iterations'")
         for name in ("epochs", "iterations", "batch_size"):
@@ -126,6 +134,8 @@ class TrainConfig:
             raise ConfigError(f"train.grad_clip = {self.grad_clip!r} must be positive (or null for no clipping)")
         if not 0 < self.warmup_factor <= 1:
             raise ConfigError(f"train.warmup_factor = {self.warmup_factor!r} must lie in (0, 1]")
+        if not (math.isfinite(self.focal_gamma) and self.focal_gamma >= 0):
+            raise ConfigError(f"train.focal_gamma = {self.focal_gamma!r} must be a non-negative number")
         self.betas = tuple(self.betas)
 
 
