@@ -80,6 +80,13 @@ class TrainConfig:
             weighted mean of torch's ``cross_entropy``); ``None``: uniform. Refused with a loss that has no
             cross-entropy term (smp's Dice and focal losses take no class weights).
         focal_gamma: the focusing exponent of the focal loss (2: Lin et al.).
+        ema_decay: keep an exponential moving average of the weights with this decay (timm's ``ModelEmaV3`` rule, see
+            :mod:`resdense.engine.ema`: floating-point buffers such as BatchNorm statistics are averaged too, integer
+            ones copied); ``None``: off. When on, every evaluation, the choice of ``best.pt``, ``resdense eval`` and
+            ``predict`` use the averaged weights; checkpoints hold both (``model``: the trained weights, which
+            resume needs; ``ema``: the average, which :func:`~resdense.engine.load_model` loads).
+        ema_warmup_iters: ramp the EMA decay up as ``ema_decay * (1 - exp(-t / ema_warmup_iters))`` at update ``t``
+            (YOLOv5's ramp; 0: the constant ``ema_decay`` from the first update, which copies the weights).
         checkpoint_every: also write ``last.pt`` every N iterations (0: only at evaluations and epoch ends).
         log_every: write a ``log.csv`` row every N iterations.
         progress: show a tqdm bar (only when stderr is a terminal).
@@ -111,6 +118,8 @@ class TrainConfig:
     loss: str = "ce"
     class_weights: list[float] | None = None
     focal_gamma: float = 2.0
+    ema_decay: float | None = None
+    ema_warmup_iters: int = 0
     checkpoint_every: int = 0
     log_every: int = 10
     progress: bool = True
@@ -136,6 +145,10 @@ class TrainConfig:
             raise ConfigError(f"train.warmup_factor = {self.warmup_factor!r} must lie in (0, 1]")
         if not (math.isfinite(self.focal_gamma) and self.focal_gamma >= 0):
             raise ConfigError(f"train.focal_gamma = {self.focal_gamma!r} must be a non-negative number")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ConfigError(f"train.ema_decay = {self.ema_decay!r} must lie in (0, 1) (or null for no EMA)")
+        if self.ema_warmup_iters < 0:
+            raise ConfigError(f"train.ema_warmup_iters = {self.ema_warmup_iters!r} must be at least 0")
         self.betas = tuple(self.betas)
 
 

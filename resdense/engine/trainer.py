@@ -6,6 +6,7 @@ batches), each sample's augmentation from ``(seed, epoch, index)`` (:class:`Seed
 randomness (dropout, RPN sampling) from the torch generator, whose state the checkpoint carries together with the
 numpy and Python ones. The loaders get private generators, so creating one never advances the global torch state.
 On CPU a run killed at any iteration and resumed ends with the same weights, bit for bit, as an uninterrupted one.
+The weight average (``train.ema_decay``) keeps that property: every checkpoint stores it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from resdense.errors import ResdenseError
 from resdense.hardware import choose_precision
 
 from .checkpoint import CHECKPOINT_FORMAT, atomic_save, load_checkpoint, rng_state, set_rng_state
+from .ema import create_ema, ema_state, load_ema_state
 from .logger import RunLogger
 from .sampler import ResumableSampler, SeededDataset
 from .schedule import build_optimizer, build_scheduler
@@ -68,6 +70,10 @@ class Trainer:
         run_dir: where ``log.csv``, ``eval.csv``, ``last.pt``, ``best.pt``, ``metrics.json`` and ``curves.png`` go.
         config: the resolved recipe as plain types, stored in every checkpoint.
         hooks: optional ``{"after_step": fn(trainer, iteration, losses)}`` callbacks (used by tests and the demo).
+
+    Attributes:
+        ema: the :class:`~torch.optim.swa_utils.AveragedModel` of ``train.ema_decay`` (``None`` when off);
+            :meth:`evaluate` scores ``ema.module``.
     """
 
     def __init__(self, model: nn.Module, task: Task, train_set: Dataset, val_set: Dataset | None,
@@ -94,6 +100,7 @@ class Trainer:
         self.sampler = ResumableSampler(len(train_set), seed=train.seed, shuffle=True, batch_size=train.batch_size)
         self.optimizer = build_optimizer(self.model, train)
         self.scheduler = build_scheduler(self.optimizer, self.total_iters, train)
+        self.ema = create_ema(self.model, train.ema_decay, train.ema_warmup_iters) if train.ema_decay else None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
         self.iteration = 0
         self.metric_name = self.eval_cfg.metric or task.default_metric
@@ -138,6 +145,7 @@ class Trainer:
             "metrics": {k: v for k, v in self.task.summary(self.last_metrics).items()},
             "timings": dict(self.timings),
             "config": self.config,
+            **({"ema": ema_state(self.ema)} if self.ema is not None else {}),
         }
 
     def save(self, name: str = "last.pt") -> Path:
@@ -152,6 +160,12 @@ class Trainer:
         self.iteration = int(ckpt["iteration"])
         self.best = dict(ckpt.get("best") or self.best)
         self.timings = dict(ckpt.get("timings") or self.timings)
+        if self.ema is not None:
+            if ckpt.get("ema") is not None:
+                load_ema_state(self.ema, ckpt["ema"])
+            else:
+                log.warning("the checkpoint holds no weight average; train.ema_decay starts one at iteration %d",
+                            int(ckpt["iteration"]))
         set_rng_state(ckpt["rng"])
 
     def maybe_resume(self, path: str | os.PathLike | None = None) -> bool:
@@ -231,6 +245,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         return values
 
     def _raise_nonfinite(self, values: dict[str, float], batch) -> None:
@@ -271,15 +287,23 @@ class Trainer:
             return (it // self.iters_per_epoch) % self.eval_cfg.every_epochs == 0
         return False
 
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that evaluation scores: the EMA's once it has averaged a step, else the model."""
+        if self.ema is not None and int(self.ema.n_averaged) > 0:
+            return self.ema.module
+        return self.model
+
     def evaluate(self) -> dict[str, Any]:
-        """Metrics on the validation set (model in eval mode, train mode restored after)."""
+        """Metrics of :attr:`eval_model` on the validation set (in eval mode; train mode restored after)."""
         loader = self.val_loader()
-        was_training = self.model.training
-        self.model.eval()
+        model = self.eval_model
+        was_training = model.training
+        model.eval()
         try:
-            return self.task.evaluate(self.model, loader, self.device, autocast=self.autocast)
+            return self.task.evaluate(model, loader, self.device, autocast=self.autocast)
         finally:
-            self.model.train(was_training)
+            model.train(was_training)
 
     def _evaluate(self, logger: RunLogger) -> None:
         tic = time.perf_counter()
@@ -313,6 +337,7 @@ class Trainer:
             "final": summary,
             "best": {k: v for k, v in self.best.items() if k != "evaluated_at"},
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "evaluated_weights": "ema" if self.ema is not None else "model",
             "device": str(self.device),
             "precision": self.precision.as_dict(),
         }
