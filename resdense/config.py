@@ -87,6 +87,11 @@ class TrainConfig:
             resume needs; ``ema``: the average, which :func:`~resdense.engine.load_model` loads).
         ema_warmup_iters: ramp the EMA decay up as ``ema_decay * (1 - exp(-t / ema_warmup_iters))`` at update ``t``
             (YOLOv5's ramp; 0: the constant ``ema_decay`` from the first update, which copies the weights).
+        freeze_backbone_iters: the backbone (see :func:`resdense.heads.backbone_of`: a U-Net's or classifier's
+            ``backbone``, a detector's ``backbone.body``, an smp model's ``encoder``) gets no updates and keeps its
+            BatchNorm layers in eval mode for the first N iterations, then trains; stages the model froze itself
+            (``frozen_stages``, ``trainable_stages``) stay frozen (see :class:`~resdense.engine.schedule.BackboneFreeze`).
+            0: off.
         checkpoint_every: also write ``last.pt`` every N iterations (0: only at evaluations and epoch ends).
         log_every: write a ``log.csv`` row every N iterations.
         progress: show a tqdm bar (only when stderr is a terminal).
@@ -120,6 +125,7 @@ class TrainConfig:
     focal_gamma: float = 2.0
     ema_decay: float | None = None
     ema_warmup_iters: int = 0
+    freeze_backbone_iters: int = 0
     checkpoint_every: int = 0
     log_every: int = 10
     progress: bool = True
@@ -147,8 +153,9 @@ class TrainConfig:
             raise ConfigError(f"train.focal_gamma = {self.focal_gamma!r} must be a non-negative number")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ConfigError(f"train.ema_decay = {self.ema_decay!r} must lie in (0, 1) (or null for no EMA)")
-        if self.ema_warmup_iters < 0:
-            raise ConfigError(f"train.ema_warmup_iters = {self.ema_warmup_iters!r} must be at least 0")
+        for name in ("ema_warmup_iters", "freeze_backbone_iters"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} = {getattr(self, name)!r} must be at least 0")
         self.betas = tuple(self.betas)
 
 

@@ -170,7 +170,7 @@ def run_evaluation(config: Config | str | os.PathLike, checkpoint: str | os.Path
         run.class_names = dataset_classes(val, config.task)
         run.task = build_task(config.task, run.class_names, config)
     # The loaded weights are already the evaluated ones (the average of an EMA run): no average to keep here.
-    train = dataclasses.replace(config.train, ema_decay=None)
+    train = dataclasses.replace(config.train, ema_decay=None, freeze_backbone_iters=0)
     trainer = Trainer(model, run.task, val, val, train, config.eval, run_dir=config.output_dir,
                       config=config.to_dict())
     metrics = trainer.evaluate()

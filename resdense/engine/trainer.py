@@ -6,7 +6,8 @@ batches), each sample's augmentation from ``(seed, epoch, index)`` (:class:`Seed
 randomness (dropout, RPN sampling) from the torch generator, whose state the checkpoint carries together with the
 numpy and Python ones. The loaders get private generators, so creating one never advances the global torch state.
 On CPU a run killed at any iteration and resumed ends with the same weights, bit for bit, as an uninterrupted one.
-The weight average (``train.ema_decay``) keeps that property: every checkpoint stores it.
+The optional features keep that property: the weight average (``train.ema_decay``) is stored in every checkpoint,
+and the backbone freeze (``train.freeze_backbone_iters``) is a function of the iteration.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from .checkpoint import CHECKPOINT_FORMAT, atomic_save, load_checkpoint, rng_sta
 from .ema import create_ema, ema_state, load_ema_state
 from .logger import RunLogger
 from .sampler import ResumableSampler, SeededDataset
-from .schedule import build_optimizer, build_scheduler
+from .schedule import BackboneFreeze, build_optimizer, build_scheduler
 from .tasks.base import Task
 
 __all__ = ["Trainer", "NonFiniteLossError", "resolve_device"]
@@ -98,8 +99,10 @@ class Trainer:
         self.iters_per_epoch = (len(train_set) // train.batch_size if self.drop_last else 1)
         self.total_iters = train.iterations or train.epochs * self.iters_per_epoch
         self.sampler = ResumableSampler(len(train_set), seed=train.seed, shuffle=True, batch_size=train.batch_size)
+        # The optimizer holds every parameter the model trains, the backbone's too while the freeze schedule holds it.
         self.optimizer = build_optimizer(self.model, train)
         self.scheduler = build_scheduler(self.optimizer, self.total_iters, train)
+        self.freeze = BackboneFreeze(self.model, train.freeze_backbone_iters) if train.freeze_backbone_iters else None
         self.ema = create_ema(self.model, train.ema_decay, train.ema_warmup_iters) if train.ema_decay else None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
         self.iteration = 0
@@ -221,6 +224,8 @@ class Trainer:
                     desc=self.config.get("name", "train"), unit="it")
 
     def _step(self, batch) -> dict[str, float]:
+        if self.freeze is not None:
+            self.freeze.apply(self.iteration)
         batch = self.task.to_device(batch, self.device)
         with self.autocast():
             losses = self.task.losses(self.model, batch)
