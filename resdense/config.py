@@ -92,6 +92,14 @@ class TrainConfig:
             BatchNorm layers in eval mode for the first N iterations, then trains; stages the model froze itself
             (``frozen_stages``, ``trainable_stages``) stay frozen (see :class:`~resdense.engine.schedule.BackboneFreeze`).
             0: off.
+        max_minutes: a wall-clock budget in minutes on the training time (``timings.train_s``: data loading and
+            optimisation steps; evaluations and checkpoint writes do not count). Training stops after the step
+            during which the budget is exceeded, then evaluates, writes ``last.pt`` and records
+            ``stopped: {reason: max_minutes, iteration, train_s}`` in ``metrics.json``. The learning-rate schedule
+            stays the one defined over ``iterations``, so a cosine decay is cut short: set ``iterations`` to what
+            fits the budget and keep this as a guard. The budget counts the whole run: a resumed run continues
+            from the stored ``train_s``, so a run stopped by its budget stops again at once unless ``max_minutes``
+            is raised. ``None``: no budget.
         checkpoint_every: also write ``last.pt`` every N iterations (0: only at evaluations and epoch ends).
         log_every: write a ``log.csv`` row every N iterations.
         progress: show a tqdm bar (only when stderr is a terminal).
@@ -126,6 +134,7 @@ class TrainConfig:
     ema_decay: float | None = None
     ema_warmup_iters: int = 0
     freeze_backbone_iters: int = 0
+    max_minutes: float | None = None
     checkpoint_every: int = 0
     log_every: int = 10
     progress: bool = True
@@ -156,6 +165,8 @@ class TrainConfig:
         for name in ("ema_warmup_iters", "freeze_backbone_iters"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} = {getattr(self, name)!r} must be at least 0")
+        if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
+            raise ConfigError(f"train.max_minutes = {self.max_minutes!r} must be positive (or null for no budget)")
         self.betas = tuple(self.betas)
 
 
@@ -172,6 +183,11 @@ class EvalConfig:
         score_threshold: detections below this score are not drawn by ``predict`` (evaluation uses all of them).
         backend: COCO evaluation backend, ``faster`` (faster-coco-eval) or ``pycocotools``.
         max_images: evaluate on the first N validation images only (``None``: all).
+        patience: early stopping: stop training after N evaluations in a row without an improvement of ``metric``
+            over the best so far (Keras' ``EarlyStopping`` with ``min_delta=0``); ``best.pt`` keeps the best
+            weights, ``last.pt`` the last ones, and ``metrics.json`` records ``stopped: {reason: patience,
+            iteration}``. ``None``: off. It counts periodic evaluations (``every_iters`` / ``every_epochs``), and a
+            resumed run continues the count from the checkpoint.
     """
 
     every_iters: int = 0
@@ -181,9 +197,12 @@ class EvalConfig:
     score_threshold: float = 0.5
     backend: str = "faster"
     max_images: int | None = None
+    patience: int | None = None
 
     def __post_init__(self) -> None:
         _choice("eval.backend", self.backend, ("faster", "pycocotools"))
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(f"eval.patience = {self.patience!r} must be at least 1 (or null for no early stopping)")
 
 
 @dataclass

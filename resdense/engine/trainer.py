@@ -7,7 +7,8 @@ randomness (dropout, RPN sampling) from the torch generator, whose state the che
 numpy and Python ones. The loaders get private generators, so creating one never advances the global torch state.
 On CPU a run killed at any iteration and resumed ends with the same weights, bit for bit, as an uninterrupted one.
 The optional features keep that property: the weight average (``train.ema_decay``) is stored in every checkpoint,
-and the backbone freeze (``train.freeze_backbone_iters``) is a function of the iteration.
+the backbone freeze (``train.freeze_backbone_iters``) is a function of the iteration, and the early-stopping count
+(``eval.patience``) and the training time of the budget (``train.max_minutes``) are stored too.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from .tasks.base import Task
 __all__ = ["Trainer", "NonFiniteLossError", "resolve_device"]
 
 log = logging.getLogger(__name__)
+_now = time.perf_counter  # the clock of timings (a name of its own, so that tests can replace it)
 
 
 class NonFiniteLossError(ResdenseError, FloatingPointError):
@@ -75,6 +77,8 @@ class Trainer:
     Attributes:
         ema: the :class:`~torch.optim.swa_utils.AveragedModel` of ``train.ema_decay`` (``None`` when off);
             :meth:`evaluate` scores ``ema.module``.
+        stopped: why :meth:`fit` stopped before ``total_iters`` (``{"reason": "patience" | "max_minutes",
+            "iteration": ...}``), else ``None``.
     """
 
     def __init__(self, model: nn.Module, task: Task, train_set: Dataset, val_set: Dataset | None,
@@ -111,6 +115,8 @@ class Trainer:
         self.last_metrics: dict[str, Any] = {}
         self.timings = {"train_s": 0.0, "eval_s": 0.0}
         self.nonfinite = 0
+        self.stale_evals = 0  # evaluations since the best one (eval.patience)
+        self.stopped: dict[str, Any] | None = None
 
     # ---- loaders --------------------------------------------------------------------------------------------------
     def _train_loader(self) -> DataLoader:
@@ -147,6 +153,7 @@ class Trainer:
             "best": dict(self.best),
             "metrics": {k: v for k, v in self.task.summary(self.last_metrics).items()},
             "timings": dict(self.timings),
+            "stale_evals": self.stale_evals,
             "config": self.config,
             **({"ema": ema_state(self.ema)} if self.ema is not None else {}),
         }
@@ -163,6 +170,8 @@ class Trainer:
         self.iteration = int(ckpt["iteration"])
         self.best = dict(ckpt.get("best") or self.best)
         self.timings = dict(ckpt.get("timings") or self.timings)
+        self.stale_evals = int(ckpt.get("stale_evals", 0))
+        self.last_metrics = dict(ckpt.get("metrics") or {})  # what metrics.json reports if no evaluation follows
         if self.ema is not None:
             if ckpt.get("ema") is not None:
                 load_ema_state(self.ema, ckpt["ema"])
@@ -183,7 +192,8 @@ class Trainer:
 
     # ---- the loop -------------------------------------------------------------------------------------------------
     def fit(self, resume: str | os.PathLike | None = None) -> dict[str, Any]:
-        """Train to ``total_iters`` and return the final metrics (also in ``run_dir/metrics.json``)."""
+        """Train to ``total_iters``, or until ``eval.patience`` or ``train.max_minutes`` stops it, evaluate and
+        return the final metrics (also in ``run_dir/metrics.json``)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         log.info("precision %s (%s)", self.precision.name, self.precision.reason)
         self.maybe_resume(resume)
@@ -193,21 +203,21 @@ class Trainer:
         loader = self._train_loader()
         self.model.train()
         try:
-            while self.iteration < self.total_iters:
+            self.stopped = self._stop_reason(after_eval=True)  # a resumed run that had already stopped
+            while self.iteration < self.total_iters and self.stopped is None:
                 epoch, done = divmod(self.iteration, self.iters_per_epoch)
                 self.sampler.set_epoch(epoch, done)
-                tic = time.perf_counter()
+                tic = _now()
                 for batch in loader:
                     losses = self._step(batch)
                     self.iteration += 1
-                    self.timings["train_s"] += time.perf_counter() - tic
+                    self.timings["train_s"] += _now() - tic
                     self._after_step(losses, logger, progress)
-                    if self.iteration >= self.total_iters:
+                    if self.iteration >= self.total_iters or self.stopped is not None:
                         break
-                    tic = time.perf_counter()
-                else:
-                    continue
-                break
+                    tic = _now()
+            if self.stopped is not None:
+                log.info("stopped at iteration %d of %d: %s", self.iteration, self.total_iters, self.stopped)
             if self.val_set is not None and self.best.get("evaluated_at") != self.iteration:
                 self._evaluate(logger)
             self.save("last.pt")
@@ -215,6 +225,21 @@ class Trainer:
             progress.close()
             logger.close()
         return self._finish()
+
+    def _stop_reason(self, after_eval: bool) -> dict[str, Any] | None:
+        """Why training should stop now, before ``total_iters`` (``None``: it should not). The patience count changes
+        only at evaluations, the budget is checked after every step; both come from stored state, so a run resumed
+        after a stop stops again at once unless the limits were raised."""
+        it = self.iteration
+        if it >= self.total_iters:
+            return None  # the run is complete: nothing was cut short
+        budget = self.cfg.max_minutes
+        if budget is not None and self.timings["train_s"] > 60.0 * budget:
+            return {"reason": "max_minutes", "iteration": it, "train_s": round(self.timings["train_s"], 3)}
+        patience = self.eval_cfg.patience
+        if after_eval and patience is not None and self.stale_evals >= patience:
+            return {"reason": "patience", "iteration": it}
+        return None
 
     def _progress(self):
         from tqdm.auto import tqdm
@@ -269,18 +294,23 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         progress.update(1)
         progress.set_postfix(loss=f"{losses['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
-        if it % max(1, self.cfg.log_every) == 0 or it == self.total_iters:
-            logger.log_train(it, {"epoch": (it - 1) // self.iters_per_epoch, "lr": lr, **losses,
-                                  "time_s": self.timings["train_s"]})
+        self.stopped = self._stop_reason(after_eval=False)
+        row = {"epoch": (it - 1) // self.iters_per_epoch, "lr": lr, **losses, "time_s": self.timings["train_s"]}
+        logged = it % max(1, self.cfg.log_every) == 0 or it == self.total_iters or self.stopped is not None
+        if logged:
+            logger.log_train(it, row)
         if "after_step" in self.hooks:
             self.hooks["after_step"](self, it, losses)
         evaluated = False
-        if self.val_set is not None and self._eval_due(it):
+        if self.val_set is not None and self.stopped is None and self._eval_due(it):
             self._evaluate(logger)
             evaluated = True
+            self.stopped = self._stop_reason(after_eval=True)
+            if self.stopped is not None and not logged:
+                logger.log_train(it, row)  # the log ends where training did
         end_of_epoch = it % self.iters_per_epoch == 0
         if evaluated or (self.cfg.checkpoint_every and it % self.cfg.checkpoint_every == 0) or end_of_epoch:
-            if it < self.total_iters:  # the final one is written after the final evaluation
+            if it < self.total_iters and self.stopped is None:  # the final one is written after the final evaluation
                 self.save("last.pt")
 
     def _eval_due(self, it: int) -> bool:
@@ -311,9 +341,9 @@ class Trainer:
             model.train(was_training)
 
     def _evaluate(self, logger: RunLogger) -> None:
-        tic = time.perf_counter()
+        tic = _now()
         metrics = self.evaluate()
-        self.timings["eval_s"] += time.perf_counter() - tic
+        self.timings["eval_s"] += _now() - tic
         self.last_metrics = metrics
         summary = self.task.summary(metrics)
         logger.log_eval(self.iteration, summary)
@@ -331,7 +361,10 @@ class Trainer:
                                                 else value < self.best["value"])
         if better and math.isfinite(value):
             self.best.update(value=value, iteration=self.iteration)
+            self.stale_evals = 0
             self.save("best.pt")
+        else:
+            self.stale_evals += 1
 
     def _finish(self) -> dict[str, Any]:
         summary = self.task.summary(self.last_metrics)
@@ -342,6 +375,7 @@ class Trainer:
             "final": summary,
             "best": {k: v for k, v in self.best.items() if k != "evaluated_at"},
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "stopped": self.stopped,
             "evaluated_weights": "ema" if self.ema is not None else "model",
             "device": str(self.device),
             "precision": self.precision.as_dict(),
