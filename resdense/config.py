@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -70,9 +71,35 @@ class TrainConfig:
         amp: ``auto`` (the default: fp16 on CUDA, bf16 on a CPU with native bf16 - AVX512-BF16 or AMX as oneDNN
             reports it - and fp32 on every other CPU; see :mod:`resdense.hardware`), ``fp16`` (CUDA), ``bf16`` (CUDA,
             or a CPU: without native bf16 it is emulated, several times slower, and warns) or ``none`` (fp32).
-        loss: segmentation loss: ``ce``, ``dice`` or ``ce+dice`` (smp's DiceLoss); ignored by detection, whose
-            models compute their own losses.
-        class_weights: per-class cross-entropy weights for segmentation (``None``: uniform).
+        loss: segmentation loss: ``ce``, ``dice``, ``ce+dice``, ``focal`` or ``focal+dice`` (smp's ``DiceLoss`` and
+            ``FocalLoss``; all of them leave out the pixels whose target is the dataset's ``ignore_index``, and average
+            over the remaining ones). smp's multiclass focal loss is the sigmoid focal loss of Lin et al. (2017) of
+            each class against the rest, summed over the classes. Ignored by detection, whose models compute their
+            own losses.
+        class_weights: per-class weights ``[K]`` of the segmentation cross-entropy term (``ce``, ``ce+dice``; the
+            weighted mean of torch's ``cross_entropy``); ``None``: uniform. Refused with a loss that has no
+            cross-entropy term (smp's Dice and focal losses take no class weights).
+        focal_gamma: the focusing exponent of the focal loss (2: Lin et al.).
+        ema_decay: keep an exponential moving average of the weights with this decay (timm's ``ModelEmaV3`` rule, see
+            :mod:`resdense.engine.ema`: floating-point buffers such as BatchNorm statistics are averaged too, integer
+            ones copied); ``None``: off. When on, every evaluation, the choice of ``best.pt``, ``resdense eval`` and
+            ``predict`` use the averaged weights; checkpoints hold both (``model``: the trained weights, which
+            resume needs; ``ema``: the average, which :func:`~resdense.engine.load_model` loads).
+        ema_warmup_iters: ramp the EMA decay up as ``ema_decay * (1 - exp(-t / ema_warmup_iters))`` at update ``t``
+            (YOLOv5's ramp; 0: the constant ``ema_decay`` from the first update, which copies the weights).
+        freeze_backbone_iters: the backbone (see :func:`resdense.heads.backbone_of`: a U-Net's or classifier's
+            ``backbone``, a detector's ``backbone.body``, an smp model's ``encoder``) gets no updates and keeps its
+            BatchNorm layers in eval mode for the first N iterations, then trains; stages the model froze itself
+            (``frozen_stages``, ``trainable_stages``) stay frozen (see :class:`~resdense.engine.schedule.BackboneFreeze`).
+            0: off.
+        max_minutes: a wall-clock budget in minutes on the training time (``timings.train_s``: data loading and
+            optimisation steps; evaluations and checkpoint writes do not count). Training stops after the step
+            during which the budget is exceeded, then evaluates, writes ``last.pt`` and records
+            ``stopped: {reason: max_minutes, iteration, train_s}`` in ``metrics.json``. The learning-rate schedule
+            stays the one defined over ``iterations``, so a cosine decay is cut short: set ``iterations`` to what
+            fits the budget and keep this as a guard. The budget counts the whole run: a resumed run continues
+            from the stored ``train_s``, so a run stopped by its budget stops again at once unless ``max_minutes``
+            is raised. ``None``: no budget.
         checkpoint_every: also write ``last.pt`` every N iterations (0: only at evaluations and epoch ends).
         log_every: write a ``log.csv`` row every N iterations.
         progress: show a tqdm bar (only when stderr is a terminal).
@@ -103,6 +130,11 @@ class TrainConfig:
     amp: str = "auto"
     loss: str = "ce"
     class_weights: list[float] | None = None
+    focal_gamma: float = 2.0
+    ema_decay: float | None = None
+    ema_warmup_iters: int = 0
+    freeze_backbone_iters: int = 0
+    max_minutes: float | None = None
     checkpoint_every: int = 0
     log_every: int = 10
     progress: bool = True
@@ -113,7 +145,7 @@ class TrainConfig:
         _choice("train.optimizer", self.optimizer, ("adamw", "sgd"))
         _choice("train.schedule", self.schedule, ("cosine", "step", "constant"))
         _choice("train.amp", self.amp, ("auto", "fp16", "bf16", "none"))
-        _choice("train.loss", self.loss, ("ce", "dice", "ce+dice"))
+        _choice("train.loss", self.loss, ("ce", "dice", "ce+dice", "focal", "focal+dice"))
         if self.epochs is None and self.iterations is None:
             raise ConfigError("train: set either 'epochs' or 'iterations'")
         for name in ("epochs", "iterations", "batch_size"):
@@ -126,6 +158,15 @@ class TrainConfig:
             raise ConfigError(f"train.grad_clip = {self.grad_clip!r} must be positive (or null for no clipping)")
         if not 0 < self.warmup_factor <= 1:
             raise ConfigError(f"train.warmup_factor = {self.warmup_factor!r} must lie in (0, 1]")
+        if not (math.isfinite(self.focal_gamma) and self.focal_gamma >= 0):
+            raise ConfigError(f"train.focal_gamma = {self.focal_gamma!r} must be a non-negative number")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ConfigError(f"train.ema_decay = {self.ema_decay!r} must lie in (0, 1) (or null for no EMA)")
+        for name in ("ema_warmup_iters", "freeze_backbone_iters"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} = {getattr(self, name)!r} must be at least 0")
+        if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
+            raise ConfigError(f"train.max_minutes = {self.max_minutes!r} must be positive (or null for no budget)")
         self.betas = tuple(self.betas)
 
 
@@ -142,6 +183,11 @@ class EvalConfig:
         score_threshold: detections below this score are not drawn by ``predict`` (evaluation uses all of them).
         backend: COCO evaluation backend, ``faster`` (faster-coco-eval) or ``pycocotools``.
         max_images: evaluate on the first N validation images only (``None``: all).
+        patience: early stopping: stop training after N evaluations in a row without an improvement of ``metric``
+            over the best so far (Keras' ``EarlyStopping`` with ``min_delta=0``); ``best.pt`` keeps the best
+            weights, ``last.pt`` the last ones, and ``metrics.json`` records ``stopped: {reason: patience,
+            iteration}``. ``None``: off. It counts periodic evaluations (``every_iters`` / ``every_epochs``), and a
+            resumed run continues the count from the checkpoint.
     """
 
     every_iters: int = 0
@@ -151,9 +197,12 @@ class EvalConfig:
     score_threshold: float = 0.5
     backend: str = "faster"
     max_images: int | None = None
+    patience: int | None = None
 
     def __post_init__(self) -> None:
         _choice("eval.backend", self.backend, ("faster", "pycocotools"))
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(f"eval.patience = {self.patience!r} must be at least 1 (or null for no early stopping)")
 
 
 @dataclass

@@ -5,7 +5,7 @@
 >>> result["final"]["mIoU"]                                      # doctest: +SKIP
 """
 
-from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
+from .checkpoint import atomic_save, evaluated_weights, load_checkpoint, rng_state, set_rng_state
 from .logger import RunLogger, read_csv
 from .runner import Run, build_run, load_model, run_evaluation, run_prediction, run_training
 from .sampler import ResumableSampler, SeededDataset, sample_seed
@@ -29,6 +29,7 @@ __all__ = [
     "build_optimizer",
     "build_run",
     "build_scheduler",
+    "evaluated_weights",
     "load_checkpoint",
     "load_model",
     "lr_factor",

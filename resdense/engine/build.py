@@ -291,8 +291,12 @@ def build_task(task: str, class_names: list[str], config) -> Any:
     if task == "segmentation":
         ignore = config.data.get("train", {}).get("ignore_index", 255) if isinstance(config.data.get("train"), Mapping) else 255
         num = config.model.get("classes" if config.model["arch"].startswith("smp.") else "num_classes")
-        return SegmentationTask(num or len(class_names), ignore_index=ignore, loss=config.train.loss,
-                                class_weights=config.train.class_weights, class_names=class_names)
+        try:
+            return SegmentationTask(num or len(class_names), ignore_index=ignore, loss=config.train.loss,
+                                    class_weights=config.train.class_weights, class_names=class_names,
+                                    focal_gamma=config.train.focal_gamma)
+        except ConfigError as err:
+            raise ConfigError(f"{config.source}: {err}") from None
     if task == "detection":
         iou = ("bbox", "segm") if config.model["arch"] == "mask_rcnn" else ("bbox",)
         return DetectionTask(class_names, iou_types=iou, backend=config.eval.backend)

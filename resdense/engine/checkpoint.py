@@ -20,7 +20,7 @@ import torch
 
 from resdense.errors import WeightsError
 
-__all__ = ["atomic_save", "load_checkpoint", "rng_state", "set_rng_state", "CHECKPOINT_FORMAT"]
+__all__ = ["atomic_save", "load_checkpoint", "evaluated_weights", "rng_state", "set_rng_state", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = 1
 
@@ -84,6 +84,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise WeightsError(f"{path}: not a resdense training checkpoint (no 'model' entry); "
                            "for plain weights use the model's weights= argument")
     return ckpt
+
+
+def evaluated_weights(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The state dict that the run evaluated: the weight average (``ckpt["ema"]``) when the run kept one
+    (``train.ema_decay``), else the trained weights (``ckpt["model"]``). Both have the model's keys; ``model`` is
+    what resuming continues from, this is what evaluation, ``best.pt`` selection and deployment use."""
+    ema = ckpt.get("ema")
+    return ema["weights"] if ema is not None else ckpt["model"]
 
 
 # ---- random number generator states ------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ arguments and calls them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -24,7 +25,7 @@ from resdense.config import Config, config_from_dict, load_config, save_config
 from resdense.errors import ConfigError, WeightsError
 
 from .build import DETECTOR_KINDS, build_dataset, build_model, build_task, dataset_classes, fill_num_classes
-from .checkpoint import load_checkpoint
+from .checkpoint import evaluated_weights, load_checkpoint
 from .tasks.base import Task
 from .trainer import Trainer, resolve_device
 
@@ -133,6 +134,9 @@ def load_model(checkpoint: str | os.PathLike, config: Config | str | os.PathLike
                device: str = "auto") -> tuple[nn.Module, Run]:
     """Rebuild a trained model from a checkpoint (its stored recipe, or ``config`` when given) in eval mode.
 
+    The weights are the ones the run evaluated (:func:`~resdense.engine.checkpoint.evaluated_weights`): the weight
+    average of a run with ``train.ema_decay``, else the trained weights.
+
     Returns:
         ``(model, run)``; ``run.class_names`` comes from the checkpoint, datasets are not built.
     """
@@ -145,7 +149,7 @@ def load_model(checkpoint: str | os.PathLike, config: Config | str | os.PathLike
     model_kwargs = fill_num_classes(cfg.model, cfg.task, class_names) if class_names else dict(cfg.model)
     model = _build_for_checkpoint(model_kwargs, cfg.source)
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(evaluated_weights(ckpt))
     except RuntimeError as err:
         first = str(err).strip().splitlines()
         raise WeightsError(f"{path}: does not fit the model of {cfg.source}: "
@@ -165,7 +169,9 @@ def run_evaluation(config: Config | str | os.PathLike, checkpoint: str | os.Path
     if not run.class_names:
         run.class_names = dataset_classes(val, config.task)
         run.task = build_task(config.task, run.class_names, config)
-    trainer = Trainer(model, run.task, val, val, config.train, config.eval, run_dir=config.output_dir,
+    # The loaded weights are already the evaluated ones (the average of an EMA run): no average to keep here.
+    train = dataclasses.replace(config.train, ema_decay=None, freeze_backbone_iters=0)
+    trainer = Trainer(model, run.task, val, val, train, config.eval, run_dir=config.output_dir,
                       config=config.to_dict())
     metrics = trainer.evaluate()
     return metrics

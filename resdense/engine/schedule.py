@@ -1,4 +1,4 @@
-"""Optimisers and learning-rate schedules (stepped once per iteration)."""
+"""Optimisers, learning-rate schedules and the backbone freeze schedule (each a function of the iteration)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from resdense.config import TrainConfig
+from resdense.errors import ConfigError
 
-__all__ = ["build_optimizer", "build_scheduler", "lr_factor", "param_groups"]
+__all__ = ["BackboneFreeze", "build_optimizer", "build_scheduler", "lr_factor", "param_groups"]
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
@@ -71,3 +72,48 @@ def lr_factor(it: int, total: int, cfg: TrainConfig) -> float:
 def build_scheduler(optimizer: torch.optim.Optimizer, total: int, cfg: TrainConfig):
     """A ``LambdaLR`` over :func:`lr_factor`; its state dict is plain (the lambda itself is not saved)."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, total, cfg))
+
+
+class BackboneFreeze:
+    """Keep the backbone frozen for the first ``iters`` iterations (``train.freeze_backbone_iters``), then train it.
+
+    While frozen, the backbone's parameters have ``requires_grad=False``, so they get no gradient and the optimizer
+    (built over all trainable parameters beforehand) skips them: no update, no weight decay, no optimizer state; its
+    norm layers are in eval mode, so BatchNorm running statistics do not move. Then exactly the parameters the model
+    itself made trainable train again: stages frozen by ``frozen_stages`` / ``trainable_stages`` or a
+    ``Classifier(freeze_backbone=True)`` stay frozen, and ``model.train()`` re-applies the model's own mode rules.
+    The state is a function of the iteration (:meth:`apply` before every step), so a resumed run is frozen exactly
+    when the uninterrupted one was. This is the "linear probe, then fine-tune" recipe (Kumar et al. 2022, LP-FT).
+
+    Args:
+        model: a head model (see :func:`resdense.heads.backbone_of`).
+        iters: number of frozen iterations.
+
+    Raises:
+        ConfigError: the model has no backbone.
+    """
+
+    def __init__(self, model: nn.Module, iters: int) -> None:
+        # resdense.heads imports smp (1.5 s): only runs that freeze need it
+        from resdense.heads import backbone_of
+
+        self.model, self.iters = model, iters
+        try:
+            self.backbone = backbone_of(model)
+        except ConfigError as err:
+            raise ConfigError(f"train.freeze_backbone_iters = {iters}: {err}") from None
+        self.trainable = [p for p in self.backbone.parameters() if p.requires_grad]  # the model's own choice
+        self.frozen = False
+
+    def apply(self, iteration: int) -> None:
+        """Set the state for the step that follows ``iteration`` completed iterations (call with the model in
+        train mode; evaluation in between may reset the backbone's mode, which this restores)."""
+        frozen = iteration < self.iters
+        if frozen != self.frozen:
+            for p in self.trainable:
+                p.requires_grad_(not frozen)
+            self.frozen = frozen
+            if not frozen:
+                self.model.train(self.model.training)
+        if frozen and self.model.training:
+            self.backbone.eval()

@@ -6,6 +6,9 @@ batches), each sample's augmentation from ``(seed, epoch, index)`` (:class:`Seed
 randomness (dropout, RPN sampling) from the torch generator, whose state the checkpoint carries together with the
 numpy and Python ones. The loaders get private generators, so creating one never advances the global torch state.
 On CPU a run killed at any iteration and resumed ends with the same weights, bit for bit, as an uninterrupted one.
+The optional features keep that property: the weight average (``train.ema_decay``) is stored in every checkpoint,
+the backbone freeze (``train.freeze_backbone_iters``) is a function of the iteration, and the early-stopping count
+(``eval.patience``) and the training time of the budget (``train.max_minutes``) are stored too.
 """
 
 from __future__ import annotations
@@ -31,14 +34,16 @@ from resdense.errors import ResdenseError
 from resdense.hardware import choose_precision
 
 from .checkpoint import CHECKPOINT_FORMAT, atomic_save, load_checkpoint, rng_state, set_rng_state
+from .ema import create_ema, ema_state, load_ema_state
 from .logger import RunLogger
 from .sampler import ResumableSampler, SeededDataset
-from .schedule import build_optimizer, build_scheduler
+from .schedule import BackboneFreeze, build_optimizer, build_scheduler
 from .tasks.base import Task
 
 __all__ = ["Trainer", "NonFiniteLossError", "resolve_device"]
 
 log = logging.getLogger(__name__)
+_now = time.perf_counter  # the clock of timings (a name of its own, so that tests can replace it)
 
 
 class NonFiniteLossError(ResdenseError, FloatingPointError):
@@ -68,6 +73,12 @@ class Trainer:
         run_dir: where ``log.csv``, ``eval.csv``, ``last.pt``, ``best.pt``, ``metrics.json`` and ``curves.png`` go.
         config: the resolved recipe as plain types, stored in every checkpoint.
         hooks: optional ``{"after_step": fn(trainer, iteration, losses)}`` callbacks (used by tests and the demo).
+
+    Attributes:
+        ema: the :class:`~torch.optim.swa_utils.AveragedModel` of ``train.ema_decay`` (``None`` when off);
+            :meth:`evaluate` scores ``ema.module``.
+        stopped: why :meth:`fit` stopped before ``total_iters`` (``{"reason": "patience" | "max_minutes",
+            "iteration": ...}``), else ``None``.
     """
 
     def __init__(self, model: nn.Module, task: Task, train_set: Dataset, val_set: Dataset | None,
@@ -92,8 +103,11 @@ class Trainer:
         self.iters_per_epoch = (len(train_set) // train.batch_size if self.drop_last else 1)
         self.total_iters = train.iterations or train.epochs * self.iters_per_epoch
         self.sampler = ResumableSampler(len(train_set), seed=train.seed, shuffle=True, batch_size=train.batch_size)
+        # The optimizer holds every parameter the model trains, the backbone's too while the freeze schedule holds it.
         self.optimizer = build_optimizer(self.model, train)
         self.scheduler = build_scheduler(self.optimizer, self.total_iters, train)
+        self.freeze = BackboneFreeze(self.model, train.freeze_backbone_iters) if train.freeze_backbone_iters else None
+        self.ema = create_ema(self.model, train.ema_decay, train.ema_warmup_iters) if train.ema_decay else None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
         self.iteration = 0
         self.metric_name = self.eval_cfg.metric or task.default_metric
@@ -101,6 +115,8 @@ class Trainer:
         self.last_metrics: dict[str, Any] = {}
         self.timings = {"train_s": 0.0, "eval_s": 0.0}
         self.nonfinite = 0
+        self.stale_evals = 0  # evaluations since the best one (eval.patience)
+        self.stopped: dict[str, Any] | None = None
 
     # ---- loaders --------------------------------------------------------------------------------------------------
     def _train_loader(self) -> DataLoader:
@@ -137,7 +153,9 @@ class Trainer:
             "best": dict(self.best),
             "metrics": {k: v for k, v in self.task.summary(self.last_metrics).items()},
             "timings": dict(self.timings),
+            "stale_evals": self.stale_evals,
             "config": self.config,
+            **({"ema": ema_state(self.ema)} if self.ema is not None else {}),
         }
 
     def save(self, name: str = "last.pt") -> Path:
@@ -152,6 +170,14 @@ class Trainer:
         self.iteration = int(ckpt["iteration"])
         self.best = dict(ckpt.get("best") or self.best)
         self.timings = dict(ckpt.get("timings") or self.timings)
+        self.stale_evals = int(ckpt.get("stale_evals", 0))
+        self.last_metrics = dict(ckpt.get("metrics") or {})  # what metrics.json reports if no evaluation follows
+        if self.ema is not None:
+            if ckpt.get("ema") is not None:
+                load_ema_state(self.ema, ckpt["ema"])
+            else:
+                log.warning("the checkpoint holds no weight average; train.ema_decay starts one at iteration %d",
+                            int(ckpt["iteration"]))
         set_rng_state(ckpt["rng"])
 
     def maybe_resume(self, path: str | os.PathLike | None = None) -> bool:
@@ -166,7 +192,8 @@ class Trainer:
 
     # ---- the loop -------------------------------------------------------------------------------------------------
     def fit(self, resume: str | os.PathLike | None = None) -> dict[str, Any]:
-        """Train to ``total_iters`` and return the final metrics (also in ``run_dir/metrics.json``)."""
+        """Train to ``total_iters``, or until ``eval.patience`` or ``train.max_minutes`` stops it, evaluate and
+        return the final metrics (also in ``run_dir/metrics.json``)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         log.info("precision %s (%s)", self.precision.name, self.precision.reason)
         self.maybe_resume(resume)
@@ -176,21 +203,21 @@ class Trainer:
         loader = self._train_loader()
         self.model.train()
         try:
-            while self.iteration < self.total_iters:
+            self.stopped = self._stop_reason(after_eval=True)  # a resumed run that had already stopped
+            while self.iteration < self.total_iters and self.stopped is None:
                 epoch, done = divmod(self.iteration, self.iters_per_epoch)
                 self.sampler.set_epoch(epoch, done)
-                tic = time.perf_counter()
+                tic = _now()
                 for batch in loader:
                     losses = self._step(batch)
                     self.iteration += 1
-                    self.timings["train_s"] += time.perf_counter() - tic
+                    self.timings["train_s"] += _now() - tic
                     self._after_step(losses, logger, progress)
-                    if self.iteration >= self.total_iters:
+                    if self.iteration >= self.total_iters or self.stopped is not None:
                         break
-                    tic = time.perf_counter()
-                else:
-                    continue
-                break
+                    tic = _now()
+            if self.stopped is not None:
+                log.info("stopped at iteration %d of %d: %s", self.iteration, self.total_iters, self.stopped)
             if self.val_set is not None and self.best.get("evaluated_at") != self.iteration:
                 self._evaluate(logger)
             self.save("last.pt")
@@ -198,6 +225,21 @@ class Trainer:
             progress.close()
             logger.close()
         return self._finish()
+
+    def _stop_reason(self, after_eval: bool) -> dict[str, Any] | None:
+        """Why training should stop now, before ``total_iters`` (``None``: it should not). The patience count changes
+        only at evaluations, the budget is checked after every step; both come from stored state, so a run resumed
+        after a stop stops again at once unless the limits were raised."""
+        it = self.iteration
+        if it >= self.total_iters:
+            return None  # the run is complete: nothing was cut short
+        budget = self.cfg.max_minutes
+        if budget is not None and self.timings["train_s"] > 60.0 * budget:
+            return {"reason": "max_minutes", "iteration": it, "train_s": round(self.timings["train_s"], 3)}
+        patience = self.eval_cfg.patience
+        if after_eval and patience is not None and self.stale_evals >= patience:
+            return {"reason": "patience", "iteration": it}
+        return None
 
     def _progress(self):
         from tqdm.auto import tqdm
@@ -207,6 +249,8 @@ class Trainer:
                     desc=self.config.get("name", "train"), unit="it")
 
     def _step(self, batch) -> dict[str, float]:
+        if self.freeze is not None:
+            self.freeze.apply(self.iteration)
         batch = self.task.to_device(batch, self.device)
         with self.autocast():
             losses = self.task.losses(self.model, batch)
@@ -231,6 +275,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         return values
 
     def _raise_nonfinite(self, values: dict[str, float], batch) -> None:
@@ -248,18 +294,23 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         progress.update(1)
         progress.set_postfix(loss=f"{losses['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
-        if it % max(1, self.cfg.log_every) == 0 or it == self.total_iters:
-            logger.log_train(it, {"epoch": (it - 1) // self.iters_per_epoch, "lr": lr, **losses,
-                                  "time_s": self.timings["train_s"]})
+        self.stopped = self._stop_reason(after_eval=False)
+        row = {"epoch": (it - 1) // self.iters_per_epoch, "lr": lr, **losses, "time_s": self.timings["train_s"]}
+        logged = it % max(1, self.cfg.log_every) == 0 or it == self.total_iters or self.stopped is not None
+        if logged:
+            logger.log_train(it, row)
         if "after_step" in self.hooks:
             self.hooks["after_step"](self, it, losses)
         evaluated = False
-        if self.val_set is not None and self._eval_due(it):
+        if self.val_set is not None and self.stopped is None and self._eval_due(it):
             self._evaluate(logger)
             evaluated = True
+            self.stopped = self._stop_reason(after_eval=True)
+            if self.stopped is not None and not logged:
+                logger.log_train(it, row)  # the log ends where training did
         end_of_epoch = it % self.iters_per_epoch == 0
         if evaluated or (self.cfg.checkpoint_every and it % self.cfg.checkpoint_every == 0) or end_of_epoch:
-            if it < self.total_iters:  # the final one is written after the final evaluation
+            if it < self.total_iters and self.stopped is None:  # the final one is written after the final evaluation
                 self.save("last.pt")
 
     def _eval_due(self, it: int) -> bool:
@@ -271,20 +322,28 @@ class Trainer:
             return (it // self.iters_per_epoch) % self.eval_cfg.every_epochs == 0
         return False
 
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that evaluation scores: the EMA's once it has averaged a step, else the model."""
+        if self.ema is not None and int(self.ema.n_averaged) > 0:
+            return self.ema.module
+        return self.model
+
     def evaluate(self) -> dict[str, Any]:
-        """Metrics on the validation set (model in eval mode, train mode restored after)."""
+        """Metrics of :attr:`eval_model` on the validation set (in eval mode; train mode restored after)."""
         loader = self.val_loader()
-        was_training = self.model.training
-        self.model.eval()
+        model = self.eval_model
+        was_training = model.training
+        model.eval()
         try:
-            return self.task.evaluate(self.model, loader, self.device, autocast=self.autocast)
+            return self.task.evaluate(model, loader, self.device, autocast=self.autocast)
         finally:
-            self.model.train(was_training)
+            model.train(was_training)
 
     def _evaluate(self, logger: RunLogger) -> None:
-        tic = time.perf_counter()
+        tic = _now()
         metrics = self.evaluate()
-        self.timings["eval_s"] += time.perf_counter() - tic
+        self.timings["eval_s"] += _now() - tic
         self.last_metrics = metrics
         summary = self.task.summary(metrics)
         logger.log_eval(self.iteration, summary)
@@ -302,7 +361,10 @@ class Trainer:
                                                 else value < self.best["value"])
         if better and math.isfinite(value):
             self.best.update(value=value, iteration=self.iteration)
+            self.stale_evals = 0
             self.save("best.pt")
+        else:
+            self.stale_evals += 1
 
     def _finish(self) -> dict[str, Any]:
         summary = self.task.summary(self.last_metrics)
@@ -313,6 +375,8 @@ class Trainer:
             "final": summary,
             "best": {k: v for k, v in self.best.items() if k != "evaluated_at"},
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "stopped": self.stopped,
+            "evaluated_weights": "ema" if self.ema is not None else "model",
             "device": str(self.device),
             "precision": self.precision.as_dict(),
         }

@@ -7,6 +7,7 @@
 """
 
 from ._detection_weights import load_detection_weights, map_torchvision_detection_keys
+from ._features import backbone_of
 from ._targets import validate_detection_targets
 from .classifier import Classifier
 from .detection import KINDS, DetectionBackbone, anchor_generator_for, build_detector
@@ -23,6 +24,7 @@ __all__ = [
     "ResdenseEncoder",
     "UNet",
     "anchor_generator_for",
+    "backbone_of",
     "build_detector",
     "load_detection_weights",
     "map_smp_unet_keys",

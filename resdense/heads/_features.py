@@ -13,7 +13,7 @@ from torch import nn
 from resdense.backbones import FeatureExtractor, ResNet, ResNetClassifier, create_backbone
 from resdense.errors import ConfigError
 
-__all__ = ["resolve_backbone", "ensure_features"]
+__all__ = ["resolve_backbone", "ensure_features", "backbone_of"]
 
 
 def resolve_backbone(
@@ -68,3 +68,20 @@ def ensure_features(backbone: FeatureExtractor, needed: Sequence[str], owner: st
             f"out_features={tuple(needed)}"
         )
     backbone.set_out_features(sorted(have | set(needed)))
+
+
+def backbone_of(model: nn.Module) -> nn.Module:
+    """The backbone inside a head model, the part that ImageNet weights initialise.
+
+    ``UNet`` and ``Classifier``: ``model.backbone``; a torchvision detector from :func:`build_detector` (or any with
+    a ``BackboneWithFPN``): ``model.backbone.body``, not the FPN, which is new; an smp model: ``model.encoder``.
+
+    Raises:
+        ConfigError: the model has none of these.
+    """
+    backbone = getattr(model, "backbone", None)
+    body = getattr(backbone, "body", None)
+    for candidate in (body, backbone, getattr(model, "encoder", None)):
+        if isinstance(candidate, nn.Module):
+            return candidate
+    raise ConfigError(f"{type(model).__name__} has no backbone (looked for .backbone.body, .backbone and .encoder)")

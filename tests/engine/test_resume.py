@@ -27,13 +27,17 @@ run_training(sys.argv[1], hooks={"after_step": after_step})
 
 
 def _weights(run_dir):
-    return load_checkpoint(run_dir / "last.pt")["model"]
+    """The trained weights and, for a run with train.ema_decay, the average's (prefixed ``ema/``)."""
+    ckpt = load_checkpoint(run_dir / "last.pt")
+    ema = ckpt.get("ema") or {"weights": {}, "updates": 0}
+    return {**ckpt["model"], **{f"ema/{k}": v for k, v in ema["weights"].items()},
+            "ema/updates": torch.tensor(ema["updates"])}
 
 
-def _kill_and_resume(tmp_path, recipe_fn, iterations, checkpoint_every):
+def _kill_and_resume(tmp_path, recipe_fn, iterations, checkpoint_every, kill_at=None, **train):
     shapes = tmp_path / "shapes"
-    kill_at = random.Random().randint(1, iterations - 1)
-    common = {"iterations": iterations, "checkpoint_every": checkpoint_every}
+    kill_at = kill_at or random.Random().randint(1, iterations - 1)
+    common = {"iterations": iterations, "checkpoint_every": checkpoint_every, **train}
     ref = run_training(write(recipe_fn(shapes, tmp_path / "ref", **common), tmp_path / "ref.yaml"))
     cfg = write(recipe_fn(shapes, tmp_path / "killed", **common), tmp_path / "killed.yaml")
     # OMP_NUM_THREADS=1: the child runs on one thread like this process (see conftest.one_thread).
@@ -62,6 +66,15 @@ def _kill_and_resume(tmp_path, recipe_fn, iterations, checkpoint_every):
 def test_segmentation_kill_and_resume_is_exact(tmp_path):
     # 12 images, batch 4: 3 iterations per epoch, so the run crosses epochs and mid-epoch resumes happen.
     _kill_and_resume(tmp_path, seg_recipe, iterations=8, checkpoint_every=2)
+
+
+@pytest.mark.parametrize("kill_at", [3, 7])
+def test_segmentation_with_ema_and_backbone_freeze_kill_and_resume_is_exact(tmp_path, kill_at):
+    # killed while the backbone is frozen (resumed from iteration 2) and after it was released at 4 (from 6): the
+    # trained weights and the weight average both end bit-identical to the uninterrupted run's
+    _kill_and_resume(tmp_path, seg_recipe, iterations=8, checkpoint_every=2, kill_at=kill_at, ema_decay=0.9,
+                     ema_warmup_iters=2, freeze_backbone_iters=4)
+    assert load_checkpoint(tmp_path / "killed" / "last.pt")["ema"]["updates"] == 8
 
 
 @pytest.mark.parametrize("checkpoint_every", [3])

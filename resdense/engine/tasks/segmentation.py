@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -9,37 +10,54 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from resdense.errors import ConfigError
+
 from .base import Batch, Task
 
 __all__ = ["SegmentationTask"]
 
 
 class SegmentationTask(Task):
-    """Cross-entropy and/or Dice loss; mIoU (and the rest of :class:`~resdense.evaluation.SegmentationMetrics`).
+    """Cross-entropy, focal and/or Dice loss; mIoU (and the rest of :class:`~resdense.evaluation.SegmentationMetrics`).
 
     Args:
         num_classes: K (logit channels).
         ignore_index: target value left out of losses and metrics.
-        loss: ``"ce"``, ``"dice"`` or ``"ce+dice"`` (smp's multiclass ``DiceLoss``, which honours ``ignore_index``).
-        class_weights: per-class cross-entropy weights ``[K]`` (``None``: uniform).
+        loss: ``"ce"``, ``"dice"``, ``"ce+dice"``, ``"focal"`` or ``"focal+dice"``: torch's ``cross_entropy``, smp's
+            multiclass ``DiceLoss`` and ``FocalLoss`` (per class against the rest, summed over classes), each of
+            which leaves out the ``ignore_index`` pixels and averages over the others. Each term is a loss entry
+            (``loss_ce``, ``loss_focal``, ``loss_dice``), summed by the trainer.
+        class_weights: per-class cross-entropy weights ``[K]`` (``None``: uniform); they weight the ``ce`` term only.
+        focal_gamma: focusing exponent of the focal loss.
         class_names: names for tables and legends.
+
+    Raises:
+        ConfigError: ``class_weights`` without ``K`` values, or with a loss that has no cross-entropy term.
     """
 
     name = "segmentation"
     default_metric = "mIoU"
 
     def __init__(self, num_classes: int, ignore_index: int = 255, loss: str = "ce",
-                 class_weights: list[float] | None = None, class_names: list[str] | None = None) -> None:
+                 class_weights: list[float] | None = None, class_names: list[str] | None = None,
+                 focal_gamma: float = 2.0) -> None:
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.loss_name = loss
-        self.class_weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+        self.terms = loss.split("+")
+        if class_weights is not None:
+            _check_class_weights(list(class_weights), num_classes, loss)
+        self.class_weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
-        self._dice = None
-        if "dice" in loss:
+        self._dice = self._focal = None
+        if "dice" in self.terms:
             from segmentation_models_pytorch.losses import DiceLoss
 
             self._dice = DiceLoss("multiclass", ignore_index=ignore_index)
+        if "focal" in self.terms:
+            from segmentation_models_pytorch.losses import FocalLoss
+
+            self._focal = FocalLoss("multiclass", gamma=focal_gamma, ignore_index=ignore_index)
 
     def collate(self, items: list[tuple[int, Any]]) -> Batch:
         indices = [i for i, _ in items]
@@ -53,9 +71,11 @@ class SegmentationTask(Task):
         out: dict[str, Tensor] = {}
         # Losses in float32 even under autocast: log-softmax over low-precision logits loses the small classes.
         logits = logits.float()
-        if "ce" in self.loss_name.split("+"):
+        if "ce" in self.terms:
             weight = self.class_weights.to(logits.device) if self.class_weights is not None else None
             out["loss_ce"] = F.cross_entropy(logits, target, weight=weight, ignore_index=self.ignore_index)
+        if self._focal is not None:
+            out["loss_focal"] = self._focal(logits, target)
         if self._dice is not None:
             out["loss_dice"] = self._dice(logits, target)
         return out
@@ -102,6 +122,17 @@ class SegmentationTask(Task):
             logits = model(x)[..., :h, :w]
             out.append(logits.argmax(1)[0].cpu())
         return out
+
+
+def _check_class_weights(weights: list[float], num_classes: int, loss: str) -> None:
+    if "ce" not in loss.split("+"):
+        raise ConfigError(f"train.class_weights = {weights!r} weights the cross-entropy term and train.loss = "
+                          f"{loss!r} has none (smp's Dice and focal losses take no class weights); use 'ce' or 'ce+dice'")
+    if len(weights) != num_classes:
+        raise ConfigError(f"train.class_weights = {weights!r} has {len(weights)} values but the model has "
+                          f"{num_classes} classes")
+    if not all(math.isfinite(w) and w >= 0 for w in weights) or not any(weights):
+        raise ConfigError(f"train.class_weights = {weights!r} must be finite, non-negative and not all zero")
 
 
 def _divisor(model: nn.Module) -> int:
