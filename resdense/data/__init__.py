@@ -12,6 +12,7 @@ from ._io import read_image, read_mask, to_image_tensor
 from .check import CheckReport, check_path
 from .coco import CocoDetection, build_coco
 from .coco_semantic import CocoSemantic
+from .image_folder import ImageFolder
 from .loader import detection_collate, make_loader, seed_transforms, seed_worker
 from .masks import MaskDataset
 from .shapes import SHAPES_CLASSES, ShapesDataset, ShapesSplit, make_shapes
@@ -28,6 +29,7 @@ __all__ = [
     "CocoSemantic",
     "MaskDataset",
     "VocDetection",
+    "ImageFolder",
     "DetectionTransform",
     "SegmentationTransform",
     "detection_transforms",

@@ -54,3 +54,33 @@ def make_coco(tmp: Path, annotations=None, *, images=None, categories=None, size
     ann = tmp / "ann.json"
     ann.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories, **extra}))
     return ann
+
+
+def make_mask_folder(root: Path, values: list[list[int]], size: tuple[int, int] = (8, 12)) -> tuple[Path, Path]:
+    """``root/images/NNN.png`` + ``root/masks/NNN.png`` (L mode); mask ``i`` holds exactly the values ``values[i]``
+    (in vertical bands). Returns ``(images_dir, masks_dir)``."""
+    h, w = size
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    for i, vals in enumerate(values):
+        write_image(root / "images" / f"{i:03d}.png", h, w, seed=i)
+        band = np.array_split(np.arange(w), max(len(vals), 1))
+        mask = np.zeros((h, w), np.uint8)
+        for v, cols in zip(vals, band, strict=False):
+            mask[:, cols] = v
+        Image.fromarray(mask, mode="L").save(root / "masks" / f"{i:03d}.png")
+    return root / "images", root / "masks"
+
+
+def make_voc(root: Path, objects: list[list[str]], size: tuple[int, int] = (30, 40)) -> tuple[Path, Path]:
+    """``root/JPEGImages/imgNNN.jpg`` + ``root/Annotations/imgNNN.xml``; image ``i`` has one box per class name in
+    ``objects[i]``. Returns ``(images_dir, annotations_dir)``."""
+    h, w = size
+    (root / "Annotations").mkdir(parents=True, exist_ok=True)
+    for i, names in enumerate(objects):
+        write_image(root / "JPEGImages" / f"img{i:03d}.jpg", h, w, seed=i)
+        objs = "".join(f"<object><name>{n}</name><bndbox><xmin>{2 + k}</xmin><ymin>3</ymin><xmax>{12 + k}</xmax>"
+                       f"<ymax>15</ymax></bndbox></object>" for k, n in enumerate(names))
+        (root / "Annotations" / f"img{i:03d}.xml").write_text(
+            f"<annotation><filename>img{i:03d}.jpg</filename><size><width>{w}</width><height>{h}</height></size>"
+            f"{objs}</annotation>")
+    return root / "JPEGImages", root / "Annotations"
