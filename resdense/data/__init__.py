@@ -16,6 +16,7 @@ from .image_folder import ImageFolder
 from .loader import detection_collate, make_loader, seed_transforms, seed_worker
 from .masks import MaskDataset
 from .shapes import SHAPES_CLASSES, ShapesDataset, ShapesSplit, make_shapes
+from .split import Split, make_split
 from .transforms import (
     DetectionTransform,
     SegmentationTransform,
@@ -44,6 +45,8 @@ __all__ = [
     "SHAPES_CLASSES",
     "check_path",
     "CheckReport",
+    "make_split",
+    "Split",
     "DataWarning",
     "read_image",
     "to_image_tensor",
