@@ -1,4 +1,5 @@
-"""Fixtures of the data tests: the shared real datasets, a shapes dataset, and a tiny COCO writer."""
+"""Fixtures of the data tests: a shapes dataset, and writers of tiny COCO, mask-folder and VOC datasets
+(``shared_data`` is in the top-level conftest)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
-
-
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not SHARED.is_dir():
-        pytest.skip(f"real datasets not found at {SHARED.resolve()} (see its README); these tests need them")
-    return SHARED
 
 
 @pytest.fixture(scope="session")
