@@ -1,6 +1,10 @@
+from pathlib import Path
+
 import pytest
 import torch
 
+# The real datasets (see their README): read from ../shared/data, never copied into the repository.
+SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 # Test folders whose tiny models run on one thread (see one_thread).
 ONE_THREAD_DIRS = ("engine", "cli")
 
@@ -16,3 +20,11 @@ def one_thread(request):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data``; tests that use it are skipped, with the reason, on a machine without it."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real datasets not found at {SHARED_DATA.resolve()} (see its README); these tests need them")
+    return SHARED_DATA

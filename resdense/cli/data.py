@@ -1,4 +1,5 @@
-"""``resdense data check PATH``: validate a COCO file, a mask folder or a VOC folder, listing every problem."""
+"""``resdense data check PATH``: validate a COCO file, a mask folder or a VOC folder, listing every problem.
+``resdense data split PATH --val 0.2 --out DIR``: write stratified train / val (/ test) split files."""
 
 from __future__ import annotations
 
@@ -19,6 +20,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--decode", action="store_true", help="decode every image fully (slower, finds corrupt data)")
     c.add_argument("--strict", action="store_true", help="also fail on warnings (boxes clipped or dropped, ...)")
     c.set_defaults(func=run_check)
+    s = data_sub.add_parser(
+        "split", help="write stratified train.txt / val.txt (/ test.txt) for a mask folder, COCO .json or VOC folder",
+        description="Deterministic (same seed, same files) and stratified by the mask values or box categories of "
+                    "each sample; the files are what every dataset's split= (data.train.split) reads.",
+    )
+    s.add_argument("path", help="mask folder root (images/ + masks/), COCO .json file, or VOC folder")
+    s.add_argument("--val", type=float, default=0.2, help="fraction for validation (default 0.2)")
+    s.add_argument("--test", type=float, default=0.0, help="fraction for a test split (default 0: none)")
+    s.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
+    s.add_argument("--block", type=int, default=1,
+                   help="keep runs of N consecutive samples together (video frames; default 1)")
+    s.add_argument("--kind", choices=("masks", "coco", "voc"), default=None,
+                   help="which dataset, when PATH holds several")
+    s.add_argument("--out", required=True, help="folder for the split files (existing ones are overwritten)")
+    s.set_defaults(func=run_split)
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -35,3 +51,18 @@ def run_check(args: argparse.Namespace) -> int:
     failed = bool(report.problems) or (args.strict and bool(report.warnings))
     print(f"{len(report.problems)} problem(s), {len(report.warnings)} warning(s): {'FAILED' if failed else 'OK'}")
     return 2 if failed else 0
+
+
+def run_split(args: argparse.Namespace) -> int:
+    from resdense.data import make_split
+
+    split = make_split(args.path, args.val, args.test, args.seed, block=args.block, kind=args.kind)
+    total = sum(len(v) for v in split.subsets.values())
+    sizes = ", ".join(f"{k} {len(v)}" for k, v in split.subsets.items())
+    print(f"split {split.layout.kind} {split.layout.path} ({total} samples): {sizes}")
+    print("wrote " + ", ".join(str(p) for p in split.write(args.out)))
+    width = max([len(k) for k in split.label_counts] + [5])
+    print(f"{'label':<{width}}  " + "  ".join(f"{k:>6}" for k in split.subsets))
+    for label, counts in split.label_counts.items():
+        print(f"{label:<{width}}  " + "  ".join(f"{counts[k]:>6}" for k in split.subsets))
+    return 0

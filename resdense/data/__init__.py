@@ -12,9 +12,11 @@ from ._io import read_image, read_mask, to_image_tensor
 from .check import CheckReport, check_path
 from .coco import CocoDetection, build_coco
 from .coco_semantic import CocoSemantic
+from .image_folder import ImageFolder
 from .loader import detection_collate, make_loader, seed_transforms, seed_worker
 from .masks import MaskDataset
 from .shapes import SHAPES_CLASSES, ShapesDataset, ShapesSplit, make_shapes
+from .split import Split, make_split
 from .transforms import (
     DetectionTransform,
     SegmentationTransform,
@@ -28,6 +30,7 @@ __all__ = [
     "CocoSemantic",
     "MaskDataset",
     "VocDetection",
+    "ImageFolder",
     "DetectionTransform",
     "SegmentationTransform",
     "detection_transforms",
@@ -42,6 +45,8 @@ __all__ = [
     "SHAPES_CLASSES",
     "check_path",
     "CheckReport",
+    "make_split",
+    "Split",
     "DataWarning",
     "read_image",
     "to_image_tensor",

@@ -17,7 +17,7 @@ from ._io import image_size, read_image, read_mask
 from .masks import pair_by_stem
 from .voc import find_voc_image, parse_voc_xml
 
-__all__ = ["check_path", "CheckReport"]
+__all__ = ["check_path", "CheckReport", "DataLayout", "find_layouts"]
 
 
 @dataclass
@@ -73,22 +73,48 @@ def check_path(path, *, images_dir=None, num_classes: int | None = None, ignore_
     return report
 
 
-def _check_folder(folder: Path, images_dir, num_classes, ignore_index, decode, report) -> bool:
-    found = False
-    for js in sorted(folder.glob("*.json")):
-        _check_coco(js, images_dir, decode, report)
-        found = True
+@dataclass(frozen=True)
+class DataLayout:
+    """One dataset found on disk by :func:`find_layouts`.
+
+    Attributes:
+        kind: ``"coco"`` (``path`` is the JSON file), ``"voc"`` (``path`` is the folder of XML files) or
+            ``"masks"`` (``path`` is the mask folder).
+        images: the image folder (``None`` for COCO: its images are found from the file names it lists).
+    """
+
+    kind: str
+    path: Path
+    images: Path | None = None
+
+
+def find_layouts(folder) -> list[DataLayout]:
+    """The datasets directly in ``folder``: every ``*.json`` (COCO), an ``Annotations``/``annotations`` folder of
+    XML (VOC; images in ``JPEGImages``, ``images`` or ``folder`` itself), ``images`` + ``masks`` or ``JPEGImages`` +
+    ``SegmentationClass`` (mask folders). Used by ``resdense data check`` and ``resdense data split``."""
+    folder = Path(folder)
+    found = [DataLayout("coco", js) for js in sorted(folder.glob("*.json"))]
     for ann in ("Annotations", "annotations"):
         if (folder / ann).is_dir() and any((folder / ann).glob("*.xml")):
             imgs = next((folder / d for d in ("JPEGImages", "images") if (folder / d).is_dir()), folder)
-            _check_voc(folder / ann, imgs, decode, report)
-            found = True
+            found.append(DataLayout("voc", folder / ann, imgs))
             break
     for imgs, masks in (("images", "masks"), ("JPEGImages", "SegmentationClass")):
         if (folder / imgs).is_dir() and (folder / masks).is_dir():
-            _check_masks(folder / imgs, folder / masks, num_classes, ignore_index, decode, report)
-            found = True
+            found.append(DataLayout("masks", folder / masks, folder / imgs))
     return found
+
+
+def _check_folder(folder: Path, images_dir, num_classes, ignore_index, decode, report) -> bool:
+    layouts = find_layouts(folder)
+    for layout in layouts:
+        if layout.kind == "coco":
+            _check_coco(layout.path, images_dir, decode, report)
+        elif layout.kind == "voc":
+            _check_voc(layout.path, layout.images, decode, report)
+        else:
+            _check_masks(layout.images, layout.path, num_classes, ignore_index, decode, report)
+    return bool(layouts)
 
 
 def _check_image(path: Path, expect_hw, decode: bool, report: CheckReport, what: str) -> None:

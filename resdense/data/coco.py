@@ -18,6 +18,7 @@ from ._coco_parse import ImageRecord, ParsedCoco, load_json, parse_coco, raise_f
 from ._common import SkipBadImages, check_choice, warn
 from ._io import read_image, to_image_tensor
 from ._rle import decode_segms, pack_segms
+from ._split_names import SplitArg, name_keys, select_split
 from .transforms import DetectionTransform, as_detection_transform
 
 __all__ = ["CocoDetection", "build_coco"]
@@ -36,10 +37,17 @@ def build_coco(dataset: dict):
     return coco
 
 
+def _subset(dataset: dict, image_ids: set[int]) -> dict:
+    """A COCO dict keeping only the images ``image_ids`` and their annotations."""
+    return {**dataset, "images": [im for im in dataset["images"] if im["id"] in image_ids],
+            "annotations": [a for a in dataset["annotations"] if a["image_id"] in image_ids]}
+
+
 class _CocoSource(SkipBadImages, Dataset):
     """Parsing, validation, the empty-image policy and the lazily built ``coco`` shared by the COCO datasets."""
 
-    def _setup(self, images_dir, parsed: ParsedCoco, *, empty: str, bad_images: str) -> None:
+    def _setup(self, images_dir, parsed: ParsedCoco, *, empty: str, bad_images: str,
+               split: SplitArg | None = None) -> None:
         check_choice("empty", empty, ("keep", "drop"))
         check_choice("bad_images", bad_images, ("raise", "skip"))
         raise_first(parsed)
@@ -55,6 +63,10 @@ class _CocoSource(SkipBadImages, Dataset):
         self._source = parsed.source
         self._coco = None
         records = parsed.records
+        if split is not None:
+            records = [records[i] for i in select_split([name_keys(r.file_name) for r in records], split,
+                                                        parsed.source)]
+            self._dataset = _subset(self._dataset, {r.image_id for r in records})
         missing = [r for r in records if not os.path.exists(self.images_dir / r.file_name)]
         if missing:
             first = self.images_dir / missing[0].file_name
@@ -75,7 +87,7 @@ class _CocoSource(SkipBadImages, Dataset):
 
     @property
     def coco(self):
-        """pycocotools ``COCO`` of the validated ground truth (crowd kept, boxes clipped, all images)."""
+        """pycocotools ``COCO`` of the validated ground truth (crowd kept, boxes clipped, all images of the split)."""
         if self._coco is None:
             self._coco = build_coco(self._dataset)
         return self._coco
@@ -118,6 +130,9 @@ class CocoDetection(_CocoSource):
         renumber_ann_ids: accept annotation id 0 / duplicate ids by renumbering them 1..N (refused otherwise,
             because pycocotools silently mis-scores them).
         bad_images: ``"raise"`` on a missing or unreadable image, or ``"skip"`` it with a counted warning.
+        split: serve only the images this split names: a text file of names (an image's ``file_name``, or its stem,
+            one per line, ``#`` comments) or a list of them; ``coco`` then holds only those images. The order
+            stays the file's. ``None``: every image.
 
     Item: ``image`` float32 ``[3, H, W]`` in ``[0, 1]`` (never mean/std-normalised unless the transform says so)
     and ``target`` with ``boxes`` float32 ``[N, 4]`` xyxy pixels, ``labels`` int64 ``[N]`` in ``1..K``, ``masks``
@@ -132,13 +147,13 @@ class CocoDetection(_CocoSource):
     task = "detection"
 
     def __init__(self, images_dir, ann_file, transforms=None, masks: bool = False, empty: str = "keep", *,
-                 renumber_ann_ids: bool = False, bad_images: str = "raise") -> None:
+                 renumber_ann_ids: bool = False, split: SplitArg | None = None, bad_images: str = "raise") -> None:
         self.ann_file = Path(ann_file)
         parsed = parse_coco(load_json(ann_file), str(ann_file), renumber_ann_ids=renumber_ann_ids)
-        self._init_from(images_dir, parsed, transforms, masks, empty, bad_images)
+        self._init_from(images_dir, parsed, transforms, masks, empty, bad_images, split)
 
-    def _init_from(self, images_dir, parsed: ParsedCoco, transforms, masks, empty, bad_images) -> None:
-        self._setup(images_dir, parsed, empty=empty, bad_images=bad_images)
+    def _init_from(self, images_dir, parsed: ParsedCoco, transforms, masks, empty, bad_images, split) -> None:
+        self._setup(images_dir, parsed, empty=empty, bad_images=bad_images, split=split)
         self.masks = bool(masks)
         self.transforms = as_detection_transform(transforms)
         if self.masks:

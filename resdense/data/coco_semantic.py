@@ -12,6 +12,7 @@ from resdense.errors import ConfigError, DataError
 from ._coco_parse import load_json, parse_coco
 from ._io import to_image_tensor
 from ._rle import decode_segms
+from ._split_names import SplitArg
 from .coco import _CocoSource
 from .transforms import as_segmentation_transform
 
@@ -27,7 +28,7 @@ class CocoSemantic(_CocoSource):
     Annotations without a segmentation fill their box.
 
     Args:
-        images_dir, ann_file, empty, renumber_ann_ids, bad_images: as in :class:`CocoDetection`.
+        images_dir, ann_file, empty, renumber_ann_ids, split, bad_images: as in :class:`CocoDetection`.
         transforms: a :class:`~resdense.data.SegmentationTransform` (see :func:`segmentation_transforms`),
             albumentations transforms (wrapped, ImageNet-normalised), or a callable ``(image, mask) -> (image,
             mask)``. ``None``: image as ``[0, 1]`` tensor, mask as int64.
@@ -39,10 +40,10 @@ class CocoSemantic(_CocoSource):
     task = "segmentation"
 
     def __init__(self, images_dir, ann_file, transforms=None, ignore_index: int = 255, empty: str = "keep", *,
-                 renumber_ann_ids: bool = False, bad_images: str = "raise") -> None:
+                 renumber_ann_ids: bool = False, split: SplitArg | None = None, bad_images: str = "raise") -> None:
         self.ann_file = Path(ann_file)
         parsed = parse_coco(load_json(ann_file), str(ann_file), renumber_ann_ids=renumber_ann_ids)
-        self._setup(images_dir, parsed, empty=empty, bad_images=bad_images)
+        self._setup(images_dir, parsed, empty=empty, bad_images=bad_images, split=split)
         self.class_names = ["background", *self.class_names]
         self.num_classes = len(self.class_names)
         if not isinstance(ignore_index, int) or 0 <= ignore_index < self.num_classes:

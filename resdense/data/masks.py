@@ -14,6 +14,7 @@ from resdense.errors import ConfigError, DataError
 
 from ._common import SkipBadImages, check_choice
 from ._io import IMAGE_EXTENSIONS, MASK_EXTENSIONS, read_image, read_mask, to_image_tensor
+from ._split_names import SplitArg, name_keys, select_split
 from .transforms import as_segmentation_transform
 
 __all__ = ["MaskDataset", "pair_by_stem"]
@@ -51,6 +52,14 @@ def pair_by_stem(images_dir, masks_dir, mask_suffix: str = "") -> tuple[list[tup
                                                                             if s not in images]
 
 
+def _select(pairs, lonely_images, split: SplitArg, images_dir) -> tuple[list[tuple[Path, Path]], list[Path]]:
+    """The pairs and mask-less images that ``split`` names (an image of the split without a mask stays an error)."""
+    entries = sorted([(image, mask) for image, mask in pairs] + [(image, None) for image in lonely_images],
+                     key=lambda e: e[0].stem)
+    keep = [entries[i] for i in select_split([name_keys(e[0].name) for e in entries], split, str(images_dir))]
+    return [e for e in keep if e[1] is not None], [image for image, mask in keep if mask is None]
+
+
 class MaskDataset(SkipBadImages, Dataset):
     """Semantic segmentation from ``images_dir`` + ``masks_dir``, paired by file stem.
 
@@ -69,6 +78,9 @@ class MaskDataset(SkipBadImages, Dataset):
             mask [H, W]) -> (image, mask)``. ``None``: ``[0, 1]`` image tensor and int64 mask.
         color_map: ``{(r, g, b): class index}`` for RGB colour masks.
         mask_suffix: suffix of mask stems, e.g. ``"_mask"`` for ``a.jpg`` / ``a_mask.png``.
+        split: serve only the images this split names: a text file of image names (file name or stem, one per
+            line, ``#`` comments; VOC ``ImageSets`` / mmseg style) or a list of names. The order stays the sorted
+            order of the stems; images outside the split need no mask. ``None``: every image.
         bad_images: ``"raise"`` or ``"skip"`` (counted warning) on unreadable files.
 
     Item: ``image`` float32 ``[3, H, W]``, ``mask`` int64 ``[H, W]``.
@@ -80,7 +92,7 @@ class MaskDataset(SkipBadImages, Dataset):
     def __init__(self, images_dir, masks_dir, classes: Sequence[str] | int, ignore_index: int = 255,
                  value_map: Mapping[int, int] | None = None, transforms=None, *,
                  color_map: Mapping[tuple[int, int, int], int] | None = None, mask_suffix: str = "",
-                 bad_images: str = "raise") -> None:
+                 split: SplitArg | None = None, bad_images: str = "raise") -> None:
         check_choice("bad_images", bad_images, ("raise", "skip"))
         if isinstance(classes, int) and not isinstance(classes, bool):
             if classes < 1:
@@ -110,6 +122,9 @@ class MaskDataset(SkipBadImages, Dataset):
             self._lut = lut
         self.color_map = {tuple(int(c) for c in k): int(v) for k, v in color_map.items()} if color_map else None
         pairs, lonely_images, lonely_masks = pair_by_stem(images_dir, masks_dir, mask_suffix)
+        if split is not None:
+            pairs, lonely_images = _select(pairs, lonely_images, split, images_dir)
+            lonely_masks = []  # masks outside the split are expected
         if lonely_images:
             raise DataError(f"{lonely_images[0]}: no mask for this image in {masks_dir} "
                             f"({len(lonely_images)} image(s) without mask)")

@@ -10,6 +10,7 @@ from resdense.errors import ConfigError, DataError
 
 from ._coco_parse import parse_coco
 from ._io import IMAGE_EXTENSIONS, image_size
+from ._split_names import SplitArg
 from .coco import CocoDetection
 
 __all__ = ["VocDetection", "voc_to_coco", "parse_voc_xml", "find_voc_image"]
@@ -109,14 +110,19 @@ class VocDetection(CocoDetection):
         annotations_dir: folder of ``*.xml`` files (one per image).
         classes: class names in label order (label k = ``classes[k-1]``); ``None``: the sorted names found.
         transforms, empty, bad_images: as in :class:`CocoDetection`.
+        split: serve only the images this split names: a text file of names (image file name or stem, which is
+            the VOC id, one per line, ``#`` comments: ``ImageSets/Main/train.txt`` works as it is) or a list of
+            them. Image ids stay those of the whole folder (1..N in XML file order), so a split's ids match the
+            full set's. ``None``: every image.
         use_difficult: train on ``difficult`` objects too (otherwise they are ignored regions, like COCO crowd).
 
     ``coco`` is built in memory from the XML, so the same evaluators work. The target has no ``masks``.
     """
 
     def __init__(self, images_dir, annotations_dir, classes: Sequence[str] | None = None, transforms=None,
-                 empty: str = "keep", *, use_difficult: bool = False, bad_images: str = "raise") -> None:
+                 empty: str = "keep", *, use_difficult: bool = False, split: SplitArg | None = None,
+                 bad_images: str = "raise") -> None:
         self.annotations_dir = Path(annotations_dir)
         data = voc_to_coco(images_dir, annotations_dir, classes, use_difficult)
         parsed = parse_coco(data, str(annotations_dir))
-        self._init_from(images_dir, parsed, transforms, False, empty, bad_images)
+        self._init_from(images_dir, parsed, transforms, False, empty, bad_images, split)

@@ -17,13 +17,19 @@ feeds, checked against that constructor's signature (unknown keys and wrong type
 that class's keyword arguments; ``data.train_transforms`` / ``data.val_transforms`` those of the task's preset
 (:func:`resdense.data.segmentation_transforms`, :func:`resdense.data.detection_transforms`, or
 :func:`classification_transforms` below); ``null`` means no transforms.
+
+Every dataset class takes ``split`` (a text file of sample names, or a list of them) to serve part of a folder or an
+annotation file. Training and validation sets that share images are refused when they are built
+(:func:`build_datasets`): ``data.allow_overlap: true`` permits it, for smoke tests only, since the validation
+scores then measure memorised images.
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +44,8 @@ __all__ = [
     "task_of",
     "build_model",
     "build_dataset",
+    "build_datasets",
+    "check_disjoint",
     "build_task",
     "check_model_section",
     "check_data_section",
@@ -50,7 +58,7 @@ MODEL_ARCHS = {"unet": "segmentation", "smp.<Arch>": "segmentation", "classifier
                **{k: "detection" for k in DETECTOR_KINDS}}
 DATASETS = {"mask": "segmentation", "coco_semantic": "segmentation", "coco": "detection", "voc": "detection",
             "imagefolder": "classification", "shapes": "segmentation|detection"}
-_DATA_KEYS = ("dataset", "train", "val", "shapes", "train_transforms", "val_transforms")
+_DATA_KEYS = ("dataset", "train", "val", "shapes", "train_transforms", "val_transforms", "allow_overlap")
 
 
 def task_of(arch: str, source: str = "<dict>") -> str:
@@ -125,12 +133,8 @@ def check_model_section(model: Mapping[str, Any], source: str) -> None:
 def _dataset_class(name: str):
     from resdense import data
 
-    if name == "imagefolder":
-        from torchvision.datasets import ImageFolder
-
-        return ImageFolder
     return {"mask": data.MaskDataset, "coco_semantic": data.CocoSemantic, "coco": data.CocoDetection,
-            "voc": data.VocDetection}[name]
+            "voc": data.VocDetection, "imagefolder": data.ImageFolder}[name]
 
 
 def _transforms_fn(task: str) -> Callable:
@@ -153,6 +157,10 @@ def check_data_section(section: Mapping[str, Any], task: str, source: str) -> No
         raise ConfigError(f"{source}: data.dataset = {name!r} is not one of {', '.join(DATASETS)}")
     if task not in DATASETS[name]:
         raise ConfigError(f"{source}: data.dataset = {name!r} serves {DATASETS[name]}, not {task}")
+    if not isinstance(section.get("allow_overlap", False), bool):
+        from resdense.config import _wrong_type
+
+        raise _wrong_type(source, "data.allow_overlap", section["allow_overlap"], bool)
     if name == "shapes":
         from resdense.data import make_shapes
 
@@ -247,6 +255,44 @@ def build_dataset(section: Mapping[str, Any], task: str, split: str) -> Dataset:
     if name == "imagefolder":
         return cls(transform=transforms, **kwargs)
     return cls(transforms=transforms, **kwargs)
+
+
+def build_datasets(section: Mapping[str, Any], task: str, splits: Sequence[str] = ("train", "val"),
+                   source: str = "<dict>") -> dict[str, Dataset]:
+    """The ``splits`` datasets of a recipe's ``data`` section, ``{split: dataset}``; when both ``train`` and ``val``
+    are built they must not share images (:func:`check_disjoint`) unless ``data.allow_overlap`` is true."""
+    sets = {s: build_dataset(section, task, s) for s in splits}
+    if "train" in sets and "val" in sets and not section.get("allow_overlap", False):
+        check_disjoint(sets["train"], sets["val"], source)
+    return sets
+
+
+def _image_files(dataset: Dataset) -> list[str]:
+    """The dataset's image files as absolute paths (each folder resolved once, so links to one folder agree)."""
+    folders: dict[Path, str] = {}
+    out = []
+    for p in dataset.image_paths:
+        p = Path(p)
+        if p.parent not in folders:
+            folders[p.parent] = os.path.realpath(p.parent)
+        out.append(os.path.join(folders[p.parent], p.name))
+    return out
+
+
+def check_disjoint(train: Dataset, val: Dataset, source: str = "<dict>") -> None:
+    """Refuse a validation set that shares image files with the training set.
+
+    Raises:
+        ConfigError: naming ``source``, how many images are shared and the first of them.
+    """
+    seen = set(_image_files(train))
+    shared = [p for p in _image_files(val) if p in seen]
+    if shared:
+        first = ", ".join(Path(p).name for p in shared[:5]) + (", ..." if len(shared) > 5 else "")
+        raise ConfigError(f"{source}: data.train and data.val share {len(shared)} image(s) ({len(shared)} of the "
+                          f"{len(val)} validation images are training images: {first}); give them disjoint splits "
+                          "(data.train.split / data.val.split, written by `resdense data split`), or set "
+                          "data.allow_overlap: true for a smoke test")
 
 
 def dataset_classes(dataset: Dataset, task: str) -> list[str]:

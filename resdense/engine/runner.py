@@ -24,7 +24,15 @@ from torch.utils.data import Dataset
 from resdense.config import Config, config_from_dict, load_config, save_config
 from resdense.errors import ConfigError, WeightsError
 
-from .build import DETECTOR_KINDS, build_dataset, build_model, build_task, dataset_classes, fill_num_classes
+from .build import (
+    DETECTOR_KINDS,
+    build_dataset,
+    build_datasets,
+    build_model,
+    build_task,
+    dataset_classes,
+    fill_num_classes,
+)
 from .checkpoint import evaluated_weights, load_checkpoint
 from .tasks.base import Task
 from .trainer import Trainer, resolve_device
@@ -66,9 +74,12 @@ def build_run(config: Config, splits: Sequence[str] = ("train", "val")) -> Run:
 
     Args:
         splits: which datasets to build (``()`` builds none: the class names must then come from elsewhere).
+
+    Raises:
+        ConfigError: the training and validation sets share images and ``data.allow_overlap`` is not true.
     """
     seed_everything(config.train.seed)
-    sets = {s: build_dataset(config.data, config.task, s) for s in splits}
+    sets = build_datasets(config.data, config.task, splits, config.source)
     first = next(iter(sets.values()), None)
     class_names = dataset_classes(first, config.task) if first is not None else []
     model_kwargs = fill_num_classes(config.model, config.task, class_names) if class_names else dict(config.model)

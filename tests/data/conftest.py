@@ -1,4 +1,5 @@
-"""Fixtures of the data tests: the shared real datasets, a shapes dataset, and a tiny COCO writer."""
+"""Fixtures of the data tests: a shapes dataset, and writers of tiny COCO, mask-folder and VOC datasets
+(``shared_data`` is in the top-level conftest)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
-
-
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not SHARED.is_dir():
-        pytest.skip(f"real datasets not found at {SHARED.resolve()} (see its README); these tests need them")
-    return SHARED
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +46,33 @@ def make_coco(tmp: Path, annotations=None, *, images=None, categories=None, size
     ann = tmp / "ann.json"
     ann.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories, **extra}))
     return ann
+
+
+def make_mask_folder(root: Path, values: list[list[int]], size: tuple[int, int] = (8, 12)) -> tuple[Path, Path]:
+    """``root/images/NNN.png`` + ``root/masks/NNN.png`` (L mode); mask ``i`` holds exactly the values ``values[i]``
+    (in vertical bands). Returns ``(images_dir, masks_dir)``."""
+    h, w = size
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    for i, vals in enumerate(values):
+        write_image(root / "images" / f"{i:03d}.png", h, w, seed=i)
+        band = np.array_split(np.arange(w), max(len(vals), 1))
+        mask = np.zeros((h, w), np.uint8)
+        for v, cols in zip(vals, band, strict=False):
+            mask[:, cols] = v
+        Image.fromarray(mask, mode="L").save(root / "masks" / f"{i:03d}.png")
+    return root / "images", root / "masks"
+
+
+def make_voc(root: Path, objects: list[list[str]], size: tuple[int, int] = (30, 40)) -> tuple[Path, Path]:
+    """``root/JPEGImages/imgNNN.jpg`` + ``root/Annotations/imgNNN.xml``; image ``i`` has one box per class name in
+    ``objects[i]``. Returns ``(images_dir, annotations_dir)``."""
+    h, w = size
+    (root / "Annotations").mkdir(parents=True, exist_ok=True)
+    for i, names in enumerate(objects):
+        write_image(root / "JPEGImages" / f"img{i:03d}.jpg", h, w, seed=i)
+        objs = "".join(f"<object><name>{n}</name><bndbox><xmin>{2 + k}</xmin><ymin>3</ymin><xmax>{12 + k}</xmax>"
+                       f"<ymax>15</ymax></bndbox></object>" for k, n in enumerate(names))
+        (root / "Annotations" / f"img{i:03d}.xml").write_text(
+            f"<annotation><filename>img{i:03d}.jpg</filename><size><width>{w}</width><height>{h}</height></size>"
+            f"{objs}</annotation>")
+    return root / "JPEGImages", root / "Annotations"
