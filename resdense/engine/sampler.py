@@ -87,6 +87,8 @@ class SeededDataset(Dataset):
         return index, self.dataset[index]
 
     def __getattr__(self, name: str):
-        if name == "dataset":
+        # Protocol methods stay ours: passing e.g. Subset.__getitems__ through would let the DataLoader fetch the
+        # wrapped dataset's samples directly, without the (index, sample) pairs.
+        if name == "dataset" or name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.dataset, name)

@@ -30,3 +30,12 @@ def test_detector_trained_from_backbone_weights_reloads_with_frozen_batchnorm(tm
     saved = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
     assert saved.keys() == model.state_dict().keys()
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+
+
+def test_eval_max_images_evaluates_the_first_images_only(tmp_path):
+    from .recipes import seg_recipe
+
+    recipe = seg_recipe(tmp_path / "shapes", tmp_path / "run", iterations=2)
+    recipe["eval"] = {"every_iters": 0, "batch_size": 2, "max_images": 3}  # 4 validation images, a Subset of 3
+    result = run_training(write(recipe, tmp_path / "seg.yaml"))
+    assert result["iterations"] == 2 and 0.0 <= result["final"]["mIoU"] <= 1.0
