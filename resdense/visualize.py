@@ -1,12 +1,13 @@
 """Pictures a person can read: class-coloured mask overlays with a legend, boxes with label and score, curves.
 
 Everything draws with PIL into RGB ``uint8`` arrays (no display needed); :func:`plot_curves` uses matplotlib's
-Agg backend.
+Agg backend and reads a run's ``log.csv`` / ``eval.csv`` with :func:`read_csv` (the engine's logger writes them).
 """
 
 from __future__ import annotations
 
 import colorsys
+import csv
 import math
 import os
 from collections.abc import Sequence
@@ -15,7 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["palette", "overlay_mask", "draw_boxes", "plot_curves", "save_image", "denormalize", "side_by_side"]
+__all__ = ["palette", "overlay_mask", "draw_boxes", "plot_curves", "read_csv", "save_image", "denormalize",
+           "side_by_side"]
 
 
 def palette(n: int, background: bool = True) -> np.ndarray:
@@ -185,18 +187,35 @@ def save_image(image: np.ndarray, path: str | os.PathLike) -> Path:
     return path
 
 
+def read_csv(path: str | Path) -> list[dict[str, float]]:
+    """Rows of a log CSV as dicts of floats (empty cells and text become NaN)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = []
+    for row in rows:
+        parsed = {}
+        for k, v in row.items():
+            try:
+                parsed[k] = float(v)
+            except (TypeError, ValueError):
+                parsed[k] = math.nan
+        out.append(parsed)
+    return out
+
+
 def plot_curves(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Loss terms (``log.csv``) and evaluation metrics (``eval.csv``) of a run as one PNG.
 
     Returns:
         The PNG's path (default ``run_dir/curves.png``).
     """
-    import matplotlib
+    import matplotlib  # deferred: heavy, and only curves need it
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-
-    from resdense.engine.logger import read_csv
 
     run_dir = Path(run_dir)
     out = Path(out) if out else run_dir / "curves.png"
