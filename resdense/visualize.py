@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["palette", "overlay_mask", "draw_boxes", "plot_curves", "read_csv", "save_image", "denormalize",
-           "side_by_side"]
+__all__ = ["palette", "overlay_mask", "draw_boxes", "plot_curves", "read_csv", "save_image", "side_by_side"]
 
 
 def palette(n: int, background: bool = True) -> np.ndarray:
@@ -39,19 +38,6 @@ def _font(size: int = 11):
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1
         return ImageFont.load_default()
-
-
-def denormalize(image, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> np.ndarray:
-    """``float [3, H, W]`` tensor/array (normalised with mean/std, or in [0, 1]) -> ``uint8 [H, W, 3]``."""
-    arr = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
-    arr = arr.astype(np.float32)
-    if arr.ndim == 3 and arr.shape[0] in (1, 3):
-        arr = arr.transpose(1, 2, 0)
-    if mean is not None and std is not None:
-        arr = arr * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
-    if arr.shape[-1] == 1:
-        arr = np.repeat(arr, 3, axis=-1)
-    return (arr.clip(0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 def overlay_mask(image: np.ndarray, mask: np.ndarray, class_names: Sequence[str], alpha: float = 0.5,

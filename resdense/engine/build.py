@@ -315,8 +315,3 @@ def build_task(task: str, class_names: list[str], config) -> Any:
         iou = ("bbox", "segm") if config.model["arch"] == "mask_rcnn" else ("bbox",)
         return DetectionTask(class_names, iou_types=iou, backend=config.eval.backend)
     return ClassificationTask(class_names)
-
-
-def resolve_path(path: str | Path, base: Path | None = None) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() or base is None else base / p
