@@ -16,8 +16,8 @@ from torch.utils.checkpoint import checkpoint
 from resdense._torch_private import BatchNormBase
 from resdense.errors import ConfigError
 
-from ._contract import FeatureExtractor, FeatureInfo, select_features
 from .blocks import BasicBlock, Bottleneck
+from .contract import FeatureExtractor, FeatureInfo, select_features
 from .inference import optimize_for_inference
 from .norm import BATCH_NORMS, get_norm_layer
 

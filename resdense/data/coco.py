@@ -20,7 +20,7 @@ from ._io import read_image, to_image_tensor
 from ._rle import decode_segms, pack_segms
 from .transforms import DetectionTransform, as_detection_transform
 
-__all__ = ["CocoDetection", "build_coco"]
+__all__ = ["CocoDetection", "CocoSource", "build_coco"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def build_coco(dataset: dict):
     return coco
 
 
-class _CocoSource(SkipBadImages, Dataset):
+class CocoSource(SkipBadImages, Dataset):
     """Parsing, validation, the empty-image policy and the lazily built ``coco`` shared by the COCO datasets."""
 
     def _setup(self, images_dir, parsed: ParsedCoco, *, empty: str, bad_images: str) -> None:
@@ -104,7 +104,7 @@ class _CocoSource(SkipBadImages, Dataset):
         return img
 
 
-class CocoDetection(_CocoSource):
+class CocoDetection(CocoSource):
     """COCO instances file -> ``(image, target)`` pairs for torchvision detectors.
 
     Args:
