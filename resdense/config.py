@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from resdense.errors import ConfigError
+from resdense.recipes import find_config, list_configs, read_yaml  # re-exported: part of this module's API
 
 __all__ = [
     "Config",
@@ -327,21 +328,6 @@ def config_from_dict(raw: Mapping[str, Any], source: str = "<dict>") -> Config:
     )
 
 
-def read_yaml(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}:{where} not valid YAML ({getattr(err, 'problem', None) or err})") from None
-    return raw if raw is not None else {}
-
-
 def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str], source: str = "<dict>") -> dict:
     """Apply ``key.path=value`` overrides (values parsed as YAML) to a recipe dict; returns a new dict.
 
@@ -400,41 +386,3 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Confi
 def save_config(config: Config, path: str | os.PathLike) -> None:
     """Write the resolved recipe (every default filled in) as YAML."""
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None))
-
-
-# ---- shipped recipes ---------------------------------------------------------------------------------------------
-def _config_dirs() -> list[Path]:
-    here = Path(__file__).resolve().parent
-    dirs = [Path.cwd() / "configs", here.parent / "configs"]
-    seen, out = set(), []
-    for d in dirs:
-        if d.is_dir() and d.resolve() not in seen:
-            seen.add(d.resolve())
-            out.append(d)
-    return out
-
-
-def list_configs() -> list[Path]:
-    """The shipped recipes (``configs/*.yaml`` of the working directory and of the source checkout)."""
-    found: dict[str, Path] = {}
-    for d in _config_dirs():
-        for p in sorted(d.glob("*.yaml")):
-            found.setdefault(p.name, p)
-    return [found[k] for k in sorted(found)]
-
-
-def find_config(name: str | os.PathLike) -> Path:
-    """A path as given when it exists; else the shipped recipe called ``name`` (with or without ``.yaml``)."""
-    path = Path(name)
-    if path.exists():
-        return path
-    stem = path.name[:-5] if path.name.endswith(".yaml") else path.name
-    if path.parent == Path("."):
-        for d in _config_dirs():
-            candidate = d / f"{stem}.yaml"
-            if candidate.exists():
-                return candidate
-    known = [p.stem for p in list_configs()]
-    close = difflib.get_close_matches(stem, known, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else (f"; shipped recipes: {', '.join(known)}" if known else "")
-    raise ConfigError(f"{name}: config file not found{hint}")

@@ -145,3 +145,15 @@ def test_recipe_detector_archs_are_build_detectors_kinds():
     from resdense.heads import KINDS
 
     assert DETECTOR_ARCHS == KINDS and all(MODEL_ARCHS[k] == "detection" for k in KINDS)
+
+
+def test_recipes_are_found_from_any_folder_and_the_working_directory_comes_first(tmp_path, monkeypatch):
+    from resdense.recipes import find_config, shipped_recipes_dir
+
+    monkeypatch.chdir(tmp_path)  # no configs/ here: names resolve to the shipped recipes (resdense.configs)
+    assert set(SHIPPED) <= {p.stem for p in list_configs()}
+    assert find_config("demo_shapes_unet_r18") == shipped_recipes_dir() / "demo_shapes_unet_r18.yaml"
+    (tmp_path / "configs").mkdir()
+    own = write(seg_recipe(tmp_path / "shapes", tmp_path / "run"), tmp_path / "configs" / "demo_shapes_unet_r18.yaml")
+    assert find_config("demo_shapes_unet_r18").resolve() == own.resolve()
+    assert load_config("demo_shapes_unet_r18").model["decoder_channels"] == [16] * 5
