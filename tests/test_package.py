@@ -45,6 +45,9 @@ def test_wheel_holds_every_module_and_recipe(installed):
     recipes = {f"resdense/configs/{p.name}" for p in (ROOT / "configs").glob("*.yaml")}
     assert len(recipes) >= 8 and "resdense/configs/demo_shapes_unet_r18.yaml" in recipes
     assert modules - names == set() and recipes - names == set()
+    import resdense
+
+    assert f"resdense-{resdense.__version__}.dist-info/METADATA" in names  # the version has one source
 
 
 @pytest.mark.slow
@@ -63,3 +66,41 @@ def test_installed_cli_lists_and_trains_a_shipped_recipe_from_another_folder(ins
           "--set", "eval.batch_size=4", "--out", "run"], cwd=work, env=env)
     for name in ("config.yaml", "last.pt", "metrics.json"):
         assert (work / "run" / name).exists(), name
+
+
+EXPORTS = {
+    "create_backbone": "resdense.backbones", "create_classifier": "resdense.backbones",
+    "optimize_for_inference": "resdense.backbones", "build_detector": "resdense.heads", "UNet": "resdense.heads",
+    "FPN": "resdense.heads", "smp_model": "resdense.heads", "load_config": "resdense.engine",
+}
+ALIASES = {"train": "run_training", "evaluate": "run_evaluation", "predict": "run_prediction"}
+
+
+def test_top_level_names_are_the_library_objects():
+    import importlib
+
+    import resdense
+
+    assert set(resdense.__all__) == {"__version__", *EXPORTS, *ALIASES} == {"__version__", *resdense._EXPORTS}
+    for name, module in EXPORTS.items():
+        assert getattr(resdense, name) is getattr(importlib.import_module(module), name), name
+    engine = importlib.import_module("resdense.engine")
+    for name, target in ALIASES.items():
+        assert getattr(resdense, name) is getattr(engine, target), name
+    assert set(resdense.__all__) <= set(dir(resdense))
+    assert isinstance(resdense.__version__, str) and resdense.__version__.count(".") == 2
+    with pytest.raises(AttributeError, match="no attribute 'create_backbon'"):
+        resdense.create_backbon  # noqa: B018
+
+
+def test_top_level_names_build_working_models():
+    import torch
+
+    import resdense
+    from resdense.errors import ConfigError
+
+    feats = resdense.create_backbone("resnet18", out_features=("c3", "c5"))(torch.randn(1, 3, 64, 64))
+    assert {k: tuple(v.shape) for k, v in feats.items()} == {"c3": (1, 128, 8, 8), "c5": (1, 512, 2, 2)}
+    assert resdense.UNet("resnet18", num_classes=2).eval()(torch.randn(1, 3, 64, 64)).shape == (1, 2, 64, 64)
+    with pytest.raises(ConfigError, match="unknown key 'model.decoder_chanels'"):
+        resdense.load_config("demo_shapes_unet_r18", ["model.decoder_chanels=[8, 8, 8, 8, 8]"])
