@@ -32,6 +32,7 @@ from .build import (
     build_dataset,
     build_model,
     build_task,
+    check_config,
     classification_transforms,
     config_from_dict,
     dataset_classes,
@@ -60,10 +61,12 @@ class Run:
 
 
 def as_config(config: Config | str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
+    """A checked :class:`Config` from a recipe path / name, or the given one (checked too: one made with
+    :mod:`resdense.config` alone has not had its ``model`` / ``data`` keys checked)."""
     if isinstance(config, Config):
         if overrides:
             raise ConfigError("overrides apply to a recipe file; edit the Config object instead")
-        return config
+        return check_config(config)
     return load_config(config, overrides)
 
 

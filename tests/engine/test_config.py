@@ -127,13 +127,15 @@ def test_config_alone_reads_a_recipe_and_the_engine_checks_model_and_data(tmp_pa
     # constructors' arguments, are checked one floor up: the engine's load_config, which the CLI and the runners use.
     from resdense import config as pure
     from resdense.engine import check_config, config_from_dict
+    from resdense.engine.runner import as_config  # what run_training / run_evaluation do with a Config object
 
     raw = seg_recipe(tmp_path / "shapes", tmp_path / "run")
     raw["model"]["decoder_chanels"] = 1
     path = write(raw, tmp_path / "bad.yaml")
     cfg = pure.load_config(path)
     assert cfg.model["decoder_chanels"] == 1 and cfg.task == "segmentation"
-    for check in (lambda: check_config(cfg), lambda: config_from_dict(raw, str(path)), lambda: load_config(path)):
+    for check in (lambda: check_config(cfg), lambda: as_config(cfg), lambda: config_from_dict(raw, str(path)),
+                  lambda: load_config(path)):
         with pytest.raises(ConfigError, match=r"bad\.yaml: unknown key 'model\.decoder_chanels'"):
             check()
     with pytest.raises(ConfigError, match=r"train\.lr = 'fast' is not a float"):
