@@ -18,13 +18,16 @@ import argparse
 import contextlib
 import copy
 import io
+import os
+import sys
 import time
 
 import numpy as np
 import torch
 
-from resdense.evaluation import COCO_STAT_KEYS, SegmentationMetrics, coco_map
-from resdense.evaluation._synthetic import random_coco_problem
+sys.path[:0] = [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]  # the repository, for tests/
+from resdense.evaluation import COCO_STAT_KEYS, SegmentationMetrics, coco_map  # noqa: E402
+from tests.evaluation.synthetic import random_coco_problem  # noqa: E402
 
 
 def _pycocotools(gt: dict, results: list, iou_type: str) -> np.ndarray:

@@ -13,30 +13,33 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.models import get_model_weights
+
+from resdense.backbones import create_classifier, list_backbones
+from resdense.config import list_configs, read_yaml
+from resdense.engine import load_model, run_evaluation, run_prediction, run_training
+from resdense.engine.build import classification_transforms
 from resdense.errors import ConfigError
+from resdense.heads import KINDS, smp_architectures
 
 __all__ = ["train", "evaluate", "predict", "classify", "available"]
 
 
 def train(config, overrides: Sequence[str] = (), **kwargs: Any) -> dict[str, Any]:
     """Train a recipe (path, shipped name or :class:`~resdense.config.Config`); see :func:`run_training`."""
-    from resdense.engine import run_training
-
     return run_training(config, overrides, **kwargs)
 
 
 def evaluate(config, checkpoint: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Metrics of a checkpoint on the recipe's validation split."""
-    from resdense.engine import run_evaluation
-
     return run_evaluation(config, checkpoint, overrides)
 
 
 def predict(config, checkpoint: str | os.PathLike, images: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
             **kwargs: Any) -> list[Path]:
     """PNG overlays of a checkpoint's predictions; returns the written paths."""
-    from resdense.engine import run_prediction
-
     return run_prediction(config, checkpoint, images, out_dir, **kwargs)
 
 
@@ -49,11 +52,6 @@ def classify(image: str | os.PathLike, *, checkpoint: str | os.PathLike | None =
     file; names from torchvision's ImageNet categories). Preprocessing follows torchvision's evaluation recipe:
     resize 256, centre crop 224, ImageNet mean/std.
     """
-    import torch
-    from PIL import Image, UnidentifiedImageError
-
-    from resdense.engine.build import classification_transforms
-
     if (checkpoint is None) == (weights is None):
         raise ConfigError("classify: give either checkpoint= or weights= (with arch=)")
     try:
@@ -64,16 +62,12 @@ def classify(image: str | os.PathLike, *, checkpoint: str | os.PathLike | None =
     except (UnidentifiedImageError, OSError) as err:
         raise ConfigError(f"{image}: not a readable image ({err})") from None
     if checkpoint is not None:
-        from resdense.engine import load_model
-
         model, run = load_model(checkpoint)
         if run.config.task != "classification":
             raise ConfigError(f"{checkpoint}: a {run.config.task} checkpoint, not a classifier")
         tf = classification_transforms(train=False, **dict(run.config.data.get("val_transforms") or {}))
         names = run.class_names
     else:
-        from resdense.backbones import create_classifier
-
         model = create_classifier(arch, weights=weights).eval()
         cfg = getattr(model, "pretrained_cfg", {}) or {}
         names = cfg.get("categories") or _imagenet_categories(arch)
@@ -90,8 +84,6 @@ def classify(image: str | os.PathLike, *, checkpoint: str | os.PathLike | None =
 
 def _imagenet_categories(arch: str) -> list[str] | None:
     try:
-        from torchvision.models import get_model_weights
-
         return list(get_model_weights(arch).DEFAULT.meta["categories"])
     except Exception:  # an architecture torchvision does not know: indices are printed instead
         return None
@@ -99,10 +91,6 @@ def _imagenet_categories(arch: str) -> list[str] | None:
 
 def available() -> dict[str, list[tuple[str, str]]]:
     """What ``resdense list`` prints: backbones, heads (with the recipe ``model.arch`` that selects them), recipes."""
-    from resdense.backbones import list_backbones
-    from resdense.config import list_configs, read_yaml
-    from resdense.heads import KINDS, smp_architectures
-
     backbones = [(name, "") for name in list_backbones()]
     heads = [("unet", "segmentation: resdense.heads.UNet (smp decoder)")]
     heads += [(f"smp.{a}", "segmentation: smp architecture on a resdense backbone") for a in smp_architectures()]

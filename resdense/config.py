@@ -9,10 +9,14 @@ inheritance)::
     train: {lr: 0.001, iterations: 500, ...}                    # -> TrainConfig (below)
     eval:  {every_iters: 100, ...}                              # -> EvalConfig (below)
 
-``train`` and ``eval`` are dataclasses, so their schema is their fields; ``model`` and ``data`` are checked against
-the signatures of the constructors they feed (:mod:`resdense.engine.build`). Unknown keys raise
-:class:`~resdense.errors.ConfigError` naming the file and the key; ``--set key=value`` overrides are parsed as YAML
+``train`` and ``eval`` are dataclasses, so their schema is their fields; unknown keys raise
+:class:`~resdense.errors.ConfigError` naming the file and the key, and ``--set key=value`` overrides are parsed as YAML
 and type-checked against the same schema.
+
+This module is pure (YAML and dataclasses; it imports no model or data code, so reading a recipe is cheap). The
+``model`` and ``data`` sections are checked against the signatures of the constructors they feed one floor up, by
+:func:`resdense.engine.load_config` (= ``resdense.load_config``), which the CLI and the runners use: this module's
+:func:`load_config` checks everything else.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import Any
 import yaml
 
 from resdense.errors import ConfigError
+from resdense.recipes import find_config, list_configs, read_yaml  # re-exported: part of this module's API
 
 __all__ = [
     "Config",
@@ -44,11 +49,30 @@ __all__ = [
     "find_config",
     "list_configs",
     "check_type",
+    "read_yaml",
+    "task_of",
+    "unknown_key_error",
+    "wrong_type_error",
     "TASKS",
+    "MODEL_ARCHS",
+    "DETECTOR_ARCHS",
 ]
 
 TASKS = ("segmentation", "detection", "classification")
 SECTIONS = ("task", "name", "model", "data", "train", "eval")
+# model.arch -> the task it serves (the constructor behind each arch is resdense.engine.build's business).
+DETECTOR_ARCHS = ("faster_rcnn", "mask_rcnn", "retinanet", "fcos")
+MODEL_ARCHS = {"unet": "segmentation", "smp.<Arch>": "segmentation", "classifier": "classification",
+               **{k: "detection" for k in DETECTOR_ARCHS}}
+
+
+def task_of(arch: str, source: str = "<dict>") -> str:
+    """The task of a ``model.arch`` (``smp.<Arch>``: any smp architecture name, checked by the engine)."""
+    if isinstance(arch, str) and arch.startswith("smp."):
+        return "segmentation"
+    if arch not in MODEL_ARCHS:
+        raise ConfigError(f"{source}: model.arch = {arch!r} is not one of {', '.join(MODEL_ARCHS)}")
+    return MODEL_ARCHS[arch]
 
 
 @dataclass
@@ -293,13 +317,15 @@ def _type_name(annotation: Any) -> str:
     return str(annotation).replace("typing.", "").replace("collections.abc.", "")
 
 
-def _wrong_type(source: str, key: str, value: Any, annotation: Any) -> ConfigError:
+def wrong_type_error(source: str, key: str, value: Any, annotation: Any) -> ConfigError:
+    """``<source>: <key> = <value> is not a <type>``."""
     expected = _type_name(annotation)
     article = "an" if expected[0] in "aeiou" else "a"
     return ConfigError(f"{source}: {key} = {value!r} is not {article} {expected}")
 
 
-def _unknown(source: str, key: str, known: Sequence[str]) -> ConfigError:
+def unknown_key_error(source: str, key: str, known: Sequence[str]) -> ConfigError:
+    """``<source>: unknown key '<key>' (did you mean ...?); known: ...`` (the closest known name as the hint)."""
     leaf = key.rsplit(".", 1)[-1]
     close = difflib.get_close_matches(leaf, known, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -315,9 +341,9 @@ def _dataclass_section(cls: type, raw: Any, section: str, source: str):
     names = [f.name for f in dataclasses.fields(cls)]
     for key, value in raw.items():
         if key not in names:
-            raise _unknown(source, f"{section}.{key}", names)
+            raise unknown_key_error(source, f"{section}.{key}", names)
         if not check_type(value, hints[key]):
-            raise _wrong_type(source, f"{section}.{key}", value, hints[key])
+            raise wrong_type_error(source, f"{section}.{key}", value, hints[key])
     try:
         return cls(**raw)
     except ConfigError as err:
@@ -326,25 +352,22 @@ def _dataclass_section(cls: type, raw: Any, section: str, source: str):
 
 # ---- loading -----------------------------------------------------------------------------------------------------
 def config_from_dict(raw: Mapping[str, Any], source: str = "<dict>") -> Config:
-    """Validate a recipe dict and build a :class:`Config` (model/data keys are checked by the engine's builders)."""
+    """Validate a recipe dict and build a :class:`Config`: sections, task, ``train`` and ``eval``. The keys of
+    ``model`` and ``data`` are checked against their constructors by :func:`resdense.engine.config_from_dict`."""
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{source}: a recipe must be a mapping with sections {', '.join(SECTIONS)}")
     for key in raw:
         if key not in SECTIONS:
-            raise _unknown(source, str(key), SECTIONS)
+            raise unknown_key_error(source, str(key), SECTIONS)
     model = raw.get("model")
     if not isinstance(model, Mapping) or "arch" not in model:
         raise ConfigError(f"{source}: section 'model' must be a mapping with an 'arch' key (e.g. arch: unet)")
     data = raw.get("data") or {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: section 'data' must be a mapping, got {type(data).__name__}")
-    from resdense.engine.build import check_data_section, check_model_section, task_of
-
     task = raw.get("task") or task_of(model["arch"], source)
     if task not in TASKS:
         raise ConfigError(f"{source}: task = {task!r} is not one of {', '.join(TASKS)}")
-    check_model_section(model, source)
-    check_data_section(data, task, source)
     name = raw.get("name") or (Path(source).stem if source != "<dict>" else "run")
     return Config(
         task=task, model=copy.deepcopy(dict(model)), data=copy.deepcopy(dict(data)),
@@ -352,21 +375,6 @@ def config_from_dict(raw: Mapping[str, Any], source: str = "<dict>") -> Config:
         eval=_dataclass_section(EvalConfig, raw.get("eval"), "eval", source),
         name=str(name), source=source,
     )
-
-
-def read_yaml(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}:{where} not valid YAML ({getattr(err, 'problem', None) or err})") from None
-    return raw if raw is not None else {}
 
 
 def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str], source: str = "<dict>") -> dict:
@@ -401,14 +409,16 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str], source: st
 
 
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
-    """Read a recipe (a path, or the name of a shipped recipe such as ``demo_shapes_unet_r18``) and validate it.
+    """Read a recipe (a path, or the name of a shipped recipe such as ``demo_shapes_unet_r18``) and validate it,
+    all but the keys of ``model`` / ``data`` (which :func:`resdense.engine.load_config` checks as well).
 
     Args:
         path: YAML file, or a name found by :func:`find_config`.
         overrides: ``["train.lr=0.01", "model.num_classes=5"]``; values are YAML (``null``, ``[1, 2]``, ``true``).
 
     Raises:
-        ConfigError: missing file, bad YAML, unknown key (naming file and key), wrong type or value.
+        ConfigError: missing file, bad YAML, unknown section / ``train`` / ``eval`` key (naming file and key), wrong
+            type or value, unknown ``model.arch``.
     """
     path = find_config(path)
     raw = read_yaml(path)
@@ -425,41 +435,3 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Confi
 def save_config(config: Config, path: str | os.PathLike) -> None:
     """Write the resolved recipe (every default filled in) as YAML."""
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None))
-
-
-# ---- shipped recipes ---------------------------------------------------------------------------------------------
-def _config_dirs() -> list[Path]:
-    here = Path(__file__).resolve().parent
-    dirs = [Path.cwd() / "configs", here.parent / "configs"]
-    seen, out = set(), []
-    for d in dirs:
-        if d.is_dir() and d.resolve() not in seen:
-            seen.add(d.resolve())
-            out.append(d)
-    return out
-
-
-def list_configs() -> list[Path]:
-    """The shipped recipes (``configs/*.yaml`` of the working directory and of the source checkout)."""
-    found: dict[str, Path] = {}
-    for d in _config_dirs():
-        for p in sorted(d.glob("*.yaml")):
-            found.setdefault(p.name, p)
-    return [found[k] for k in sorted(found)]
-
-
-def find_config(name: str | os.PathLike) -> Path:
-    """A path as given when it exists; else the shipped recipe called ``name`` (with or without ``.yaml``)."""
-    path = Path(name)
-    if path.exists():
-        return path
-    stem = path.name[:-5] if path.name.endswith(".yaml") else path.name
-    if path.parent == Path("."):
-        for d in _config_dirs():
-            candidate = d / f"{stem}.yaml"
-            if candidate.exists():
-                return candidate
-    known = [p.stem for p in list_configs()]
-    close = difflib.get_close_matches(stem, known, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else (f"; shipped recipes: {', '.join(known)}" if known else "")
-    raise ConfigError(f"{name}: config file not found{hint}")

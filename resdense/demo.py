@@ -18,8 +18,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
+from resdense.data import read_image
+from resdense.engine import load_config, load_model, run_training
+from resdense.engine.build import build_dataset
+from resdense.errors import ConfigError
 from resdense.hardware import cpu_capability, hardware_summary, native_bf16
+from resdense.visualize import draw_boxes, overlay_mask, save_image, side_by_side
 
 __all__ = ["run_demo", "DEMO_CONFIGS", "HEADLINE"]
 
@@ -32,15 +38,11 @@ _PICTURES = 6
 
 
 def _demo_config(task: str, out: Path, overrides: Sequence[str]):
-    from resdense.config import load_config
-
     sets = [f"data.shapes.root={out / 'shapes'}", f"train.output_dir={out / task}", "train.resume=false"]
     if task == "detection":
         # The detector's backbone starts from the demo U-Net's encoder (see the recipe's comment).
         seg = out / "segmentation" / "best.pt"
         if not seg.exists():
-            from resdense.errors import ConfigError
-
             raise ConfigError(f"{seg}: the detection demo starts from the segmentation demo's encoder; run "
                               "`resdense demo` without --only, or --only segmentation first")
         sets.append(f"model.weights_backbone={seg}")
@@ -57,8 +59,6 @@ def run_demo(out: str | os.PathLike = "demo_out", *, only: str | None = None,
         only: ``"segmentation"`` or ``"detection"`` to run one task.
         overrides: ``key=value`` overrides applied to both recipes (e.g. ``train.iterations=20`` for a smoke run).
     """
-    from resdense.engine import run_training
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tasks = [only] if only else ["segmentation", "detection"]
@@ -103,11 +103,6 @@ def _machine() -> str:
 
 # ---- pictures ------------------------------------------------------------------------------------------------------
 def _pictures(task: str, config, out: Path) -> list[str]:
-    from resdense.data import read_image
-    from resdense.engine import load_model
-    from resdense.engine.build import build_dataset
-    from resdense.visualize import draw_boxes, overlay_mask, save_image, side_by_side
-
     run_dir = config.output_dir
     ckpt = run_dir / "best.pt" if (run_dir / "best.pt").exists() else run_dir / "last.pt"
     model, run = load_model(ckpt, config)
@@ -135,8 +130,6 @@ def _pictures(task: str, config, out: Path) -> list[str]:
 
 def _up(img: np.ndarray, legend: bool = False, target: int = 256) -> np.ndarray:
     """Nearest-neighbour upscaling of a small picture so it reads on screen (the legend strip keeps its size)."""
-    from PIL import Image
-
     h = img.shape[0]
     k = max(1, target // h)
     if k == 1:

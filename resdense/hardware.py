@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from resdense._torch_private import cpu_has_bf16_instructions, onednn_bf16_supported
 from resdense.errors import ConfigError
 
 __all__ = ["cpu_capability", "native_bf16", "Precision", "choose_precision", "warn_emulated_bf16", "hardware_summary"]
@@ -33,20 +34,9 @@ def cpu_capability() -> str:
     return torch.backends.cpu.get_cpu_capability()
 
 
-def _onednn_bf16() -> bool:
-    # oneDNN's bf16 support: True from AVX512-core up (emulated there without AVX512-BF16), capped by
-    # ONEDNN_MAX_CPU_ISA. Private API, guarded: older or non-x86 builds may lack it.
-    fn = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    try:
-        return bool(fn()) if fn is not None and torch.backends.mkldnn.is_available() else False
-    except (RuntimeError, AttributeError):
-        return False
-
-
-def _bf16_instructions() -> bool:
-    # The CPU's own bf16 dot-product instructions (AVX512-BF16) or AMX tiles. Private torch.cpu API, guarded.
-    cpu = getattr(torch, "cpu", None)
-    return any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+# The two probes behind native_bf16 (private torch APIs, guarded; module-level names so tests can stand in for a CPU).
+_onednn_bf16 = onednn_bf16_supported
+_bf16_instructions = cpu_has_bf16_instructions
 
 
 def native_bf16() -> bool:

@@ -1,12 +1,13 @@
 """Pictures a person can read: class-coloured mask overlays with a legend, boxes with label and score, curves.
 
 Everything draws with PIL into RGB ``uint8`` arrays (no display needed); :func:`plot_curves` uses matplotlib's
-Agg backend.
+Agg backend and reads a run's ``log.csv`` / ``eval.csv`` with :func:`read_csv` (the engine's logger writes them).
 """
 
 from __future__ import annotations
 
 import colorsys
+import csv
 import math
 import os
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["palette", "overlay_mask", "draw_boxes", "plot_curves", "save_image", "denormalize", "side_by_side"]
+__all__ = ["palette", "overlay_mask", "draw_boxes", "plot_curves", "read_csv", "save_image", "side_by_side"]
 
 
 def palette(n: int, background: bool = True) -> np.ndarray:
@@ -37,19 +38,6 @@ def _font(size: int = 11):
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1
         return ImageFont.load_default()
-
-
-def denormalize(image, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> np.ndarray:
-    """``float [3, H, W]`` tensor/array (normalised with mean/std, or in [0, 1]) -> ``uint8 [H, W, 3]``."""
-    arr = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
-    arr = arr.astype(np.float32)
-    if arr.ndim == 3 and arr.shape[0] in (1, 3):
-        arr = arr.transpose(1, 2, 0)
-    if mean is not None and std is not None:
-        arr = arr * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
-    if arr.shape[-1] == 1:
-        arr = np.repeat(arr, 3, axis=-1)
-    return (arr.clip(0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 def overlay_mask(image: np.ndarray, mask: np.ndarray, class_names: Sequence[str], alpha: float = 0.5,
@@ -185,18 +173,35 @@ def save_image(image: np.ndarray, path: str | os.PathLike) -> Path:
     return path
 
 
+def read_csv(path: str | Path) -> list[dict[str, float]]:
+    """Rows of a log CSV as dicts of floats (empty cells and text become NaN)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = []
+    for row in rows:
+        parsed = {}
+        for k, v in row.items():
+            try:
+                parsed[k] = float(v)
+            except (TypeError, ValueError):
+                parsed[k] = math.nan
+        out.append(parsed)
+    return out
+
+
 def plot_curves(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Loss terms (``log.csv``) and evaluation metrics (``eval.csv``) of a run as one PNG.
 
     Returns:
         The PNG's path (default ``run_dir/curves.png``).
     """
-    import matplotlib
+    import matplotlib  # deferred: heavy, and only curves need it
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-
-    from resdense.engine.logger import read_csv
 
     run_dir = Path(run_dir)
     out = Path(out) if out else run_dir / "curves.png"

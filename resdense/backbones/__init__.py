@@ -6,8 +6,8 @@
 [('c3', 512, 8), ('c4', 1024, 16), ('c5', 2048, 32)]
 """
 
-from ._contract import FeatureExtractor, FeatureInfo
 from .blocks import BasicBlock, Bottleneck
+from .contract import FeatureExtractor, FeatureInfo
 from .export import export_onnx
 from .factory import ARCHS, BACKBONES, create_backbone, create_classifier, list_backbones, register_backbone
 from .inference import fold_batchnorm, optimize_for_inference

@@ -19,12 +19,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+from resdense import _torch_private as tp
 from resdense.errors import ConfigError
 from resdense.hardware import native_bf16, warn_emulated_bf16
 
 from .blocks import BasicBlock, Bottleneck
 from .norm import BATCH_NORMS
-from .resnet import ResNet
 
 __all__ = ["fold_batchnorm", "fuse_blocks", "optimize_for_inference", "FusedConv2d", "InferenceBackbone"]
 
@@ -70,11 +70,11 @@ def _probe(dtype: torch.dtype, op: str) -> bool:
                       + (0 if op == "unary" else res.float()))
         args = fused._op_args(x)
         if op == "unary":
-            got = torch.ops.mkldnn._convolution_pointwise(x, *args, "relu", [], "")
+            got = tp.onednn_conv_pointwise(x, *args, "relu")
         elif op == "binary":
-            got = torch.ops.mkldnn._convolution_pointwise.binary(x, res, *args, "add", 1.0, "relu", [], "")
+            got = tp.onednn_conv_pointwise_binary(x, res, *args, "relu")
         else:
-            got = torch.ops.mkldnn._convolution_pointwise_.binary(res, x, *args, "add", 1.0, "relu", [], "")
+            got = tp.onednn_conv_pointwise_binary_(res, x, *args, "relu")
     tol = 1e-5 if dtype == torch.float32 else 3e-2
     return bool(got.dtype == dtype and torch.allclose(got.float(), want, atol=tol, rtol=tol))
 
@@ -171,10 +171,10 @@ class FusedConv2d(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
 
     def _packed_weight(self, x: Tensor) -> Tensor:
-        key = (tuple(x.shape), self.weight._version, self.weight.data_ptr())
+        key = (tuple(x.shape), tp.tensor_version(self.weight), self.weight.data_ptr())
         entry = self._packed.entry
         if entry is None or entry[0] != key:
-            entry = key, torch.ops.mkldnn._reorder_convolution_weight(
+            entry = key, tp.onednn_reorder_conv_weight(
                 self.weight, self.padding, self.stride, self.dilation, self.groups, list(x.shape))
             self._packed.entry = entry
         return entry[1]
@@ -186,16 +186,16 @@ class FusedConv2d(nn.Module):
     def _onednn(self, x: Tensor, residual: Tensor | None, overwrite_residual: bool = False) -> Tensor:
         args = self._op_args(x)
         if residual is None:
-            return torch.ops.mkldnn._convolution_pointwise(x, *args, "relu" if self.relu else "none", [], "")
+            return tp.onednn_conv_pointwise(x, *args, "relu" if self.relu else "none")
         unary = "relu" if self.relu else None
         ops = _onednn_ops(x.dtype)
         if "binary_" in ops and (overwrite_residual or "binary" not in ops):
             if not (overwrite_residual and residual.is_contiguous(memory_format=torch.channels_last)
-                    and not residual._is_view()):
+                    and not tp.is_view(residual)):
                 residual = residual.clone(memory_format=torch.channels_last)  # never write into the caller's
             # the sum lands in residual's buffer: one output allocation fewer
-            return torch.ops.mkldnn._convolution_pointwise_.binary(residual, x, *args, "add", 1.0, unary, [], "")
-        return torch.ops.mkldnn._convolution_pointwise.binary(x, residual, *args, "add", 1.0, unary, [], "")
+            return tp.onednn_conv_pointwise_binary_(residual, x, *args, unary)
+        return tp.onednn_conv_pointwise_binary(x, residual, *args, unary)
 
     def _use_onednn(self, x: Tensor, residual: Tensor | None) -> bool:
         # Tracers (ONNX / TorchScript export, dynamo) get the portable ops, which every exporter knows.
@@ -273,7 +273,8 @@ def _fuse_block(block: nn.Module, owns_input: bool) -> nn.Module:
 
 def fuse_blocks(model: nn.Module) -> nn.Module:
     """Replace, in place, each folded residual block by a ``FusedBlock`` and a ResNet's folded stem conv + ReLU by one
-    ``FusedConv2d``. Call after :func:`fold_batchnorm`; blocks whose norms were not folded are left as they are.
+    ``FusedConv2d`` (the stem a model names in ``fusable_stem``, as :class:`~resdense.backbones.ResNet` does). Call
+    after :func:`fold_batchnorm`; blocks whose norms were not folded are left as they are.
     A block that follows another fused block in a plain ``nn.Sequential`` reuses its input's buffer for its output (see
     :class:`FusedBlock`)."""
     for parent in list(model.modules()):
@@ -286,9 +287,12 @@ def fuse_blocks(model: nn.Module) -> nn.Module:
                 child = _fuse_block(child, owns_input)
                 setattr(parent, name, child)
             previous = child
-    if isinstance(model, ResNet) and _folded(model.bn1) and isinstance(model.relu, nn.ReLU):
-        model.conv1 = FusedConv2d(model.conv1, relu=True)
-        model.relu = nn.Identity()
+    stem = getattr(model, "fusable_stem", None)  # declared by ResNet: ("conv1", "bn1", "relu")
+    if stem is not None:
+        conv, norm, act = stem
+        if _folded(getattr(model, norm)) and isinstance(getattr(model, act), nn.ReLU):
+            setattr(model, conv, FusedConv2d(getattr(model, conv), relu=True))
+            setattr(model, act, nn.Identity())
     return model
 
 
@@ -327,7 +331,7 @@ class InferenceBackbone(nn.Module):
                 return self.backbone(x)
             # Inductor reads `freezing` when it compiles (first call, new shapes); torch.compile(options=...) does not
             # reach that switch, so it is set around each call (~20 us).
-            with torch._inductor.config.patch(freezing=True):
+            with tp.inductor_freezing():
                 return self.compiled(x)
 
 

@@ -8,6 +8,7 @@ from functools import partial
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
+from resdense._torch_private import BatchNormBase
 from resdense.errors import ConfigError
 
 __all__ = ["NORM_LAYERS", "get_norm_layer", "BATCH_NORMS"]
@@ -28,7 +29,7 @@ NORM_LAYERS: dict[str, NormFactory] = {
 }
 
 # Layers with running statistics: these follow train()/eval() and are folded into convolutions for inference.
-BATCH_NORMS = (nn.modules.batchnorm._BatchNorm, FrozenBatchNorm2d)
+BATCH_NORMS = (BatchNormBase, FrozenBatchNorm2d)
 
 
 def get_norm_layer(norm: str | NormFactory) -> NormFactory:

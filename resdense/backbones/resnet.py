@@ -13,10 +13,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from resdense._torch_private import BatchNormBase
 from resdense.errors import ConfigError
 
-from ._contract import FeatureExtractor, FeatureInfo, select_features
 from .blocks import BasicBlock, Bottleneck
+from .contract import FeatureExtractor, FeatureInfo, select_features
+from .inference import optimize_for_inference
 from .norm import BATCH_NORMS, get_norm_layer
 
 __all__ = ["ResNet", "ResNetClassifier", "STAGE_NAMES", "DEFAULT_OUT_FEATURES", "VALID_OUTPUT_STRIDES"]
@@ -44,6 +46,10 @@ class ResNet(FeatureExtractor):
         zero_init_residual: zero the last norm's weight in each block (Goyal et al. 2017), as torchvision offers.
         name: architecture name, used in messages.
     """
+
+    # The stem's convolution, norm and activation, each applied once as relu(bn1(conv1(x))): optimize_for_inference
+    # fuses them into one convolution once the norm is folded (resdense.backbones.inference.fuse_blocks).
+    fusable_stem = ("conv1", "bn1", "relu")
 
     def __init__(
         self,
@@ -129,7 +135,7 @@ class ResNet(FeatureExtractor):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
+            elif isinstance(m, (BatchNormBase, nn.GroupNorm)):
                 nn.init.constant_(m.weight, 1)
                 nn.init.constant_(m.bias, 0)
         if zero_init_residual:
@@ -207,8 +213,6 @@ class ResNet(FeatureExtractor):
     def optimize_for_inference(self, **kwargs) -> nn.Module:
         """An eval-only, no-autograd copy for fast inference (BN folded, fused convolutions, channels-last, optional
         ``compile`` / ``dtype``); the keyword arguments and details are :func:`resdense.backbones.optimize_for_inference`'s."""
-        from .inference import optimize_for_inference
-
         return optimize_for_inference(self, **kwargs)
 
     def extra_repr(self) -> str:

@@ -17,6 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # deferred: the library loads torch (seconds); `resdense --help` should not wait for it
     from resdense.api import classify
 
     for rank, (name, prob) in enumerate(classify(args.image, checkpoint=args.checkpoint, arch=args.arch,

@@ -15,6 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # deferred: the library loads torch (seconds); `resdense --help` should not wait for it
     from resdense.demo import run_demo
 
     result = run_demo(args.out, only=args.only, overrides=args.overrides)

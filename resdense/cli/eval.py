@@ -17,6 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # deferred: the library loads torch (seconds); `resdense --help` should not wait for it
     from resdense.engine import run_evaluation
 
     metrics = run_evaluation(args.config, args.checkpoint, args.overrides)

@@ -12,6 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # deferred: the library loads torch (seconds); `resdense --help` should not wait for it
     from resdense.api import available
 
     for section, items in available().items():

@@ -18,6 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # deferred: the library loads torch (seconds); `resdense --help` should not wait for it
     from resdense.engine import run_prediction
 
     paths = run_prediction(args.config, args.checkpoint, args.images, args.out,

@@ -15,6 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # deferred: the library loads torch (seconds); `resdense --help` should not wait for it
     from resdense.backbones import create_backbone, create_classifier, format_summary
     from resdense.backbones.summary import parse_input_size
 

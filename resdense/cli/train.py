@@ -18,6 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # deferred: the library loads torch (seconds); `resdense --help` should not wait for it
     from resdense.engine import run_training
 
     result = run_training(args.config, args.overrides, output_dir=args.out, resume=args.resume)

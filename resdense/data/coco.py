@@ -21,7 +21,7 @@ from ._rle import decode_segms, pack_segms
 from ._split_names import SplitArg, name_keys, select_split
 from .transforms import DetectionTransform, as_detection_transform
 
-__all__ = ["CocoDetection", "build_coco"]
+__all__ = ["CocoDetection", "CocoSource", "build_coco"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def _subset(dataset: dict, image_ids: set[int]) -> dict:
             "annotations": [a for a in dataset["annotations"] if a["image_id"] in image_ids]}
 
 
-class _CocoSource(SkipBadImages, Dataset):
+class CocoSource(SkipBadImages, Dataset):
     """Parsing, validation, the empty-image policy and the lazily built ``coco`` shared by the COCO datasets."""
 
     def _setup(self, images_dir, parsed: ParsedCoco, *, empty: str, bad_images: str,
@@ -116,7 +116,7 @@ class _CocoSource(SkipBadImages, Dataset):
         return img
 
 
-class CocoDetection(_CocoSource):
+class CocoDetection(CocoSource):
     """COCO instances file -> ``(image, target)`` pairs for torchvision detectors.
 
     Args:

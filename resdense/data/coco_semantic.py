@@ -13,13 +13,13 @@ from ._coco_parse import load_json, parse_coco
 from ._io import to_image_tensor
 from ._rle import decode_segms
 from ._split_names import SplitArg
-from .coco import _CocoSource
+from .coco import CocoSource
 from .transforms import as_segmentation_transform
 
 __all__ = ["CocoSemantic"]
 
 
-class CocoSemantic(_CocoSource):
+class CocoSemantic(CocoSource):
     """COCO instances file -> ``(image, mask)`` pairs.
 
     Class 0 is background and COCO category ``k`` (in id order) is class ``k``, so ``num_classes = K + 1`` and

@@ -5,6 +5,7 @@
 >>> result["final"]["mIoU"]                                      # doctest: +SKIP
 """
 
+from .build import check_config, config_from_dict, load_config
 from .checkpoint import atomic_save, evaluated_weights, load_checkpoint, rng_state, set_rng_state
 from .logger import RunLogger, read_csv
 from .runner import Run, build_run, load_model, run_evaluation, run_prediction, run_training
@@ -29,8 +30,11 @@ __all__ = [
     "build_optimizer",
     "build_run",
     "build_scheduler",
+    "check_config",
+    "config_from_dict",
     "evaluated_weights",
     "load_checkpoint",
+    "load_config",
     "load_model",
     "lr_factor",
     "read_csv",

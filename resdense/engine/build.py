@@ -12,6 +12,10 @@ feeds, checked against that constructor's signature (unknown keys and wrong type
 ``classifier``                                :class:`resdense.heads.Classifier`
 ============================================  =========================================================
 
+This is also where a recipe is checked as a whole: :func:`load_config` / :func:`config_from_dict` are
+:mod:`resdense.config`'s (sections, task, ``train``, ``eval``) plus :func:`check_config` (``model`` and ``data``
+against the constructors below); the CLI, the runners and ``resdense.load_config`` go through them.
+
 ``data.dataset`` picks the dataset class (``mask``, ``coco_semantic``, ``coco``, ``voc``, ``imagefolder``, or
 ``shapes``: :func:`resdense.data.make_shapes` writes the synthetic set first). ``data.train`` / ``data.val`` are
 that class's keyword arguments; ``data.train_transforms`` / ``data.val_transforms`` those of the task's preset
@@ -27,21 +31,54 @@ scores then measure memorised images.
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import segmentation_models_pytorch as smp
 from torch import nn
 from torch.utils.data import Dataset
+from torchvision import transforms as T
+from torchvision.models import detection as tvd
 
+from resdense import config as recipe
+from resdense.config import (
+    DETECTOR_ARCHS,
+    MODEL_ARCHS,
+    Config,
+    check_type,
+    task_of,
+    unknown_key_error,
+    wrong_type_error,
+)
+from resdense.data import (
+    SHAPES_CLASSES,
+    CocoDetection,
+    CocoSemantic,
+    ImageFolder,
+    MaskDataset,
+    ShapesDataset,
+    ShapesSplit,
+    VocDetection,
+    detection_transforms,
+    make_shapes,
+    segmentation_transforms,
+)
 from resdense.errors import ConfigError
+from resdense.heads import Classifier, UNet, build_detector, smp_architectures, smp_model
+
+from .tasks import ClassificationTask, DetectionTask, SegmentationTask
 
 __all__ = [
     "MODEL_ARCHS",
     "DATASETS",
     "task_of",
+    "load_config",
+    "config_from_dict",
+    "check_config",
     "build_model",
     "build_dataset",
     "build_datasets",
@@ -53,40 +90,48 @@ __all__ = [
     "fill_num_classes",
 ]
 
-DETECTOR_KINDS = ("faster_rcnn", "mask_rcnn", "retinanet", "fcos")
-MODEL_ARCHS = {"unet": "segmentation", "smp.<Arch>": "segmentation", "classifier": "classification",
-               **{k: "detection" for k in DETECTOR_KINDS}}
+DETECTOR_KINDS = DETECTOR_ARCHS  # = resdense.heads.KINDS (tests/engine/test_config.py)
 DATASETS = {"mask": "segmentation", "coco_semantic": "segmentation", "coco": "detection", "voc": "detection",
             "imagefolder": "classification", "shapes": "segmentation|detection"}
 _DATA_KEYS = ("dataset", "train", "val", "shapes", "train_transforms", "val_transforms", "allow_overlap")
 
 
-def task_of(arch: str, source: str = "<dict>") -> str:
-    if isinstance(arch, str) and arch.startswith("smp."):
-        return "segmentation"
-    if arch not in MODEL_ARCHS:
-        raise ConfigError(f"{source}: model.arch = {arch!r} is not one of {', '.join(MODEL_ARCHS)}")
-    return MODEL_ARCHS[arch]
+# ---- whole recipes -----------------------------------------------------------------------------------------------
+def check_config(config: Config) -> Config:
+    """Check a recipe's ``model`` and ``data`` keys against the constructors they feed (unknown keys and wrong types
+    are one-line :class:`ConfigError` naming ``config.source`` and the key); returns ``config``."""
+    check_model_section(config.model, config.source)
+    check_data_section(config.data, config.task, config.source)
+    return config
+
+
+def config_from_dict(raw: Mapping[str, Any], source: str = "<dict>") -> Config:
+    """:func:`resdense.config.config_from_dict` and :func:`check_config`: every section validated."""
+    return check_config(recipe.config_from_dict(raw, source))
+
+
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
+    """Read and validate a recipe, every section: a path or a shipped recipe's name, and ``--set`` style
+    ``overrides`` (see :func:`resdense.config.load_config`), with ``model`` / ``data`` checked by :func:`check_config`.
+
+    Raises:
+        ConfigError: missing file, bad YAML, unknown key (naming file and key), wrong type or value.
+    """
+    return check_config(recipe.load_config(path, overrides))
 
 
 # ---- signatures --------------------------------------------------------------------------------------------------
 def _model_targets(arch: str) -> list[Callable]:
-    from resdense import heads
-
     if arch == "unet":
-        return [heads.UNet]
+        return [UNet]
     if arch.startswith("smp."):
-        import segmentation_models_pytorch as smp
-
-        names = {n.lower(): n for n in heads.smp_architectures()}
+        names = {n.lower(): n for n in smp_architectures()}
         name = names.get(arch[4:].lower())
-        return [heads.smp_model] + ([getattr(smp, name)] if name else [])
+        return [smp_model] + ([getattr(smp, name)] if name else [])
     if arch == "classifier":
-        return [heads.Classifier]
-    from torchvision.models import detection as tvd
-
+        return [Classifier]
     cls = {"faster_rcnn": tvd.FasterRCNN, "mask_rcnn": tvd.MaskRCNN, "retinanet": tvd.RetinaNet, "fcos": tvd.FCOS}[arch]
-    return [heads.build_detector, cls]
+    return [build_detector, cls]
 
 
 def _params(targets: list[Callable]) -> dict[str, Any]:
@@ -106,21 +151,17 @@ def _params(targets: list[Callable]) -> dict[str, Any]:
 
 
 def _check_kwargs(kwargs: Mapping[str, Any], params: Mapping[str, Any], section: str, source: str) -> None:
-    from resdense.config import _unknown, _wrong_type, check_type
-
     for key, value in kwargs.items():
         if key not in params:
-            raise _unknown(source, f"{section}.{key}", list(params))
+            raise unknown_key_error(source, f"{section}.{key}", list(params))
         if not check_type(value, params[key]):
-            raise _wrong_type(source, f"{section}.{key}", value, params[key])
+            raise wrong_type_error(source, f"{section}.{key}", value, params[key])
 
 
 def check_model_section(model: Mapping[str, Any], source: str) -> None:
     arch = model["arch"]
     task_of(arch, source)
     if arch.startswith("smp."):
-        from resdense.heads import smp_architectures
-
         if arch[4:].lower() not in {n.lower() for n in smp_architectures()}:
             raise ConfigError(f"{source}: model.arch = {arch!r}: smp has no {arch[4:]!r}; "
                               f"choose from {', '.join('smp.' + n for n in smp_architectures())}")
@@ -131,25 +172,19 @@ def check_model_section(model: Mapping[str, Any], source: str) -> None:
 
 
 def _dataset_class(name: str):
-    from resdense import data
-
-    return {"mask": data.MaskDataset, "coco_semantic": data.CocoSemantic, "coco": data.CocoDetection,
-            "voc": data.VocDetection, "imagefolder": data.ImageFolder}[name]
+    return {"mask": MaskDataset, "coco_semantic": CocoSemantic, "coco": CocoDetection, "voc": VocDetection,
+            "imagefolder": ImageFolder}[name]
 
 
 def _transforms_fn(task: str) -> Callable:
-    from resdense import data
-
-    return {"segmentation": data.segmentation_transforms, "detection": data.detection_transforms,
+    return {"segmentation": segmentation_transforms, "detection": detection_transforms,
             "classification": classification_transforms}[task]
 
 
 def check_data_section(section: Mapping[str, Any], task: str, source: str) -> None:
     for key in section:
         if key not in _DATA_KEYS:
-            from resdense.config import _unknown
-
-            raise _unknown(source, f"data.{key}", _DATA_KEYS)
+            raise unknown_key_error(source, f"data.{key}", _DATA_KEYS)
     name = section.get("dataset")
     if name is None:
         raise ConfigError(f"{source}: data.dataset is missing; one of {', '.join(DATASETS)}")
@@ -162,8 +197,6 @@ def check_data_section(section: Mapping[str, Any], task: str, source: str) -> No
 
         raise _wrong_type(source, "data.allow_overlap", section["allow_overlap"], bool)
     if name == "shapes":
-        from resdense.data import make_shapes
-
         if not isinstance(section.get("shapes"), Mapping):
             raise ConfigError(f"{source}: data.shapes (make_shapes arguments: root, n_train, n_val, size, seed) "
                               "is missing")
@@ -199,8 +232,6 @@ def classification_transforms(train: bool = True, size: int = 224, *, resize: in
                               std: tuple[float, float, float] = (0.229, 0.224, 0.225)) -> Callable:
     """torchvision's ImageNet recipe on PIL images: training ``RandomResizedCrop(size, scale)`` + flip; evaluation
     ``Resize(resize)`` + ``CenterCrop(size)``; then ``[3, size, size]`` float tensors normalised with mean/std."""
-    from torchvision import transforms as T
-
     ops = ([T.RandomResizedCrop(size, scale=tuple(scale)), T.RandomHorizontalFlip(hflip)] if train
            else [T.Resize(resize), T.CenterCrop(size)])
     return T.Compose([*ops, T.ToTensor(), T.Normalize(mean, std)])
@@ -216,10 +247,6 @@ def _transforms(section: Mapping[str, Any], task: str, split: str):
 def _shapes(kwargs: Mapping[str, Any]):
     """``make_shapes(**kwargs)``, skipped when ``root`` already holds the set made with the same arguments (a
     marker file records them), so train and val, and later ``eval`` / ``predict`` runs, reuse one generation."""
-    import json
-
-    from resdense.data import ShapesDataset, ShapesSplit, make_shapes
-
     root = Path(kwargs["root"])
     marker = root / ".resdense_shapes.json"
     key = json.dumps({k: v for k, v in sorted(kwargs.items()) if k != "root"})
@@ -244,8 +271,6 @@ def build_dataset(section: Mapping[str, Any], task: str, split: str) -> Dataset:
     kwargs = dict(section.get(split) or {})
     transforms = _transforms(section, task, split)
     if name == "shapes":
-        from resdense.data import SHAPES_CLASSES, CocoDetection, MaskDataset
-
         part = _shapes(section["shapes"]).split(split)
         if task == "segmentation":
             return MaskDataset(part.images, part.masks, classes=["background", *SHAPES_CLASSES],
@@ -314,26 +339,22 @@ def fill_num_classes(model: dict[str, Any], task: str, class_names: list[str]) -
 # ---- models ------------------------------------------------------------------------------------------------------
 def build_model(model: Mapping[str, Any], source: str = "<dict>") -> nn.Module:
     """Build the ``model`` section (see the module docstring); a refused value names ``source`` and the section."""
-    from resdense import heads
-
     kwargs = dict(model)
     arch = kwargs.pop("arch")
     try:
         if arch == "unet":
-            return heads.UNet(**kwargs)
+            return UNet(**kwargs)
         if arch.startswith("smp."):
-            return heads.smp_model(arch[4:], **kwargs)
+            return smp_model(arch[4:], **kwargs)
         if arch == "classifier":
-            return heads.Classifier(**kwargs)
-        return heads.build_detector(arch, **kwargs)
+            return Classifier(**kwargs)
+        return build_detector(arch, **kwargs)
     except ConfigError as err:
         raise ConfigError(f"{source}: model: {err}") from None
 
 
 def build_task(task: str, class_names: list[str], config) -> Any:
     """The task adapter for ``task`` (see :mod:`resdense.engine.tasks`)."""
-    from .tasks import ClassificationTask, DetectionTask, SegmentationTask
-
     if task == "segmentation":
         ignore = config.data.get("train", {}).get("ignore_index", 255) if isinstance(config.data.get("train"), Mapping) else 255
         num = config.model.get("classes" if config.model["arch"].startswith("smp.") else "num_classes")
@@ -347,8 +368,3 @@ def build_task(task: str, class_names: list[str], config) -> Any:
         iou = ("bbox", "segm") if config.model["arch"] == "mask_rcnn" else ("bbox",)
         return DetectionTask(class_names, iou_types=iou, backend=config.eval.backend)
     return ClassificationTask(class_names)
-
-
-def resolve_path(path: str | Path, base: Path | None = None) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() or base is None else base / p

@@ -8,33 +8,16 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
 
+# The reader of the files written here lives one floor down, where plot_curves needs it; re-exported.
+from resdense.visualize import read_csv
+
 __all__ = ["RunLogger", "read_csv"]
 
 log = logging.getLogger(__name__)
-
-
-def read_csv(path: str | Path) -> list[dict[str, float]]:
-    """Rows of a log CSV as dicts of floats (empty cells and text become NaN)."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    out = []
-    for row in rows:
-        parsed = {}
-        for k, v in row.items():
-            try:
-                parsed[k] = float(v)
-            except (TypeError, ValueError):
-                parsed[k] = math.nan
-        out.append(parsed)
-    return out
 
 
 class _CsvFile:

@@ -16,13 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 from torch import nn
 from torch.utils.data import Dataset
 
-from resdense.config import Config, config_from_dict, load_config, save_config
+from resdense.config import Config, save_config
+from resdense.data import read_image, segmentation_transforms, to_image_tensor
 from resdense.errors import ConfigError, WeightsError
+from resdense.visualize import draw_boxes, overlay_mask, save_image, side_by_side
 
 from .build import (
     DETECTOR_KINDS,
@@ -30,8 +34,12 @@ from .build import (
     build_datasets,
     build_model,
     build_task,
+    check_config,
+    classification_transforms,
+    config_from_dict,
     dataset_classes,
     fill_num_classes,
+    load_config,
 )
 from .checkpoint import evaluated_weights, load_checkpoint
 from .tasks.base import Task
@@ -55,10 +63,12 @@ class Run:
 
 
 def as_config(config: Config | str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
+    """A checked :class:`Config` from a recipe path / name, or the given one (checked too: one made with
+    :mod:`resdense.config` alone has not had its ``model`` / ``data`` keys checked)."""
     if isinstance(config, Config):
         if overrides:
             raise ConfigError("overrides apply to a recipe file; edit the Config object instead")
-        return config
+        return check_config(config)
     return load_config(config, overrides)
 
 
@@ -197,9 +207,6 @@ def run_prediction(config: Config | str | os.PathLike | None, checkpoint: str | 
     ``"label score"`` captions (``score_threshold``, default ``eval.score_threshold``). Classification: the top-5
     classes written on the image.
     """
-    from resdense.data import read_image
-    from resdense.visualize import draw_boxes, overlay_mask, save_image
-
     cfg = as_config(config, overrides) if config is not None else None
     model, run = load_model(checkpoint, cfg)
     cfg = run.config
@@ -214,8 +221,6 @@ def run_prediction(config: Config | str | os.PathLike | None, checkpoint: str | 
             pred = _predict_mask(model, run, img, device)
             picture = overlay_mask(img, pred, run.class_names or [str(i) for i in range(int(pred.max()) + 1)])
         elif cfg.task == "detection":
-            from resdense.data import to_image_tensor
-
             with torch.no_grad():
                 out = run.task.predict(model, [to_image_tensor(img).to(device)])[0]
             picture = draw_boxes(img, out["boxes"], out["labels"], out["scores"], run.class_names,
@@ -227,10 +232,6 @@ def run_prediction(config: Config | str | os.PathLike | None, checkpoint: str | 
 
 
 def _predict_mask(model: nn.Module, run: Run, img: np.ndarray, device) -> np.ndarray:
-    import cv2
-
-    from resdense.data import segmentation_transforms
-
     kwargs = dict(run.config.data.get("val_transforms") or {})
     kwargs["pad_divisor"] = 1  # the task pads to the model's divisor itself and crops back
     tf = segmentation_transforms(train=False, **{k: v for k, v in kwargs.items() if k != "train"})
@@ -243,12 +244,6 @@ def _predict_mask(model: nn.Module, run: Run, img: np.ndarray, device) -> np.nda
 
 
 def _classification_picture(model, run: Run, path, device) -> np.ndarray:
-    from PIL import Image
-
-    from resdense.visualize import side_by_side
-
-    from .build import classification_transforms
-
     kwargs = dict(run.config.data.get("val_transforms") or {})
     tf = classification_transforms(train=False, **kwargs)
     with Image.open(path) as im:
@@ -259,8 +254,6 @@ def _classification_picture(model, run: Run, path, device) -> np.ndarray:
     top = probs.topk(min(5, len(probs)))
     lines = [f"{run.class_names[i] if i < len(run.class_names) else i}: {p:.3f}"
              for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
-    from PIL import ImageDraw
-
     panel = Image.new("RGB", (220, thumb.shape[0]), (255, 255, 255))
     draw = ImageDraw.Draw(panel)
     for i, line in enumerate(lines):

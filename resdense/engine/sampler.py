@@ -8,10 +8,14 @@ sample. Nothing depends on which worker loads a sample or on what ran before it.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, get_worker_info
+
+from resdense.data import seed_transforms
 
 __all__ = ["ResumableSampler", "SeededDataset", "sample_seed"]
 
@@ -72,14 +76,8 @@ class SeededDataset(Dataset):
     def __getitem__(self, key):
         if isinstance(key, tuple):
             index, seed = key
-            from resdense.data import seed_transforms
-
             seed_transforms(self.dataset, seed)
             if get_worker_info() is not None:  # the main process's global states belong to the training run
-                import random
-
-                import numpy as np
-
                 random.seed(seed)
                 np.random.seed(seed)
         else:

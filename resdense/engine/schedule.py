@@ -7,12 +7,13 @@ import math
 import torch
 from torch import nn
 
+from resdense._torch_private import NormBase
 from resdense.config import TrainConfig
 from resdense.errors import ConfigError
 
 __all__ = ["BackboneFreeze", "build_optimizer", "build_scheduler", "lr_factor", "param_groups"]
 
-_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+_NORMS = (NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
 def param_groups(model: nn.Module, weight_decay: float, norm_weight_decay: float) -> list[dict]:

@@ -244,7 +244,7 @@ class Trainer:
     def _progress(self):
         from tqdm.auto import tqdm
 
-        enabled = self.cfg.progress and sys.stderr.isatty() and "PYTEST_CURRENT_TEST" not in os.environ
+        enabled = self.cfg.progress and sys.stderr.isatty()
         return tqdm(total=self.total_iters, initial=self.iteration, disable=not enabled, dynamic_ncols=True,
                     desc=self.config.get("name", "train"), unit="it")
 

@@ -42,14 +42,14 @@ from resdense.errors import ConfigError, EvaluationError
 from ._coco_engines import per_class_ap, run_engine, summarize
 from ._coco_inputs import load_ground_truth, load_results
 
-__all__ = ["COCO_STAT_KEYS", "coco_map"]
+__all__ = ["COCO_STAT_KEYS", "BACKENDS", "check_max_dets", "coco_map"]
 
 logger = logging.getLogger(__name__)
 
 #: The 12 statistics of pycocotools' ``summarize()``, in its order, for the default ``max_dets``.
 COCO_STAT_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
-_BACKENDS = ("faster", "pycocotools")
+BACKENDS = ("faster", "pycocotools")  # faster-coco-eval, or the reference implementation
 _IOU_TYPES = ("bbox", "segm")
 
 
@@ -121,9 +121,9 @@ def _coco_map(
 ) -> dict[str, float]:
     if iou_type not in _IOU_TYPES:
         raise ConfigError(f"coco_map: iou_type must be one of {_IOU_TYPES}, got {iou_type!r}")
-    if backend not in _BACKENDS:
-        raise ConfigError(f"coco_map: backend must be one of {_BACKENDS}, got {backend!r}")
-    max_dets = _check_max_dets(max_dets)
+    if backend not in BACKENDS:
+        raise ConfigError(f"coco_map: backend must be one of {BACKENDS}, got {backend!r}")
+    max_dets = check_max_dets(max_dets)
     dataset = load_ground_truth(gt, iou_type, renumber_ann_ids=renumber_ann_ids)
     dets = load_results(results, dataset, iou_type)
     if img_ids is not None:
@@ -154,7 +154,8 @@ def _coco_map(
     return stats
 
 
-def _check_max_dets(max_dets: Sequence[int]) -> list[int]:
+def check_max_dets(max_dets: Sequence[int]) -> list[int]:
+    """``max_dets`` as sorted distinct positive ints (COCO's per-image detection limits), else a ConfigError."""
     try:
         values = [int(m) for m in max_dets]
     except (TypeError, ValueError):

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from resdense.errors import ConfigError, EvaluationError
 
-from .coco import _BACKENDS, _check_max_dets, coco_map
+from .coco import BACKENDS, check_max_dets, coco_map
 
 __all__ = ["DetectionEvaluator"]
 
@@ -62,9 +62,9 @@ class DetectionEvaluator:
         iou_types = tuple(iou_types)
         if not iou_types or len(set(iou_types)) != len(iou_types) or not set(iou_types) <= set(_IOU_TYPES):
             raise ConfigError(f"DetectionEvaluator: iou_types must be distinct values of {_IOU_TYPES}, got {iou_types}")
-        if backend not in _BACKENDS:
-            raise ConfigError(f"DetectionEvaluator: backend must be one of {_BACKENDS}, got {backend!r}")
-        _check_max_dets(max_dets)
+        if backend not in BACKENDS:
+            raise ConfigError(f"DetectionEvaluator: backend must be one of {BACKENDS}, got {backend!r}")
+        check_max_dets(max_dets)
         self.coco_gt = coco_gt
         self.label_to_cat_id = {int(k): v for k, v in label_to_cat_id.items()}
         self.iou_types = iou_types

@@ -6,13 +6,13 @@
 >>> model = smp_model("DeepLabV3Plus", backbone="resnet50", classes=5)             # smp's class
 """
 
-from ._detection_weights import load_detection_weights, map_torchvision_detection_keys
 from ._features import backbone_of
-from ._targets import validate_detection_targets
 from .classifier import Classifier
 from .detection import KINDS, DetectionBackbone, anchor_generator_for, build_detector
+from .detection_weights import load_detection_weights, map_torchvision_detection_keys
 from .fpn import FPN
 from .smp_encoder import SMP_PREFIX, ResdenseEncoder, register_smp_encoders, smp_architectures, smp_model
+from .targets import validate_detection_targets
 from .unet import UNet, map_smp_unet_keys
 
 __all__ = [

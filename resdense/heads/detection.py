@@ -28,10 +28,10 @@ from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from resdense.backbones import FeatureExtractor, ResNet
 from resdense.errors import ConfigError
 
-from ._detection_weights import load_detection_weights
 from ._features import resolve_backbone
-from ._targets import install_target_check
+from .detection_weights import load_detection_weights
 from .fpn import FPN
+from .targets import install_target_check
 
 __all__ = ["KINDS", "DetectionBackbone", "build_detector", "anchor_generator_for"]
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from resdense.config import Config, TrainConfig, check_type, list_configs, load_config
+from resdense.config import Config, TrainConfig, check_type, list_configs
+from resdense.engine import load_config
 from resdense.errors import ConfigError
 
 from .recipes import seg_recipe, write
@@ -120,3 +121,42 @@ def test_detector_anchor_forms_that_build_detector_takes_pass_the_recipe_check()
         load_config("demo_shapes_frcnn_r18_fpn", [anchors])  # validates the model section against build_detector
     with pytest.raises(ConfigError, match=r"model\.aspect_ratios = \[\[1\.0\], 'wide'\] is not a Sequence"):
         load_config("demo_shapes_frcnn_r18_fpn", ["model.aspect_ratios=[[1.0], 'wide']"])
+
+
+def test_config_alone_reads_a_recipe_and_the_engine_checks_model_and_data(tmp_path):
+    # resdense.config imports no model code (tests/test_architecture.py), so the keys of model/data, which are the
+    # constructors' arguments, are checked one floor up: the engine's load_config, which the CLI and the runners use.
+    from resdense import config as pure
+    from resdense.engine import check_config, config_from_dict
+    from resdense.engine.runner import as_config  # what run_training / run_evaluation do with a Config object
+
+    raw = seg_recipe(tmp_path / "shapes", tmp_path / "run")
+    raw["model"]["decoder_chanels"] = 1
+    path = write(raw, tmp_path / "bad.yaml")
+    cfg = pure.load_config(path)
+    assert cfg.model["decoder_chanels"] == 1 and cfg.task == "segmentation"
+    for check in (lambda: check_config(cfg), lambda: as_config(cfg), lambda: config_from_dict(raw, str(path)),
+                  lambda: load_config(path)):
+        with pytest.raises(ConfigError, match=r"bad\.yaml: unknown key 'model\.decoder_chanels'"):
+            check()
+    with pytest.raises(ConfigError, match=r"train\.lr = 'fast' is not a float"):
+        pure.load_config(path, ["train.lr=fast"])
+
+
+def test_recipe_detector_archs_are_build_detectors_kinds():
+    from resdense.config import DETECTOR_ARCHS, MODEL_ARCHS
+    from resdense.heads import KINDS
+
+    assert DETECTOR_ARCHS == KINDS and all(MODEL_ARCHS[k] == "detection" for k in KINDS)
+
+
+def test_recipes_are_found_from_any_folder_and_the_working_directory_comes_first(tmp_path, monkeypatch):
+    from resdense.recipes import find_config, shipped_recipes_dir
+
+    monkeypatch.chdir(tmp_path)  # no configs/ here: names resolve to the shipped recipes (resdense.configs)
+    assert set(SHIPPED) <= {p.stem for p in list_configs()}
+    assert find_config("demo_shapes_unet_r18") == shipped_recipes_dir() / "demo_shapes_unet_r18.yaml"
+    (tmp_path / "configs").mkdir()
+    own = write(seg_recipe(tmp_path / "shapes", tmp_path / "run"), tmp_path / "configs" / "demo_shapes_unet_r18.yaml")
+    assert find_config("demo_shapes_unet_r18").resolve() == own.resolve()
+    assert load_config("demo_shapes_unet_r18").model["decoder_channels"] == [16] * 5

@@ -13,7 +13,7 @@ from pycocotools import mask as mask_utils
 
 from resdense.errors import ConfigError, EvaluationError, ResdenseError
 from resdense.evaluation import COCO_STAT_KEYS, coco_map
-from resdense.evaluation._synthetic import random_coco_problem
+from tests.evaluation.synthetic import random_coco_problem
 
 from ._reference import as_array, reference_eval, reference_stats
 

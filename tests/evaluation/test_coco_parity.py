@@ -1,6 +1,6 @@
 """coco_map equals pycocotools on randomized problems, for both iou types and both backends.
 
-Each problem (see resdense.evaluation._synthetic) has crowd regions, images without annotations, non-contiguous
+Each problem (see tests/evaluation/synthetic.py) has crowd regions, images without annotations, non-contiguous
 category ids (0 possible), small/medium/large objects, polygon and RLE masks, tied scores and images with more
 than 100 detections. 110 seeds x 2 iou types = 220 differential cases, each checked with both backends.
 """
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from resdense.evaluation import coco_map
-from resdense.evaluation._synthetic import random_coco_problem
+from tests.evaluation.synthetic import random_coco_problem
 
 from ._reference import as_array, reference_eval, reference_stats
 

@@ -12,6 +12,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from resdense.evaluation import DetectionEvaluator
+
 from .base import Batch, Task
 
 __all__ = ["DetectionTask"]
@@ -52,8 +54,6 @@ class DetectionTask(Task):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device, autocast=None,
                  **kwargs: Any) -> dict[str, Any]:
-        from resdense.evaluation import DetectionEvaluator
-
         dataset = _base_dataset(loader.dataset)
         evaluator = DetectionEvaluator(dataset.coco, dataset.label_to_cat_id, iou_types=self.iou_types,
                                        backend=self.backend)

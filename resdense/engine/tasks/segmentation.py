@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from resdense.errors import ConfigError
+from resdense.evaluation import SegmentationMetrics
 
 from .base import Batch, Task
 
@@ -83,8 +84,6 @@ class SegmentationTask(Task):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device, autocast=None,
                  **kwargs: Any) -> dict[str, Any]:
-        from resdense.evaluation import SegmentationMetrics
-
         metrics = SegmentationMetrics(self.num_classes, ignore_index=self.ignore_index, class_names=self.class_names)
         total, count = 0.0, 0
         for batch in loader:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from resdense.errors import ConfigError
+
 __all__ = ["FeatureInfo", "FeatureExtractor"]
 
 
@@ -60,18 +62,13 @@ def select_features(available: Sequence[FeatureInfo], wanted: Sequence[str], own
         wanted = (wanted,)
     wanted = tuple(wanted)
     if not wanted:
-        raise _config_error(f"{owner}: out_features is empty; choose from {list(by_name)}")
+        raise ConfigError(f"{owner}: out_features is empty; choose from {list(by_name)}")
     unknown = [n for n in wanted if n not in by_name]
     if unknown:
-        raise _config_error(f"{owner}: unknown out_features {unknown}; choose from {list(by_name)}")
+        raise ConfigError(f"{owner}: unknown out_features {unknown}; choose from {list(by_name)}")
     repeated = sorted({n for n in wanted if wanted.count(n) > 1})
     if repeated:
-        raise _config_error(f"{owner}: out_features lists {repeated} more than once")
+        raise ConfigError(f"{owner}: out_features lists {repeated} more than once")
     order = [f.name for f in available]
     return tuple(by_name[n] for n in sorted(wanted, key=order.index))
 
-
-def _config_error(msg: str) -> Exception:
-    from resdense.errors import ConfigError
-
-    return ConfigError(msg)

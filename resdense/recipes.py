@@ -1,0 +1,84 @@
+"""Where recipes are found, and how a recipe file is read (one-line errors naming the file and the line).
+
+A recipe name such as ``demo_shapes_unet_r18`` is looked up in the working directory's ``configs/`` first, then
+among the recipes shipped with the package: the repository's top-level ``configs/`` folder, installed as the package
+``resdense.configs`` (``pyproject.toml`` maps it there), read through :mod:`importlib.resources`. So ``resdense list``,
+``resdense demo`` and ``resdense train NAME`` work from a wheel, a plain ``pip install`` and an editable install.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.resources
+import os
+from pathlib import Path
+
+import yaml
+
+from resdense.errors import ConfigError
+
+__all__ = ["find_config", "list_configs", "read_yaml", "shipped_recipes_dir"]
+
+
+def shipped_recipes_dir() -> Path | None:
+    """The folder of the recipes installed with the package (``None`` when the package is not on a file system)."""
+    try:
+        root = importlib.resources.files("resdense.configs")
+    except ModuleNotFoundError:
+        # A source checkout put on sys.path without being installed: the same folder, beside the package.
+        root = Path(__file__).resolve().parent.parent / "configs"
+    return root if isinstance(root, Path) and root.is_dir() else None
+
+
+def _config_dirs() -> list[Path]:
+    dirs = [Path.cwd() / "configs", shipped_recipes_dir()]
+    seen, out = set(), []
+    for d in dirs:
+        if d is not None and d.is_dir() and d.resolve() not in seen:
+            seen.add(d.resolve())
+            out.append(d)
+    return out
+
+
+def list_configs() -> list[Path]:
+    """The recipes found by name: ``configs/*.yaml`` of the working directory, then the shipped ones (one per
+    name, the working directory's first)."""
+    found: dict[str, Path] = {}
+    for d in _config_dirs():
+        for p in sorted(d.glob("*.yaml")):
+            found.setdefault(p.name, p)
+    return [found[k] for k in sorted(found)]
+
+
+def find_config(name: str | os.PathLike) -> Path:
+    """A path as given when it exists; else the recipe called ``name`` (with or without ``.yaml``) in the working
+    directory's ``configs/`` or among the shipped recipes."""
+    path = Path(name)
+    if path.exists():
+        return path
+    stem = path.name[:-5] if path.name.endswith(".yaml") else path.name
+    if path.parent == Path("."):
+        for d in _config_dirs():
+            candidate = d / f"{stem}.yaml"
+            if candidate.exists():
+                return candidate
+    known = [p.stem for p in list_configs()]
+    close = difflib.get_close_matches(stem, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else (f"; shipped recipes: {', '.join(known)}" if known else "")
+    raise ConfigError(f"{name}: config file not found{hint}")
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    """A YAML file's content (``{}`` when empty); a missing file or bad YAML is a one-line ConfigError."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{where} not valid YAML ({getattr(err, 'problem', None) or err})") from None
+    return raw if raw is not None else {}
