@@ -94,3 +94,14 @@ def inductor_freezing() -> contextlib.AbstractContextManager:
     """Inductor's ``freezing`` switch, on for the duration: weights become constants of the compiled graph.
     ``torch.compile(options=...)`` does not reach it, and inductor reads it when it compiles (first call, new shapes)."""
     return torch._inductor.config.patch(freezing=True)
+
+
+# ---- multi-tensor ops (resdense.engine.ema) ----------------------------------------------------------------------
+def foreach_lerp_(tensors: list[Tensor], ends: list[Tensor], weight: float) -> None:
+    """``t += weight * (end - t)`` for every pair, in one multi-tensor kernel (``torch._foreach_lerp_``)."""
+    torch._foreach_lerp_(tensors, ends, weight)
+
+
+def foreach_copy_(tensors: list[Tensor], sources: list[Tensor]) -> None:
+    """``t.copy_(src)`` for every pair (``torch._foreach_copy_``)."""
+    torch._foreach_copy_(tensors, sources)

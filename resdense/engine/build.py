@@ -193,9 +193,7 @@ def check_data_section(section: Mapping[str, Any], task: str, source: str) -> No
     if task not in DATASETS[name]:
         raise ConfigError(f"{source}: data.dataset = {name!r} serves {DATASETS[name]}, not {task}")
     if not isinstance(section.get("allow_overlap", False), bool):
-        from resdense.config import _wrong_type
-
-        raise _wrong_type(source, "data.allow_overlap", section["allow_overlap"], bool)
+        raise recipe.wrong_type_error(source, "data.allow_overlap", section["allow_overlap"], bool)
     if name == "shapes":
         if not isinstance(section.get("shapes"), Mapping):
             raise ConfigError(f"{source}: data.shapes (make_shapes arguments: root, n_train, n_val, size, seed) "

@@ -23,6 +23,8 @@ import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
+from resdense._torch_private import foreach_copy_, foreach_lerp_
+
 __all__ = ["EmaUpdate", "create_ema", "ema_decay_at", "ema_state", "load_ema_state"]
 
 
@@ -46,9 +48,9 @@ class EmaUpdate:
     def __call__(self, ema: list[Tensor], current: list[Tensor], n_averaged: Tensor | int) -> None:
         if torch.is_floating_point(ema[0]):
             d = ema_decay_at(int(n_averaged) + 1, self.decay, self.warmup_iters)
-            torch._foreach_lerp_(ema, current, 1.0 - d)
+            foreach_lerp_(ema, current, 1.0 - d)
         else:
-            torch._foreach_copy_(ema, current)
+            foreach_copy_(ema, current)
 
 
 def create_ema(model: nn.Module, decay: float, warmup_iters: int = 0) -> AveragedModel:

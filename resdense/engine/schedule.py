@@ -10,6 +10,7 @@ from torch import nn
 from resdense._torch_private import NormBase
 from resdense.config import TrainConfig
 from resdense.errors import ConfigError
+from resdense.heads import backbone_of
 
 __all__ = ["BackboneFreeze", "build_optimizer", "build_scheduler", "lr_factor", "param_groups"]
 
@@ -95,9 +96,6 @@ class BackboneFreeze:
     """
 
     def __init__(self, model: nn.Module, iters: int) -> None:
-        # resdense.heads imports smp (1.5 s): only runs that freeze need it
-        from resdense.heads import backbone_of
-
         self.model, self.iters = model, iters
         try:
             self.backbone = backbone_of(model)

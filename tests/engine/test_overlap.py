@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from resdense.cli import main
-from resdense.config import load_config
+from resdense.engine import load_config
 from resdense.engine.runner import build_run
 from resdense.errors import ConfigError
 from tests.data.conftest import make_mask_folder

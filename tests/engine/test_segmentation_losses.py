@@ -10,8 +10,7 @@ from segmentation_models_pytorch.losses import DiceLoss, FocalLoss
 from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
-from resdense.config import load_config
-from resdense.engine import SegmentationTask
+from resdense.engine import SegmentationTask, load_config
 from resdense.engine.build import build_task
 from resdense.engine.tasks import Batch
 from resdense.errors import ConfigError

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from resdense.config import load_config
 from resdense.data import make_split
+from resdense.engine import load_config
 from resdense.engine.build import build_datasets
 
 REPO = Path(__file__).resolve().parents[2]
