@@ -6,7 +6,6 @@ arguments and calls them.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import random
@@ -23,9 +22,11 @@ from torch.utils.data import Dataset
 
 from resdense.config import Config, config_from_dict, load_config, save_config
 from resdense.errors import ConfigError, WeightsError
+from resdense.hardware import choose_precision
 
 from .build import DETECTOR_KINDS, build_dataset, build_model, build_task, dataset_classes, fill_num_classes
 from .checkpoint import evaluated_weights, load_checkpoint
+from .evaluate import evaluate
 from .tasks.base import Task
 from .trainer import Trainer, resolve_device
 
@@ -170,11 +171,9 @@ def run_evaluation(config: Config | str | os.PathLike, checkpoint: str | os.Path
         run.class_names = dataset_classes(val, config.task)
         run.task = build_task(config.task, run.class_names, config)
     # The loaded weights are already the evaluated ones (the average of an EMA run): no average to keep here.
-    train = dataclasses.replace(config.train, ema_decay=None, freeze_backbone_iters=0)
-    trainer = Trainer(model, run.task, val, val, train, config.eval, run_dir=config.output_dir,
-                      config=config.to_dict())
-    metrics = trainer.evaluate()
-    return metrics
+    device = resolve_device(config.train.device)
+    return evaluate(model, run.task, val, config.eval, device, dtype=choose_precision(config.train.amp, device).dtype,
+                    num_workers=config.train.num_workers)
 
 
 def run_prediction(config: Config | str | os.PathLike | None, checkpoint: str | os.PathLike,

@@ -21,13 +21,12 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
 from resdense.config import EvalConfig, TrainConfig
 from resdense.errors import ResdenseError
@@ -35,6 +34,7 @@ from resdense.hardware import choose_precision
 
 from .checkpoint import CHECKPOINT_FORMAT, atomic_save, load_checkpoint, rng_state, set_rng_state
 from .ema import create_ema, ema_state, load_ema_state
+from .evaluate import autocast, eval_loader, evaluate
 from .logger import RunLogger
 from .sampler import ResumableSampler, SeededDataset
 from .schedule import BackboneFreeze, build_optimizer, build_scheduler
@@ -127,17 +127,10 @@ class Trainer:
     def val_loader(self) -> DataLoader | None:
         if self.val_set is None:
             return None
-        ds = self.val_set
-        if self.eval_cfg.max_images is not None and self.eval_cfg.max_images < len(ds):
-            ds = Subset(ds, range(self.eval_cfg.max_images))
-        return DataLoader(SeededDataset(ds), batch_size=self.eval_cfg.batch_size, shuffle=False,
-                          num_workers=self.cfg.num_workers, collate_fn=self.task.collate,
-                          generator=torch.Generator())
+        return eval_loader(self.task, self.val_set, self.eval_cfg, self.cfg.num_workers)
 
     def autocast(self):
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return autocast(self.device, self.amp_dtype)
 
     # ---- checkpoints ----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -331,14 +324,8 @@ class Trainer:
 
     def evaluate(self) -> dict[str, Any]:
         """Metrics of :attr:`eval_model` on the validation set (in eval mode; train mode restored after)."""
-        loader = self.val_loader()
-        model = self.eval_model
-        was_training = model.training
-        model.eval()
-        try:
-            return self.task.evaluate(model, loader, self.device, autocast=self.autocast)
-        finally:
-            model.train(was_training)
+        return evaluate(self.eval_model, self.task, self.val_set, self.eval_cfg, self.device, dtype=self.amp_dtype,
+                        num_workers=self.cfg.num_workers)
 
     def _evaluate(self, logger: RunLogger) -> None:
         tic = _now()
