@@ -7,7 +7,7 @@ and exit with code 2. Each also derives from the built-in type a caller would na
 
 from __future__ import annotations
 
-__all__ = ["ResdenseError", "ConfigError", "WeightsError", "DataError", "EvaluationError"]
+__all__ = ["ResdenseError", "ConfigError", "WeightsError", "DataError", "EvaluationError", "CheckpointError"]
 
 
 class ResdenseError(Exception):
@@ -28,3 +28,8 @@ class DataError(ResdenseError, ValueError):
 
 class EvaluationError(ResdenseError, ValueError):
     """Inputs to a metric that cannot be scored correctly (names what was found)."""
+
+
+class CheckpointError(ResdenseError, OSError):
+    """A checkpoint that could not be written (disk full, read-only directory): names the file and the OS error,
+    and says that the previous file is intact."""
