@@ -44,6 +44,7 @@ __all__ = [
     "find_config",
     "list_configs",
     "check_type",
+    "first_difference",
     "TASKS",
 ]
 
@@ -246,6 +247,31 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     return obj
+
+
+# ---- comparing recipes ------------------------------------------------------------------------------------------
+NOT_SET = "<not set>"
+
+
+def first_difference(old: Any, new: Any, key: str) -> tuple[str, Any, Any] | None:
+    """The first place where two plain recipe values differ, as ``(dotted key, old value, new value)`` (a key
+    present on one side only has the value :data:`NOT_SET` on the other); ``None`` when they are equal. Mappings
+    are walked in ``old``'s key order, then ``new``'s extra keys; lists of equal length element by element
+    (``key[i]``)."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        for k in [*old, *(k for k in new if k not in old)]:
+            sub = f"{key}.{k}"
+            if k not in old or k not in new:
+                return sub, old.get(k, NOT_SET), new.get(k, NOT_SET)
+            if (found := first_difference(old[k], new[k], sub)) is not None:
+                return found
+        return None
+    if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new, strict=True)):
+            if (found := first_difference(a, b, f"{key}[{i}]")) is not None:
+                return found
+        return None
+    return None if old == new else (key, old, new)
 
 
 # ---- type checking -----------------------------------------------------------------------------------------------

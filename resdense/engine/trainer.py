@@ -28,8 +28,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from resdense.config import EvalConfig, TrainConfig
-from resdense.errors import ResdenseError
+from resdense.config import NOT_SET, EvalConfig, TrainConfig, first_difference
+from resdense.errors import ConfigError, DataError, ResdenseError
 from resdense.hardware import choose_precision
 
 from .checkpoint import CHECKPOINT_FORMAT, atomic_save, load_checkpoint, rng_state, set_rng_state
@@ -56,8 +56,6 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        from resdense.errors import ConfigError
-
         raise ConfigError(f"train.device = {name!r} but CUDA is not available here; use 'auto' or 'cpu'")
     return device
 
@@ -95,8 +93,6 @@ class Trainer:
         self.train_set = SeededDataset(train_set)
         self.val_set = val_set
         if len(train_set) == 0:
-            from resdense.errors import DataError
-
             raise DataError("the training dataset is empty")
         # drop_last keeps BatchNorm away from a final batch of one; a set smaller than a batch is one short batch.
         self.drop_last = len(train_set) >= train.batch_size
@@ -179,9 +175,25 @@ class Trainer:
         if not path.exists() or (path == self.run_dir / "last.pt" and not self.cfg.resume):
             return False
         ckpt = load_checkpoint(path, map_location=self.device)
+        self._check_recipe(ckpt, path)
         self.load_state(ckpt)
         log.info("resumed from %s at iteration %d of %d", path, self.iteration, self.total_iters)
         return True
+
+    def _check_recipe(self, ckpt: dict[str, Any], path: Path) -> None:
+        """Refuse to continue a run whose model or data section differs from this recipe's: the optimizer state,
+        the schedule and the data order would continue with another model or other data."""
+        stored = ckpt.get("config") or {}
+        for section in ("model", "data"):
+            if section not in stored or section not in self.config:
+                continue
+            found = first_difference(stored[section], self.config[section], section)
+            if found is not None:
+                key, *values = found
+                old, new = (v if v == NOT_SET else repr(v) for v in values)
+                raise ConfigError(f"{path}: resuming refused: the checkpoint was trained with {key} = {old}, "
+                                  f"this recipe has {new}; use another train.output_dir, or --set "
+                                  "train.resume=false to start afresh")
 
     # ---- the loop -------------------------------------------------------------------------------------------------
     def fit(self, resume: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -335,8 +347,6 @@ class Trainer:
         summary = self.task.summary(metrics)
         logger.log_eval(self.iteration, summary)
         if self.metric_name not in metrics:
-            from resdense.errors import ConfigError
-
             raise ConfigError(f"eval.metric = {self.metric_name!r} is not among the task's metrics: "
                               f"{', '.join(sorted(summary))}")
         value = float(metrics[self.metric_name])

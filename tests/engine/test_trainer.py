@@ -11,9 +11,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from resdense.config import EvalConfig, TrainConfig
+from resdense.config import NOT_SET, EvalConfig, TrainConfig, first_difference
 from resdense.engine import NonFiniteLossError, ResumableSampler, SegmentationTask, Trainer, load_checkpoint
-from resdense.errors import ResdenseError
+from resdense.errors import ConfigError, ResdenseError
 
 from .recipes import tensorboard_scalars
 
@@ -147,3 +147,39 @@ def test_grad_clip_and_bf16_autocast_on_cpu(tmp_path):
     rows = (tmp_path / "run" / "log.csv").read_text().splitlines()
     assert "grad_norm" in rows[0]
     assert result["final"]["mIoU"] > 0.8
+
+
+def test_resuming_with_another_model_or_data_section_is_refused(tmp_path):
+    recipe = {"model": {"arch": "unet", "backbone": "resnet18", "decoder_channels": [16, 8]},
+              "data": {"dataset": "mask", "train": {"images_dir": "a"}}}
+    first = make(tmp_path, Stripes(16), iterations=3)
+    first.config = recipe
+    first.fit()
+    changes = [("model", {**recipe["model"], "decoder_channels": [16, 4]}, "model.decoder_channels[1] = 8, this "
+                "recipe has 4"),
+               ("data", {"dataset": "mask", "train": {"images_dir": "a", "size": 64}}, "data.train.size = <not set>, "
+                "this recipe has 64")]
+    for section, value, said in changes:
+        again = make(tmp_path, Stripes(16), iterations=6)
+        again.config = {**recipe, section: value}
+        with pytest.raises(ConfigError) as err:
+            again.fit()
+        last = tmp_path / "run" / "last.pt"
+        assert str(err.value) == f"{last}: resuming refused: the checkpoint was trained with {said}; use another " \
+            "train.output_dir, or --set train.resume=false to start afresh"
+    # the same recipe with another train section resumes; train.resume=false starts afresh
+    again = make(tmp_path, Stripes(16), iterations=6)
+    again.config = recipe
+    assert again.maybe_resume() and again.iteration == 3
+    fresh = make(tmp_path, Stripes(16), iterations=6, resume=False)
+    fresh.config = {**recipe, "model": changes[0][1]}
+    assert fresh.fit()["iterations"] == 6
+
+
+def test_first_difference_walks_keys_in_order():
+    a = {"x": 1, "y": {"z": [1, 2, {"w": "a"}]}}
+    assert first_difference(a, a, "s") is None
+    assert first_difference(a, {"x": 1, "y": {"z": [1, 2, {"w": "b"}]}}, "s") == ("s.y.z[2].w", "a", "b")
+    assert first_difference(a, {"x": 2, "y": {}}, "s") == ("s.x", 1, 2)
+    assert first_difference(a, {**a, "v": 0}, "s") == ("s.v", NOT_SET, 0)
+    assert first_difference({"l": [1]}, {"l": [1, 2]}, "s") == ("s.l", [1], [1, 2])
