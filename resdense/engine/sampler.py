@@ -87,6 +87,9 @@ class SeededDataset(Dataset):
         return index, self.dataset[index]
 
     def __getattr__(self, name: str):
-        if name == "dataset":
+        # Plain attributes (class names, .coco, image paths) come from the wrapped dataset; protocol names do not:
+        # the DataLoader fetches through a Subset's ``__getitems__`` when it sees one, which would skip the
+        # ``(index, sample)`` wrapping of __getitem__.
+        if name == "dataset" or name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.dataset, name)

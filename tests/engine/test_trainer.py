@@ -183,3 +183,14 @@ def test_first_difference_walks_keys_in_order():
     assert first_difference(a, {"x": 2, "y": {}}, "s") == ("s.x", 1, 2)
     assert first_difference(a, {**a, "v": 0}, "s") == ("s.v", NOT_SET, 0)
     assert first_difference({"l": [1]}, {"l": [1, 2]}, "s") == ("s.l", [1], [1, 2])
+
+
+def test_eval_max_images_scores_the_first_images(tmp_path):
+    # a Subset inside SeededDataset: the loader must still fetch (index, sample) pairs, not Subset.__getitems__'s
+    trainer = make(tmp_path, Stripes(16), iterations=2)
+    trainer.eval_cfg = EvalConfig(batch_size=4, max_images=3)
+    loader = trainer.val_loader()
+    batches = list(loader)
+    assert [b.indices for b in batches] == [[0, 1, 2]]
+    assert torch.equal(batches[0].inputs, torch.stack([Stripes(8, seed=1)[i][0] for i in range(3)]))
+    assert 0.0 <= trainer.evaluate()["mIoU"] <= 1.0
