@@ -62,7 +62,21 @@ class TrainConfig:
         seed: every random draw of the run derives from it (data order, augmentation, initialisation).
         device: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
         epochs / iterations: length of training; exactly one may be set (``iterations`` wins when both are).
-        batch_size, num_workers: the training loader's.
+            An iteration is one optimizer step over the global batch (below); an epoch is as many steps as the
+            training set holds whole global batches.
+        batch_size, num_workers: the training loader's, per process: under ``torchrun`` each of the ``world``
+            processes loads ``batch_size`` images per micro-batch.
+        accumulate: micro-batches per optimizer step (gradient accumulation). Each micro-batch's loss is divided by
+            ``accumulate``, so for mean-reduced losses ``accumulate`` micro-batches of ``batch_size`` give the
+            gradient of one batch of ``accumulate * batch_size``; under DDP the gradients are all-reduced only in
+            the last micro-batch's backward pass (``no_sync`` before it). The global batch of a step is
+            ``world * batch_size * accumulate`` images (logged when training starts).
+        dist_backend: the torch.distributed backend of a ``torchrun`` launch: ``auto`` (NCCL on CUDA, gloo on CPU),
+            ``nccl`` or ``gloo``. Ignored in one process.
+        sync_bn: under ``torchrun``, convert the BatchNorm layers to :class:`torch.nn.SyncBatchNorm`, whose
+            statistics are those of the global micro-batch. CUDA only: torch's SyncBatchNorm refuses CPU tensors
+            (and has no CPU kernels), so a multi-process CPU run with ``sync_bn: true`` is refused; in one process
+            it has no effect (BatchNorm already sees the whole batch).
         optimizer: ``adamw`` or ``sgd``; ``lr``, ``weight_decay``, ``momentum`` (SGD), ``betas`` (AdamW).
         norm_weight_decay: weight decay of norm layers and biases (0 keeps them out of the decay, as timm does).
         schedule: ``cosine`` (to ``min_lr_ratio * lr``), ``step`` (x ``gamma`` at each of ``milestones``, given as
@@ -104,7 +118,8 @@ class TrainConfig:
         checkpoint_every: also write ``last.pt`` every N iterations (0: only at evaluations and epoch ends).
         log_every: write a ``log.csv`` row every N iterations.
         progress: show a tqdm bar (only when stderr is a terminal).
-        resume: continue from ``output_dir/last.pt`` when it exists.
+        resume: continue from ``output_dir/last.pt`` when it exists (refused when the checkpoint's model or data
+            section differs from this recipe's, or when its global batch differs from this launch's).
         max_nonfinite: how many non-finite losses are tolerated (0: the first one stops training).
     """
 
@@ -115,6 +130,9 @@ class TrainConfig:
     iterations: int | None = None
     batch_size: int = 8
     num_workers: int = 0
+    accumulate: int = 1
+    dist_backend: str = "auto"
+    sync_bn: bool = False
     optimizer: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -147,9 +165,10 @@ class TrainConfig:
         _choice("train.schedule", self.schedule, ("cosine", "step", "constant"))
         _choice("train.amp", self.amp, ("auto", "fp16", "bf16", "none"))
         _choice("train.loss", self.loss, ("ce", "dice", "ce+dice", "focal", "focal+dice"))
+        _choice("train.dist_backend", self.dist_backend, ("auto", "nccl", "gloo"))
         if self.epochs is None and self.iterations is None:
             raise ConfigError("train: set either 'epochs' or 'iterations'")
-        for name in ("epochs", "iterations", "batch_size"):
+        for name in ("epochs", "iterations", "batch_size", "accumulate"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConfigError(f"train.{name} = {v!r} must be at least 1")

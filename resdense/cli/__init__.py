@@ -1,7 +1,8 @@
 """The ``resdense`` command line: parse, load, call the library. Nothing else lives here.
 
 Each subcommand is a module in this package exposing ``register(subparsers)``; it sets ``func`` on its parser.
-Errors derived from :class:`resdense.errors.ResdenseError` are printed as one line and exit with code 2.
+Errors derived from :class:`resdense.errors.ResdenseError` are printed as one line and exit with code 2 (or the
+error's ``exit_code``: 143 for a training stopped by SIGTERM).
 """
 
 from __future__ import annotations
@@ -36,8 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ResdenseError as err:
-        print(f"resdense {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        from resdense.engine.distributed import main_process  # the engine (torch) loads only where it is used
+
+        if main_process() or not getattr(err, "every_rank", False):  # torchrun: one line, not one per process
+            print(f"resdense {args.command}: error: {err}", file=sys.stderr)
+        return getattr(err, "exit_code", 2)
     except FileNotFoundError as err:
         print(f"resdense {args.command}: error: {err}", file=sys.stderr)
         return 2

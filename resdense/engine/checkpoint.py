@@ -21,7 +21,8 @@ import torch
 
 from resdense.errors import CheckpointError, WeightsError
 
-__all__ = ["atomic_save", "load_checkpoint", "evaluated_weights", "rng_state", "set_rng_state", "CHECKPOINT_FORMAT"]
+__all__ = ["atomic_save", "load_checkpoint", "evaluated_weights", "rng_state", "set_rng_state", "seed_everything",
+           "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = 1
 
@@ -112,6 +113,13 @@ def evaluated_weights(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 
 # ---- random number generator states ------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and random (model initialisation and anything else drawn before training)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
 def rng_state() -> dict[str, Any]:
     """The torch (CPU and CUDA), numpy and Python global generator states, as tensors and plain values."""
     np_state = np.random.get_state()

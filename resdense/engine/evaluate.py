@@ -1,4 +1,10 @@
-"""Scoring a model on a dataset: the one evaluation path of training (periodic and final) and of ``resdense eval``."""
+"""Scoring a model on a dataset: the one evaluation path of training (periodic and final) and of ``resdense eval``.
+
+Under torch.distributed each process scores the images ``rank, rank + world, ...`` (:func:`~resdense.engine.
+distributed.shard`): every image exactly once, where DistributedSampler would pad the last batch with repeats. The
+task's evaluation gathers the shards (:meth:`DetectionEvaluator.gather`, :meth:`SegmentationMetrics.gather`, summed
+counts), so every rank returns the numbers one process would.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from resdense.config import EvalConfig
 
+from . import distributed
 from .sampler import SeededDataset
 from .tasks.base import Task
 
@@ -26,12 +33,16 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 def eval_loader(task: Task, dataset: Dataset, eval_cfg: EvalConfig, num_workers: int = 0) -> DataLoader:
     """The evaluation loader: the first ``eval.max_images`` images (all when ``None``) in order, batched by
-    ``eval.batch_size`` with the task's collate; a private generator, so it never draws from the global one."""
+    ``eval.batch_size`` with the task's collate (this rank's shard of them under torch.distributed); a private
+    generator, so it never draws from the global one."""
     ds = dataset
     if eval_cfg.max_images is not None and eval_cfg.max_images < len(ds):
         ds = Subset(ds, range(eval_cfg.max_images))
+    if distributed.world().size > 1:
+        ds = Subset(ds, distributed.shard(len(ds)))
     return DataLoader(SeededDataset(ds), batch_size=eval_cfg.batch_size, shuffle=False, num_workers=num_workers,
-                      collate_fn=task.collate, generator=torch.Generator())
+                      collate_fn=task.collate, generator=torch.Generator(),
+                      worker_init_fn=distributed.ignore_sigterm if num_workers else None)
 
 
 def evaluate(model: nn.Module, task: Task, dataset: Dataset, eval_cfg: EvalConfig, device: torch.device, *,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -13,7 +15,7 @@ from torch.utils.data import Dataset
 
 from resdense.config import NOT_SET, EvalConfig, TrainConfig, first_difference
 from resdense.engine import NonFiniteLossError, ResumableSampler, SegmentationTask, Trainer, load_checkpoint
-from resdense.errors import ConfigError, ResdenseError
+from resdense.errors import ConfigError, ResdenseError, TrainingInterrupted
 
 from .recipes import tensorboard_scalars
 
@@ -194,3 +196,32 @@ def test_eval_max_images_scores_the_first_images(tmp_path):
     assert [b.indices for b in batches] == [[0, 1, 2]]
     assert torch.equal(batches[0].inputs, torch.stack([Stripes(8, seed=1)[i][0] for i in range(3)]))
     assert 0.0 <= trainer.evaluate()["mIoU"] <= 1.0
+
+
+def test_sigterm_finishes_the_step_writes_last_pt_and_resumes_exactly(tmp_path):
+    def trainer(name, **kw):
+        t = make(tmp_path / name, Stripes(16), iterations=10, **kw)
+        t.eval_cfg = EvalConfig(every_iters=4, batch_size=4)
+        return t
+
+    ref = trainer("ref")
+    ref.fit()
+    stopped = trainer("run")
+    # the signal arrives after iteration 3: iteration 4 (an evaluation is due there) is finished, then last.pt
+    stopped.hooks = {"after_step": lambda t, it, losses: it == 3 and os.kill(os.getpid(), signal.SIGTERM)}
+    with pytest.raises(TrainingInterrupted) as err:
+        stopped.fit()
+    last = tmp_path / "run" / "run" / "last.pt"
+    assert str(err.value) == f"SIGTERM received: stopped after iteration 4 of 10, {last} holds it; the same " \
+        "command resumes from there"
+    assert err.value.exit_code == 143
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler lived as long as fit()
+    ckpt = load_checkpoint(last)
+    assert ckpt["iteration"] == 4 and set(ckpt["pending"]) == {"row", "logged"}
+    assert not (tmp_path / "run" / "run" / "eval.csv").exists()  # iteration 4's evaluation waits for the resume
+    trainer("run").fit()
+    a, b = load_checkpoint(tmp_path / "ref" / "run" / "last.pt"), load_checkpoint(last)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]) and "pending" not in b
+    for name in ("log.csv", "eval.csv"):
+        rows = [(tmp_path / d / "run" / name).read_text().splitlines() for d in ("ref", "run")]
+        assert [r.rsplit(",", 1)[0] for r in rows[1]] == [r.rsplit(",", 1)[0] for r in rows[0]], name
