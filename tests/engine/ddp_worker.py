@@ -11,7 +11,9 @@ evaluated, the equivalence runs, SyncBatchNorm and a full disk; each rank writes
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import io
 import json
 import os
 import signal
@@ -44,6 +46,7 @@ def fault(recipe: str, term_at: int | None, kill_at: int | None) -> int:
 
 
 def checks(out: Path, shapes: Path, seg_recipe: str, det_recipe: str) -> None:
+    from resdense.cli import main
     from resdense.config import load_config
     from resdense.engine import distributed, run_evaluation, run_training
 
@@ -59,6 +62,10 @@ def checks(out: Path, shapes: Path, seg_recipe: str, det_recipe: str) -> None:
     seen["seg"] = _scalars(run_evaluation(seg_recipe, seg_ckpt))
     seen["det"] = _scalars(run_evaluation(det_recipe, det_ckpt))
     seen["det_oracle"] = oracle_evaluation(det_recipe)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):  # `resdense eval --json` under torchrun: rank 0 prints
+        seen["cli_eval_exit"] = main(["eval", seg_recipe, "--checkpoint", str(seg_ckpt), "--json"])
+    seen["cli_eval_stdout"] = printed.getvalue()
     seen["sync_bn"] = _sync_bn(shapes, out)
     seen["disk_full"] = _disk_full(shapes, out)
     (out / f"rank{distributed.world().rank}.json").write_text(json.dumps(seen))

@@ -19,10 +19,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from resdense.config import load_config
-from resdense.engine import load_checkpoint, run_evaluation
+from resdense.engine import World, distributed, load_checkpoint, run_evaluation
 from resdense.engine.build import build_dataset
+from resdense.errors import ConfigError
 
 from .recipes import det_recipe, gn_unet_trainer, oracle_evaluation, seg_recipe, tensorboard_scalars, write
 
@@ -30,7 +32,7 @@ HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
 
 
-def torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def torchrun(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc_per_node=2 ARGS`` with this checkout's resdense, one thread per process."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
@@ -138,6 +140,9 @@ def test_distributed_evaluation_equals_one_process_exactly(checks):
         assert rank["seg"]["mIoU"] == seg["mIoU"] and rank["seg"]["pixel_accuracy"] == seg["pixel_accuracy"]
         assert all(rank["seg"][f"IoU/{n}"] == seg[f"IoU/{n}"] for n in ("background", "square", "circle"))
         assert rank["seg"]["val_loss"] == pytest.approx(seg["val_loss"], rel=1e-12)  # float sums in another order
+    # `resdense eval --json` under torchrun: the same numbers, printed once
+    assert [r["cli_eval_exit"] for r in ranks] == [0, 0] and ranks[1]["cli_eval_stdout"] == ""
+    assert json.loads(ranks[0]["cli_eval_stdout"])["mIoU"] == seg["mIoU"]
     # numbers worth comparing: a trained U-Net, and detections that match some boxes and miss others (the detector
     # trained for three steps finds nothing yet, so its statistics only show that the path runs)
     assert 0 < seg["mIoU"] < 1 and 0.1 < oracle["bbox/AP"] < 0.9 and 0.2 < oracle["bbox/AR100"] < 1
@@ -197,3 +202,43 @@ def test_sigterm_then_a_killed_rank_resume_bit_identical(checks, shapes, tmp_pat
     assert tensorboard_scalars(tmp_path / "run") == tensorboard_scalars(ref)
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["final"] == \
         json.loads((ref / "metrics.json").read_text())["final"]
+
+
+def _launch_env(monkeypatch, local_size: int) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for k, v in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": str(local_size),
+                 "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(k, v)
+
+
+def test_without_torchrun_nothing_is_distributed(monkeypatch):
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    assert distributed.init_from_env() == World() and not dist.is_initialized()
+    assert distributed.broadcast_object(3) == 3 and distributed.all_gather_object(3) == [3]
+    assert distributed.sum_floats([1.5, 2]) == [1.5, 2] and distributed.on_main(lambda: 7) == 7
+    assert list(distributed.shard(3)) == [0, 1, 2] and distributed.main_process()
+
+
+def test_threads_default_to_the_cores_of_each_local_process(monkeypatch):
+    _launch_env(monkeypatch, local_size=2)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        assert distributed.init_from_env("auto", "cpu") == World(rank=0, size=1, local_rank=0, local_size=2)
+        assert dist.get_backend() == "gloo"
+        expected = max(1, len(os.sched_getaffinity(0)) // 2)
+        assert torch.get_num_threads() == expected and os.environ["OMP_NUM_THREADS"] == str(expected)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_nccl_without_cuda_is_refused(monkeypatch):
+    _launch_env(monkeypatch, local_size=1)
+    with pytest.raises(ConfigError, match=r"^train.dist_backend = 'nccl' needs CUDA devices and this run is on the "
+                                          r"CPU; use 'gloo' \(or 'auto'\)$"):
+        distributed.init_from_env("nccl", "cpu")
+    assert not dist.is_initialized()
