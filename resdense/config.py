@@ -53,6 +53,7 @@ __all__ = [
     "task_of",
     "unknown_key_error",
     "wrong_type_error",
+    "first_difference",
     "TASKS",
     "MODEL_ARCHS",
     "DETECTOR_ARCHS",
@@ -85,7 +86,21 @@ class TrainConfig:
         seed: every random draw of the run derives from it (data order, augmentation, initialisation).
         device: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
         epochs / iterations: length of training; exactly one may be set (``iterations`` wins when both are).
-        batch_size, num_workers: the training loader's.
+            An iteration is one optimizer step over the global batch (below); an epoch is as many steps as the
+            training set holds whole global batches.
+        batch_size, num_workers: the training loader's, per process: under ``torchrun`` each of the ``world``
+            processes loads ``batch_size`` images per micro-batch.
+        accumulate: micro-batches per optimizer step (gradient accumulation). Each micro-batch's loss is divided by
+            ``accumulate``, so for mean-reduced losses ``accumulate`` micro-batches of ``batch_size`` give the
+            gradient of one batch of ``accumulate * batch_size``; under DDP the gradients are all-reduced only in
+            the last micro-batch's backward pass (``no_sync`` before it). The global batch of a step is
+            ``world * batch_size * accumulate`` images (logged when training starts).
+        dist_backend: the torch.distributed backend of a ``torchrun`` launch: ``auto`` (NCCL on CUDA, gloo on CPU),
+            ``nccl`` or ``gloo``. Ignored in one process.
+        sync_bn: under ``torchrun``, convert the BatchNorm layers to :class:`torch.nn.SyncBatchNorm`, whose
+            statistics are those of the global micro-batch. CUDA only: torch's SyncBatchNorm refuses CPU tensors
+            (and has no CPU kernels), so a multi-process CPU run with ``sync_bn: true`` is refused; in one process
+            it has no effect (BatchNorm already sees the whole batch).
         optimizer: ``adamw`` or ``sgd``; ``lr``, ``weight_decay``, ``momentum`` (SGD), ``betas`` (AdamW).
         norm_weight_decay: weight decay of norm layers and biases (0 keeps them out of the decay, as timm does).
         schedule: ``cosine`` (to ``min_lr_ratio * lr``), ``step`` (x ``gamma`` at each of ``milestones``, given as
@@ -127,7 +142,8 @@ class TrainConfig:
         checkpoint_every: also write ``last.pt`` every N iterations (0: only at evaluations and epoch ends).
         log_every: write a ``log.csv`` row every N iterations.
         progress: show a tqdm bar (only when stderr is a terminal).
-        resume: continue from ``output_dir/last.pt`` when it exists.
+        resume: continue from ``output_dir/last.pt`` when it exists (refused when the checkpoint's model or data
+            section differs from this recipe's, or when its global batch differs from this launch's).
         max_nonfinite: how many non-finite losses are tolerated (0: the first one stops training).
     """
 
@@ -138,6 +154,9 @@ class TrainConfig:
     iterations: int | None = None
     batch_size: int = 8
     num_workers: int = 0
+    accumulate: int = 1
+    dist_backend: str = "auto"
+    sync_bn: bool = False
     optimizer: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -170,9 +189,10 @@ class TrainConfig:
         _choice("train.schedule", self.schedule, ("cosine", "step", "constant"))
         _choice("train.amp", self.amp, ("auto", "fp16", "bf16", "none"))
         _choice("train.loss", self.loss, ("ce", "dice", "ce+dice", "focal", "focal+dice"))
+        _choice("train.dist_backend", self.dist_backend, ("auto", "nccl", "gloo"))
         if self.epochs is None and self.iterations is None:
             raise ConfigError("train: set either 'epochs' or 'iterations'")
-        for name in ("epochs", "iterations", "batch_size"):
+        for name in ("epochs", "iterations", "batch_size", "accumulate"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConfigError(f"train.{name} = {v!r} must be at least 1")
@@ -270,6 +290,31 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     return obj
+
+
+# ---- comparing recipes ------------------------------------------------------------------------------------------
+NOT_SET = "<not set>"
+
+
+def first_difference(old: Any, new: Any, key: str) -> tuple[str, Any, Any] | None:
+    """The first place where two plain recipe values differ, as ``(dotted key, old value, new value)`` (a key
+    present on one side only has the value :data:`NOT_SET` on the other); ``None`` when they are equal. Mappings
+    are walked in ``old``'s key order, then ``new``'s extra keys; lists of equal length element by element
+    (``key[i]``)."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        for k in [*old, *(k for k in new if k not in old)]:
+            sub = f"{key}.{k}"
+            if k not in old or k not in new:
+                return sub, old.get(k, NOT_SET), new.get(k, NOT_SET)
+            if (found := first_difference(old[k], new[k], sub)) is not None:
+                return found
+        return None
+    if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new, strict=True)):
+            if (found := first_difference(a, b, f"{key}[{i}]")) is not None:
+                return found
+        return None
+    return None if old == new else (key, old, new)
 
 
 # ---- type checking -----------------------------------------------------------------------------------------------

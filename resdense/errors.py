@@ -1,13 +1,14 @@
 """Exception types of resdense.
 
 Every error raised on bad user input derives from :class:`ResdenseError`, so the CLI can print it as one line
-and exit with code 2. Each also derives from the built-in type a caller would naturally catch (``ValueError``,
+and exit with code 2 (or the error's ``exit_code``). Each also derives from the built-in type a caller would naturally catch (``ValueError``,
 ``FileNotFoundError``), so ``except ValueError`` keeps working.
 """
 
 from __future__ import annotations
 
-__all__ = ["ResdenseError", "ConfigError", "WeightsError", "DataError", "EvaluationError"]
+__all__ = ["ResdenseError", "ConfigError", "WeightsError", "DataError", "EvaluationError", "CheckpointError",
+           "TrainingInterrupted"]
 
 
 class ResdenseError(Exception):
@@ -28,3 +29,24 @@ class DataError(ResdenseError, ValueError):
 
 class EvaluationError(ResdenseError, ValueError):
     """Inputs to a metric that cannot be scored correctly (names what was found)."""
+
+
+class CheckpointError(ResdenseError, OSError):
+    """A checkpoint that could not be written (disk full, read-only directory): names the file and the OS error,
+    and says that the previous file is intact."""
+
+
+class TrainingInterrupted(ResdenseError):
+    """Training stopped on a signal (SIGTERM: preemption, ``torchrun`` or SLURM shutting the job down) after
+    finishing its step and writing ``last.pt``; launching the same command again resumes. Not bad input, but
+    reported the same way: one line, and ``exit_code`` 128 + the signal number, as a shell reports a signal."""
+
+    every_rank = True  # raised alike by every process of a torchrun job: rank 0 alone reports it
+
+    def __init__(self, message: str, signum: int = 15) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+    def __reduce__(self):  # picklable with its signal (torch.distributed hands errors between ranks)
+        return type(self), (str(self), self.signum)

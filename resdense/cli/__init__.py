@@ -39,8 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ResdenseError as err:
-        print(f"resdense {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        from resdense.engine.distributed import main_process  # the engine (torch) loads only where it is used
+
+        if main_process() or not getattr(err, "every_rank", False):  # torchrun: one line, not one per process
+            print(f"resdense {args.command}: error: {err}", file=sys.stderr)
+        return getattr(err, "exit_code", 2)
     except FileNotFoundError as err:
         print(f"resdense {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
-"""``resdense eval CONFIG --checkpoint PATH``: evaluate a checkpoint on the recipe's validation split."""
+"""``resdense eval CONFIG --checkpoint PATH``: evaluate a checkpoint on the recipe's validation split (also under
+``torchrun``: each process scores its shard, rank 0 prints the metrics of the whole split)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     # deferred: the library loads torch (seconds); `resdense --help` should not wait for it
     from resdense.engine import run_evaluation
+    from resdense.engine.distributed import main_process
 
     metrics = run_evaluation(args.config, args.checkpoint, args.overrides)
+    if not main_process():
+        return 0
     scalars = {k: float(v) for k, v in metrics.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if args.json:

@@ -1,4 +1,5 @@
-"""``resdense train CONFIG [--set key=value ...] [--out DIR] [--resume PATH]``: train a recipe."""
+"""``resdense train CONFIG [--set key=value ...] [--out DIR] [--resume PATH]``: train a recipe (also as
+``torchrun --nproc_per_node=N -m resdense train ...``: distributed data parallel, rank 0 prints)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     # deferred: the library loads torch (seconds); `resdense --help` should not wait for it
     from resdense.engine import run_training
+    from resdense.engine.distributed import main_process
 
     result = run_training(args.config, args.overrides, output_dir=args.out, resume=args.resume)
-    print(json.dumps({"metric": result["metric"], "best": result["best"], "final": result["final"]}, indent=2))
+    if main_process():
+        print(json.dumps({"metric": result["metric"], "best": result["best"], "final": result["final"]}, indent=2))
     return 0

@@ -7,12 +7,13 @@
 
 from .build import check_config, config_from_dict, load_config
 from .checkpoint import atomic_save, evaluated_weights, load_checkpoint, rng_state, set_rng_state
+from .distributed import World, resolve_device
 from .logger import RunLogger, read_csv
 from .runner import Run, build_run, load_model, run_evaluation, run_prediction, run_training
 from .sampler import ResumableSampler, SeededDataset, sample_seed
 from .schedule import build_optimizer, build_scheduler, lr_factor
 from .tasks import Batch, ClassificationTask, DetectionTask, SegmentationTask, Task
-from .trainer import NonFiniteLossError, Trainer, resolve_device
+from .trainer import NonFiniteLossError, Trainer
 
 __all__ = [
     "Batch",
@@ -26,6 +27,7 @@ __all__ = [
     "SegmentationTask",
     "Task",
     "Trainer",
+    "World",
     "atomic_save",
     "build_optimizer",
     "build_run",

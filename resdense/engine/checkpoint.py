@@ -8,6 +8,7 @@ never a torn one (POSIX rename is atomic within a file system).
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import random
@@ -18,9 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from resdense.errors import WeightsError
+from resdense.errors import CheckpointError, WeightsError
 
-__all__ = ["atomic_save", "load_checkpoint", "evaluated_weights", "rng_state", "set_rng_state", "CHECKPOINT_FORMAT"]
+__all__ = ["atomic_save", "load_checkpoint", "evaluated_weights", "rng_state", "set_rng_state", "seed_everything",
+           "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = 1
 
@@ -30,21 +32,37 @@ def atomic_save(obj: dict[str, Any], path: str | os.PathLike) -> Path:
 
     The temporary file ``.<name>.<pid>.tmp`` lives in the same directory (``os.replace`` is atomic only within one
     file system); a crash leaves at most that file behind, which the next save overwrites.
+
+    Raises:
+        CheckpointError: the file could not be written (disk full, read-only directory, ...): one line naming
+            ``path`` and the OS error; ``path`` keeps its previous contents and no temporary file is left.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as err:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # e.g. a directory that cannot be written to: then there is no temporary file either
+            pass
+        if isinstance(err, OSError):
+            raise CheckpointError(_write_failure(path, err)) from None
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _write_failure(path: Path, err: OSError) -> str:
+    code = errno.errorcode.get(err.errno or -1)
+    why = f"{code}: {err.strerror}" if code and err.strerror else str(err)
+    kept = f"the previous {path.name} is intact" if path.exists() else f"there is no earlier {path.name}"
+    return f"{path}: checkpoint not written ({why}); {kept}"
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -95,6 +113,13 @@ def evaluated_weights(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 
 # ---- random number generator states ------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and random (model initialisation and anything else drawn before training)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
 def rng_state() -> dict[str, Any]:
     """The torch (CPU and CUDA), numpy and Python global generator states, as tensors and plain values."""
     np_state = np.random.get_state()

@@ -6,10 +6,8 @@ arguments and calls them.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
-import random
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,11 +24,11 @@ from torch.utils.data import Dataset
 from resdense.config import Config, save_config
 from resdense.data import read_image, segmentation_transforms, to_image_tensor
 from resdense.errors import ConfigError, WeightsError
+from resdense.hardware import choose_precision
 from resdense.visualize import draw_boxes, overlay_mask, save_image, side_by_side
 
 from .build import (
     DETECTOR_KINDS,
-    build_dataset,
     build_datasets,
     build_model,
     build_task,
@@ -41,9 +39,11 @@ from .build import (
     fill_num_classes,
     load_config,
 )
-from .checkpoint import evaluated_weights, load_checkpoint
+from .checkpoint import evaluated_weights, load_checkpoint, seed_everything
+from .distributed import init_from_env, main_first, resolve_device
+from .evaluate import evaluate
 from .tasks.base import Task
-from .trainer import Trainer, resolve_device
+from .trainer import Trainer
 
 __all__ = ["Run", "build_run", "run_training", "run_evaluation", "run_prediction", "load_model", "as_config"]
 
@@ -72,13 +72,6 @@ def as_config(config: Config | str | os.PathLike, overrides: Sequence[str] = ())
     return load_config(config, overrides)
 
 
-def seed_everything(seed: int) -> None:
-    """Seed torch, numpy and random (model initialisation and anything else drawn before training)."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-
-
 def build_run(config: Config, splits: Sequence[str] = ("train", "val")) -> Run:
     """Build datasets, the model and the task adapter of a recipe.
 
@@ -89,7 +82,7 @@ def build_run(config: Config, splits: Sequence[str] = ("train", "val")) -> Run:
         ConfigError: the training and validation sets share images and ``data.allow_overlap`` is not true.
     """
     seed_everything(config.train.seed)
-    sets = build_datasets(config.data, config.task, splits, config.source)
+    sets = _build_datasets(config, splits)
     first = next(iter(sets.values()), None)
     class_names = dataset_classes(first, config.task) if first is not None else []
     model_kwargs = fill_num_classes(config.model, config.task, class_names) if class_names else dict(config.model)
@@ -97,6 +90,13 @@ def build_run(config: Config, splits: Sequence[str] = ("train", "val")) -> Run:
     model = build_model(model_kwargs, config.source)
     task = build_task(config.task, class_names, config)
     return Run(config, model, task, sets.get("train"), sets.get("val"), class_names)
+
+
+def _build_datasets(config: Config, splits: Sequence[str]) -> dict[str, Dataset]:
+    # Under torchrun rank 0 builds first: a dataset that writes files (dataset: shapes) is complete before the other
+    # ranks read it.
+    with main_first():
+        return build_datasets(config.data, config.task, splits, config.source)
 
 
 def run_training(config: Config | str | os.PathLike, overrides: Sequence[str] = (), *,
@@ -109,14 +109,20 @@ def run_training(config: Config | str | os.PathLike, overrides: Sequence[str] = 
         overrides: ``--set`` style ``key=value`` strings.
         output_dir: replaces ``train.output_dir``.
         resume: a checkpoint to resume from (default: ``<output_dir>/last.pt`` when present and ``train.resume``).
+
+    Under ``torchrun`` every process calls this: they train one DistributedDataParallel model (see
+    :mod:`resdense.engine.distributed`), rank 0 writes the run directory, and every rank returns the result.
     """
     config = as_config(config, overrides)
     if output_dir is not None:
         config.train.output_dir = str(output_dir)
     run_dir = config.output_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
+    world = init_from_env(config.train.dist_backend, config.train.device)
+    if world.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     run = build_run(config)
-    save_config(config, run_dir / "config.yaml")
+    if world.main:
+        save_config(config, run_dir / "config.yaml")
     plain = {**config.to_dict(), "class_names": run.class_names}
     trainer = Trainer(run.model, run.task, run.train_set, run.val_set, config.train, config.eval, run_dir,
                       config=plain, hooks=hooks)
@@ -183,19 +189,22 @@ def load_model(checkpoint: str | os.PathLike, config: Config | str | os.PathLike
 
 def run_evaluation(config: Config | str | os.PathLike, checkpoint: str | os.PathLike,
                    overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """Evaluate ``checkpoint`` on the recipe's validation split; returns the task's metrics."""
+    """Evaluate ``checkpoint`` on the recipe's validation split; returns the task's metrics.
+
+    Under ``torchrun`` each process scores its shard of the images (each image once) and every rank returns the
+    metrics of the whole split, equal to one process's.
+    """
     config = as_config(config, overrides)
+    init_from_env(config.train.dist_backend, config.train.device)
     model, run = load_model(checkpoint, config, device=config.train.device)
-    val = build_dataset(config.data, config.task, "val")
+    val = _build_datasets(config, ("val",))["val"]
     if not run.class_names:
         run.class_names = dataset_classes(val, config.task)
         run.task = build_task(config.task, run.class_names, config)
     # The loaded weights are already the evaluated ones (the average of an EMA run): no average to keep here.
-    train = dataclasses.replace(config.train, ema_decay=None, freeze_backbone_iters=0)
-    trainer = Trainer(model, run.task, val, val, train, config.eval, run_dir=config.output_dir,
-                      config=config.to_dict())
-    metrics = trainer.evaluate()
-    return metrics
+    device = resolve_device(config.train.device)
+    dtype = choose_precision(config.train.amp, device).dtype
+    return evaluate(model, run.task, val, config.eval, device, dtype=dtype, num_workers=config.train.num_workers)
 
 
 def run_prediction(config: Config | str | os.PathLike | None, checkpoint: str | os.PathLike,

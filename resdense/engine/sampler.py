@@ -27,19 +27,33 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class ResumableSampler(Sampler):
-    """Shuffled (or sequential) indices of a dataset, reproducible per epoch and resumable mid-epoch.
+    """Shuffled (or sequential) indices of a dataset, reproducible per epoch, resumable mid-epoch, sharded by rank.
 
     Args:
         n: dataset length.
         seed: base seed.
         shuffle: permute each epoch (``torch.randperm`` with a generator seeded ``seed + epoch``).
-        batch_size / drop_last: only used to translate ``start_batch`` into samples.
+        batch_size: images per batch of one process.
+        rank / world_size: this process and the number of processes (``torch.distributed``).
+        samples_per_epoch: how much of each epoch's order is used (default: all of it in one process; whole chunks
+            of ``world_size * batch_size`` with several).
 
-    ``set_epoch(epoch, start_batch=0)`` selects the epoch and how many batches of it are already done.
+    Every rank draws the same epoch order and cuts it into chunks of ``world_size * batch_size``; batch ``j`` of
+    rank ``r`` is the ``r``-th slice of chunk ``j``. So the ranks' ``j``-th batches together are batch ``j`` of one
+    process with ``world_size`` times the batch size, and a run on N processes sees the samples of a run on one. The
+    order is a function of ``(seed, epoch)`` only: resuming on another number of processes with the same global
+    batch continues the same sequence.
+
+    ``set_epoch(epoch, start_batch=0)`` selects the epoch and how many batches (of each rank) are already done.
     """
 
-    def __init__(self, n: int, seed: int = 0, shuffle: bool = True, batch_size: int = 1) -> None:
+    def __init__(self, n: int, seed: int = 0, shuffle: bool = True, batch_size: int = 1, *, rank: int = 0,
+                 world_size: int = 1, samples_per_epoch: int | None = None) -> None:
         self.n, self.seed, self.shuffle, self.batch_size = n, seed, shuffle, batch_size
+        self.rank, self.world_size = rank, world_size
+        chunk = world_size * batch_size
+        default = n if world_size == 1 else n // chunk * chunk
+        self.samples_per_epoch = min(n, default if samples_per_epoch is None else samples_per_epoch)
         self.epoch, self.start_batch = 0, 0
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
@@ -51,13 +65,20 @@ class ResumableSampler(Sampler):
         g = torch.Generator().manual_seed(self.seed + epoch)
         return torch.randperm(self.n, generator=g).tolist()
 
+    def _slices(self) -> Iterator[tuple[int, int]]:
+        chunk = self.world_size * self.batch_size
+        for start in range(self.start_batch * chunk, self.samples_per_epoch, chunk):
+            lo = start + self.rank * self.batch_size
+            yield lo, min(lo + self.batch_size, self.samples_per_epoch)
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = self.order(self.epoch)[self.start_batch * self.batch_size:]
-        for i in order:
-            yield i, sample_seed(self.seed, self.epoch, i)
+        order = self.order(self.epoch)
+        for lo, hi in self._slices():
+            for i in order[lo:hi]:
+                yield i, sample_seed(self.seed, self.epoch, i)
 
     def __len__(self) -> int:
-        return max(0, self.n - self.start_batch * self.batch_size)
+        return sum(max(0, hi - lo) for lo, hi in self._slices())
 
 
 class SeededDataset(Dataset):
@@ -85,8 +106,9 @@ class SeededDataset(Dataset):
         return index, self.dataset[index]
 
     def __getattr__(self, name: str):
-        # Protocol methods stay ours: passing e.g. Subset.__getitems__ through would let the DataLoader fetch the
-        # wrapped dataset's samples directly, without the (index, sample) pairs.
+        # Plain attributes (class names, .coco, image paths) come from the wrapped dataset; protocol names do not:
+        # the DataLoader fetches through a Subset's ``__getitems__`` when it sees one, which would skip the
+        # ``(index, sample)`` wrapping of __getitem__.
         if name == "dataset" or name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.dataset, name)

@@ -9,6 +9,11 @@ On CPU a run killed at any iteration and resumed ends with the same weights, bit
 The optional features keep that property: the weight average (``train.ema_decay``) is stored in every checkpoint,
 the backbone freeze (``train.freeze_backbone_iters``) is a function of the iteration, and the early-stopping count
 (``eval.patience``) and the training time of the budget (``train.max_minutes``) are stored too.
+
+Under ``torchrun`` (see :mod:`resdense.engine.distributed`) the model trains in DistributedDataParallel: each rank
+loads its slice of every global batch (the sampler's chunks), the ranks agree after each step on the logged losses,
+on a non-finite loss and on a stop request (SIGTERM), rank 0 alone logs and writes files, and every checkpoint holds
+every rank's random generator states, so a job killed and launched again resumes bit-exactly too.
 """
 
 from __future__ import annotations
@@ -17,30 +22,41 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
-from resdense.config import EvalConfig, TrainConfig
-from resdense.errors import ResdenseError
+from resdense.config import NOT_SET, EvalConfig, TrainConfig, first_difference
+from resdense.errors import ConfigError, DataError, ResdenseError, TrainingInterrupted
 from resdense.hardware import choose_precision
 
-from .checkpoint import CHECKPOINT_FORMAT, atomic_save, load_checkpoint, rng_state, set_rng_state
+from . import distributed
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    atomic_save,
+    load_checkpoint,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+from .distributed import resolve_device
 from .ema import create_ema, ema_state, load_ema_state
+from .evaluate import autocast, eval_loader, evaluate
 from .logger import RunLogger
 from .sampler import ResumableSampler, SeededDataset
 from .schedule import BackboneFreeze, build_optimizer, build_scheduler
-from .tasks.base import Task
+from .tasks.base import Batch, Task
 
-__all__ = ["Trainer", "NonFiniteLossError", "resolve_device"]
+__all__ = ["Trainer", "NonFiniteLossError"]
 
 log = logging.getLogger(__name__)
 _now = time.perf_counter  # the clock of timings (a name of its own, so that tests can replace it)
@@ -48,18 +64,6 @@ _now = time.perf_counter  # the clock of timings (a name of its own, so that tes
 
 class NonFiniteLossError(ResdenseError, FloatingPointError):
     """Training produced a NaN or infinite loss (the message names the iteration, the losses and the images)."""
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; otherwise ``torch.device(name)``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        from resdense.errors import ConfigError
-
-        raise ConfigError(f"train.device = {name!r} but CUDA is not available here; use 'auto' or 'cpu'")
-    return device
 
 
 class Trainer:
@@ -74,7 +78,13 @@ class Trainer:
         config: the resolved recipe as plain types, stored in every checkpoint.
         hooks: optional ``{"after_step": fn(trainer, iteration, losses)}`` callbacks (used by tests and the demo).
 
+    Under ``torchrun`` the process group is joined here when the caller has not (``train.dist_backend``), and
+    ``train.batch_size`` is each process's; the global batch of a step is ``world * batch_size * accumulate``.
+
     Attributes:
+        world: this process's :class:`~resdense.engine.distributed.World`.
+        net: what training forward passes run through: ``DistributedDataParallel(model)`` under torchrun, else
+            ``model``.
         ema: the :class:`~torch.optim.swa_utils.AveragedModel` of ``train.ema_decay`` (``None`` when off);
             :meth:`evaluate` scores ``ema.module``.
         stopped: why :meth:`fit` stopped before ``total_iters`` (``{"reason": "patience" | "max_minutes",
@@ -88,21 +98,35 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.config = config or {}
         self.hooks = hooks or {}
+        self.world = w = distributed.init_from_env(train.dist_backend, train.device)
         self.device = resolve_device(train.device)
         self.precision = choose_precision(train.amp, self.device)
         self.amp_dtype = self.precision.dtype
-        self.model = model.to(self.device)
+        # SyncBatchNorm replaces modules: before the optimizer, the freeze and the EMA take theirs. While the freeze
+        # holds the backbone its parameters get no gradients, which DDP must be told to expect.
+        self.model, self.net = distributed.wrap_model(model.to(self.device), self.device, sync_bn=train.sync_bn,
+                                                      find_unused_parameters=train.freeze_backbone_iters > 0)
+        if w.size > 1:
+            seed_everything(train.seed + 1_000_003 * w.rank)  # each rank its own dropout, RPN sampling, ...
         self.train_set = SeededDataset(train_set)
         self.val_set = val_set
-        if len(train_set) == 0:
-            from resdense.errors import DataError
-
+        self.accumulate = train.accumulate
+        self.global_batch = w.size * train.batch_size * train.accumulate
+        n = len(train_set)
+        if n == 0:
             raise DataError("the training dataset is empty")
-        # drop_last keeps BatchNorm away from a final batch of one; a set smaller than a batch is one short batch.
-        self.drop_last = len(train_set) >= train.batch_size
-        self.iters_per_epoch = (len(train_set) // train.batch_size if self.drop_last else 1)
+        if n < self.global_batch and self.global_batch > train.batch_size:
+            raise DataError(f"the training set has {n} images, fewer than one global batch of {self.global_batch} "
+                            f"({self._batch_words()})")
+        # Whole global batches only (drop_last keeps BatchNorm away from a final batch of one); a set smaller than the
+        # batch of a single process without accumulation is one short batch.
+        self.drop_last = n >= self.global_batch
+        self.iters_per_epoch = n // self.global_batch if self.drop_last else 1
         self.total_iters = train.iterations or train.epochs * self.iters_per_epoch
-        self.sampler = ResumableSampler(len(train_set), seed=train.seed, shuffle=True, batch_size=train.batch_size)
+        self.sampler = ResumableSampler(n, seed=train.seed, shuffle=True, batch_size=train.batch_size, rank=w.rank,
+                                        world_size=w.size,
+                                        samples_per_epoch=self.iters_per_epoch * self.global_batch if self.drop_last
+                                        else n)
         # The optimizer holds every parameter the model trains, the backbone's too while the freeze schedule holds it.
         self.optimizer = build_optimizer(self.model, train)
         self.scheduler = build_scheduler(self.optimizer, self.total_iters, train)
@@ -117,30 +141,34 @@ class Trainer:
         self.nonfinite = 0
         self.stale_evals = 0  # evaluations since the best one (eval.patience)
         self.stopped: dict[str, Any] | None = None
+        self.stop_request = distributed.StopRequest()
+        self.stop_signal: int | None = None  # the signal all ranks agreed to stop on after the current step
+        self.pending: dict[str, Any] | None = None  # the rest of an interrupted step (its log row), done on resume
+
+    def _batch_words(self) -> str:
+        return (f"{self.world.size} processes x train.batch_size {self.cfg.batch_size} x train.accumulate "
+                f"{self.accumulate}")
 
     # ---- loaders --------------------------------------------------------------------------------------------------
     def _train_loader(self) -> DataLoader:
         return DataLoader(self.train_set, batch_size=self.cfg.batch_size, sampler=self.sampler,
                           num_workers=self.cfg.num_workers, collate_fn=self.task.collate, drop_last=self.drop_last,
-                          pin_memory=self.device.type == "cuda", generator=torch.Generator())
+                          pin_memory=self.device.type == "cuda", generator=torch.Generator(),
+                          worker_init_fn=distributed.ignore_sigterm if self.cfg.num_workers else None)
 
     def val_loader(self) -> DataLoader | None:
         if self.val_set is None:
             return None
-        ds = self.val_set
-        if self.eval_cfg.max_images is not None and self.eval_cfg.max_images < len(ds):
-            ds = Subset(ds, range(self.eval_cfg.max_images))
-        return DataLoader(SeededDataset(ds), batch_size=self.eval_cfg.batch_size, shuffle=False,
-                          num_workers=self.cfg.num_workers, collate_fn=self.task.collate,
-                          generator=torch.Generator())
+        return eval_loader(self.task, self.val_set, self.eval_cfg, self.cfg.num_workers)
 
     def autocast(self):
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return autocast(self.device, self.amp_dtype)
 
     # ---- checkpoints ----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs (model, optimizer, schedule, generators, counters); under torch.distributed
+        a collective (it gathers every rank's generator states), so every rank calls it."""
+        w = self.world
         return {
             "format": CHECKPOINT_FORMAT,
             "model": self.model.state_dict(),
@@ -150,16 +178,22 @@ class Trainer:
             "iteration": self.iteration,
             "epoch": self.iteration // self.iters_per_epoch,
             "rng": rng_state(),
+            **({"rng_ranks": distributed.all_gather_object(rng_state())} if w.size > 1 else {}),
+            "world": {"size": w.size, "batch_size": self.cfg.batch_size, "accumulate": self.accumulate},
             "best": dict(self.best),
             "metrics": {k: v for k, v in self.task.summary(self.last_metrics).items()},
             "timings": dict(self.timings),
             "stale_evals": self.stale_evals,
             "config": self.config,
             **({"ema": ema_state(self.ema)} if self.ema is not None else {}),
+            **({"pending": self.pending} if self.pending is not None else {}),
         }
 
     def save(self, name: str = "last.pt") -> Path:
-        return atomic_save(self.state_dict(), self.run_dir / name)
+        """Write ``run_dir/name`` atomically from rank 0 (every rank calls it); returns once the file is complete,
+        so no rank reads it half-written. A failed write stops every rank with the same one-line error."""
+        state = self.state_dict()
+        return distributed.on_main(lambda: atomic_save(state, self.run_dir / name))
 
     def load_state(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
@@ -178,7 +212,14 @@ class Trainer:
             else:
                 log.warning("the checkpoint holds no weight average; train.ema_decay starts one at iteration %d",
                             int(ckpt["iteration"]))
-        set_rng_state(ckpt["rng"])
+        self.pending = ckpt.get("pending")
+        stored = ckpt.get("rng_ranks") or [ckpt["rng"]]
+        if len(stored) == self.world.size:
+            set_rng_state(stored[self.world.rank])
+        else:  # the data order continues exactly (same global batch); the model's random draws cannot
+            seed_everything(self.cfg.seed + 1_000_003 * self.world.rank + self.iteration)
+            log.warning("resumed on %d processes from a run on %d: the data order continues exactly, the random "
+                        "draws of the model (dropout, detector sampling) do not", self.world.size, len(stored))
 
     def maybe_resume(self, path: str | os.PathLike | None = None) -> bool:
         """Resume from ``path`` or, when ``train.resume``, from ``run_dir/last.pt`` if present."""
@@ -186,45 +227,88 @@ class Trainer:
         if not path.exists() or (path == self.run_dir / "last.pt" and not self.cfg.resume):
             return False
         ckpt = load_checkpoint(path, map_location=self.device)
+        self._check_resumable(ckpt, path)
         self.load_state(ckpt)
         log.info("resumed from %s at iteration %d of %d", path, self.iteration, self.total_iters)
         return True
+
+    def _check_resumable(self, ckpt: dict[str, Any], path: Path) -> None:
+        """Refuse to continue a run whose model or data section differs from this recipe's (the optimizer state, the
+        schedule and the data order would continue with another model or other data), or whose global batch differs
+        from this launch's (its iterations and epochs would mean other samples)."""
+        again = "; use another train.output_dir, or --set train.resume=false to start afresh"
+        w = ckpt.get("world")
+        if w is not None and w["size"] * w["batch_size"] * w["accumulate"] != self.global_batch:
+            raise ConfigError(
+                f"{path}: resuming refused: the checkpoint was trained with a global batch of "
+                f"{w['size'] * w['batch_size'] * w['accumulate']} ({w['size']} processes x train.batch_size "
+                f"{w['batch_size']} x train.accumulate {w['accumulate']}), this launch has {self.global_batch} "
+                f"({self._batch_words()}){again}")
+        stored = ckpt.get("config") or {}
+        for section in ("model", "data"):
+            if section not in stored or section not in self.config:
+                continue
+            found = first_difference(stored[section], self.config[section], section)
+            if found is not None:
+                key, *values = found
+                old, new = (v if v == NOT_SET else repr(v) for v in values)
+                raise ConfigError(f"{path}: resuming refused: the checkpoint was trained with {key} = {old}, "
+                                  f"this recipe has {new}{again}")
 
     # ---- the loop -------------------------------------------------------------------------------------------------
     def fit(self, resume: str | os.PathLike | None = None) -> dict[str, Any]:
         """Train to ``total_iters``, or until ``eval.patience`` or ``train.max_minutes`` stops it, evaluate and
         return the final metrics (also in ``run_dir/metrics.json``)."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        main = self.world.main
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         log.info("precision %s (%s)", self.precision.name, self.precision.reason)
+        log.info("global batch %d (%s)", self.global_batch, self._batch_words())
         self.maybe_resume(resume)
-        logger = RunLogger(self.run_dir)
+        logger = RunLogger(self.run_dir) if main else _NoLogger()
         logger.resume_at(self.iteration)
         progress = self._progress()
         loader = self._train_loader()
         self.model.train()
         try:
-            self.stopped = self._stop_reason(after_eval=True)  # a resumed run that had already stopped
-            while self.iteration < self.total_iters and self.stopped is None:
-                epoch, done = divmod(self.iteration, self.iters_per_epoch)
-                self.sampler.set_epoch(epoch, done)
-                tic = _now()
-                for batch in loader:
-                    losses = self._step(batch)
-                    self.iteration += 1
-                    self.timings["train_s"] += _now() - tic
-                    self._after_step(losses, logger, progress)
-                    if self.iteration >= self.total_iters or self.stopped is not None:
-                        break
-                    tic = _now()
-            if self.stopped is not None:
-                log.info("stopped at iteration %d of %d: %s", self.iteration, self.total_iters, self.stopped)
-            if self.val_set is not None and self.best.get("evaluated_at") != self.iteration:
-                self._evaluate(logger)
-            self.save("last.pt")
+            with self.stop_request:  # SIGTERM: every rank finishes its step, then last.pt and one line
+                self.stopped = self._stop_reason(after_eval=True)  # a resumed run that had already stopped
+                pending, self.pending = self.pending, None
+                if pending is not None and self.stopped is None:  # an interrupted step's evaluation and checkpoint
+                    self._end_step(pending["row"], pending["logged"], logger)
+                self._train(loader, logger, progress)
+                if self.stopped is not None:
+                    log.info("stopped at iteration %d of %d: %s", self.iteration, self.total_iters, self.stopped)
+                if self.val_set is not None and self.best.get("evaluated_at") != self.iteration:
+                    self._evaluate(logger)
+                self.save("last.pt")  # a stop request after the last step changes nothing: the run is complete
         finally:
             progress.close()
             logger.close()
         return self._finish()
+
+    def _train(self, loader: DataLoader, logger: RunLogger, progress) -> None:
+        while self.iteration < self.total_iters and self.stopped is None:
+            epoch, done = divmod(self.iteration, self.iters_per_epoch)
+            self.sampler.set_epoch(epoch, done * self.accumulate)
+            tic = _now()
+            for micro in _groups(loader, self.accumulate):
+                losses = self._step(micro)
+                self.iteration += 1
+                self.timings["train_s"] += _now() - tic
+                self._after_step(losses, logger, progress)
+                if self.stop_signal is not None:
+                    self._interrupt()
+                if self.iteration >= self.total_iters or self.stopped is not None:
+                    break
+                tic = _now()
+
+    def _interrupt(self) -> None:
+        """Write ``last.pt`` (with the rest of this step pending) and stop every rank with one line."""
+        path = self.save("last.pt")
+        name = signal.Signals(self.stop_signal).name
+        raise TrainingInterrupted(f"{name} received: stopped after iteration {self.iteration} of {self.total_iters}, "
+                                  f"{path} holds it; the same command resumes from there", self.stop_signal)
 
     def _stop_reason(self, after_eval: bool) -> dict[str, Any] | None:
         """Why training should stop now, before ``total_iters`` (``None``: it should not). The patience count changes
@@ -234,6 +318,8 @@ class Trainer:
         if it >= self.total_iters:
             return None  # the run is complete: nothing was cut short
         budget = self.cfg.max_minutes
+        if budget is not None and self.world.size > 1:  # every rank stops at the step where rank 0's clock says so
+            self.timings["train_s"] = distributed.broadcast_object(self.timings["train_s"])
         if budget is not None and self.timings["train_s"] > 60.0 * budget:
             return {"reason": "max_minutes", "iteration": it, "train_s": round(self.timings["train_s"], 3)}
         patience = self.eval_cfg.patience
@@ -244,31 +330,52 @@ class Trainer:
     def _progress(self):
         from tqdm.auto import tqdm
 
-        enabled = self.cfg.progress and sys.stderr.isatty()
+        enabled = self.cfg.progress and self.world.main and sys.stderr.isatty()
         return tqdm(total=self.total_iters, initial=self.iteration, disable=not enabled, dynamic_ncols=True,
                     desc=self.config.get("name", "train"), unit="it")
 
-    def _step(self, batch) -> dict[str, float]:
+    def _step(self, micro: list[Batch]) -> dict[str, float]:
+        """One optimizer step over ``train.accumulate`` micro-batches; returns the losses to log (means over the
+        micro-batches and, under DDP, over the ranks)."""
         if self.freeze is not None:
             self.freeze.apply(self.iteration)
-        batch = self.task.to_device(batch, self.device)
-        with self.autocast():
-            losses = self.task.losses(self.model, batch)
-        loss = sum(losses.values())
-        values = {k: float(v.detach()) for k, v in losses.items()}
-        values["loss"] = float(loss.detach())
-        if not math.isfinite(values["loss"]):
+        self.optimizer.zero_grad(set_to_none=True)
+        k, several = len(micro), self.world.size > 1
+        sums: dict[str, float] = {}
+        bad: list[Batch] = []
+        for j, batch in enumerate(micro):
+            batch = self.task.to_device(batch, self.device)
+            # DDP all-reduces the gradients in the last micro-batch's backward pass only
+            with self.net.no_sync() if several and j < k - 1 else nullcontext():
+                with self.autocast():
+                    losses = self.task.losses(self.net, batch)
+                loss = sum(losses.values())
+                terms = {**{name: float(v.detach()) for name, v in losses.items()}, "loss": float(loss.detach())}
+                if not math.isfinite(terms["loss"]):
+                    bad.append(batch)
+                if several or not bad:  # under DDP every rank takes part in every backward pass's all-reduce
+                    # mean-reduced losses: k micro-batches of b, each divided by k, give the gradient of one batch of kb
+                    self.scaler.scale(loss / k).backward()
+            for name, v in terms.items():
+                sums[name] = sums.get(name, 0.0) + v
+        values = {name: v / k for name, v in sums.items()}
+        nonfinite = len(bad)
+        stop = self.stop_request.signum
+        if several:  # one all-reduce: the logged losses, any rank's non-finite loss, any rank's stop request
+            reduced = distributed.sum_floats([*values.values(), nonfinite, stop or 0])
+            values = {name: v / self.world.size for name, v in zip(values, reduced, strict=False)}
+            nonfinite, stop = int(reduced[-2]), (signal.SIGTERM if reduced[-1] else None)
+        self.stop_signal = stop
+        if nonfinite:
             self.nonfinite += 1
             if self.nonfinite > self.cfg.max_nonfinite:
-                self._raise_nonfinite(values, batch)
+                self._raise_nonfinite(values, bad)
             log.warning("iteration %d: non-finite loss %s, step skipped", self.iteration + 1, values)
             self.optimizer.zero_grad(set_to_none=True)
             with warnings.catch_warnings():  # the schedule advances even though this step was skipped
                 warnings.simplefilter("ignore", UserWarning)
                 self.scheduler.step()
             return values
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
         if self.cfg.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             values["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip))
@@ -279,15 +386,16 @@ class Trainer:
             self.ema.update_parameters(self.model)
         return values
 
-    def _raise_nonfinite(self, values: dict[str, float], batch) -> None:
-        ids = self.task.image_ids(batch, self.train_set.dataset)
+    def _raise_nonfinite(self, values: dict[str, float], bad: list[Batch]) -> None:
+        ids = [i for batch in bad for i in self.task.image_ids(batch, self.train_set.dataset)]
+        ids = [i for rank_ids in distributed.all_gather_object(ids) for i in rank_ids]  # every rank's bad batches
         last = self.run_dir / "last.pt"
         kept = f"the last good checkpoint {last} is untouched" if last.exists() else "no checkpoint was written"
         terms = ", ".join(f"{k}={v:.6g}" for k, v in values.items())
-        raise NonFiniteLossError(
-            f"iteration {self.iteration + 1}: non-finite loss ({terms}) on the batch with image ids {ids}; "
-            f"training stopped, {kept}"
-        )
+        err = NonFiniteLossError(f"iteration {self.iteration + 1}: non-finite loss ({terms}) on the batch with "
+                                 f"image ids {ids}; training stopped, {kept}")
+        err.every_rank = True  # all ranks agreed on it and name the same images: rank 0 alone reports it
+        raise err
 
     def _after_step(self, losses: dict[str, float], logger: RunLogger, progress) -> None:
         it = self.iteration
@@ -301,6 +409,14 @@ class Trainer:
             logger.log_train(it, row)
         if "after_step" in self.hooks:
             self.hooks["after_step"](self, it, losses)
+        if self.stop_signal is not None:
+            self.pending = {"row": row, "logged": logged}  # evaluation and checkpoint wait for the resumed run
+            return
+        self._end_step(row, logged, logger)
+
+    def _end_step(self, row: dict[str, float], logged: bool, logger: RunLogger) -> None:
+        """The evaluation and the checkpoint due after iteration ``self.iteration``."""
+        it = self.iteration
         evaluated = False
         if self.val_set is not None and self.stopped is None and self._eval_due(it):
             self._evaluate(logger)
@@ -330,15 +446,11 @@ class Trainer:
         return self.model
 
     def evaluate(self) -> dict[str, Any]:
-        """Metrics of :attr:`eval_model` on the validation set (in eval mode; train mode restored after)."""
-        loader = self.val_loader()
-        model = self.eval_model
-        was_training = model.training
-        model.eval()
-        try:
-            return self.task.evaluate(model, loader, self.device, autocast=self.autocast)
-        finally:
-            model.train(was_training)
+        """Metrics of :attr:`eval_model` on the validation set (in eval mode; train mode restored after). Under
+        torch.distributed every rank scores its shard with rank 0's BatchNorm statistics (what checkpoints hold)."""
+        distributed.broadcast_buffers(self.eval_model)
+        return evaluate(self.eval_model, self.task, self.val_set, self.eval_cfg, self.device, dtype=self.amp_dtype,
+                        num_workers=self.cfg.num_workers)
 
     def _evaluate(self, logger: RunLogger) -> None:
         tic = _now()
@@ -348,8 +460,6 @@ class Trainer:
         summary = self.task.summary(metrics)
         logger.log_eval(self.iteration, summary)
         if self.metric_name not in metrics:
-            from resdense.errors import ConfigError
-
             raise ConfigError(f"eval.metric = {self.metric_name!r} is not among the task's metrics: "
                               f"{', '.join(sorted(summary))}")
         value = float(metrics[self.metric_name])
@@ -380,11 +490,39 @@ class Trainer:
             "device": str(self.device),
             "precision": self.precision.as_dict(),
         }
-        (self.run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
-        try:
-            from resdense.visualize import plot_curves
+        if self.world.main:
+            (self.run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+            try:
+                from resdense.visualize import plot_curves
 
-            plot_curves(self.run_dir, self.run_dir / "curves.png")
-        except Exception as err:  # a plotting problem must never lose a finished run
-            log.warning("could not draw curves: %s", err)
+                plot_curves(self.run_dir, self.run_dir / "curves.png")
+            except Exception as err:  # a plotting problem must never lose a finished run
+                log.warning("could not draw curves: %s", err)
+        distributed.barrier()  # the run directory is complete when fit() returns, on every rank
         return result
+
+
+def _groups(batches: Iterable[Batch], k: int) -> Iterator[list[Batch]]:
+    """Consecutive groups of ``k`` batches (the sampler yields whole groups; a short last one would be dropped)."""
+    group: list[Batch] = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == k:
+            yield group
+            group = []
+
+
+class _NoLogger:
+    """The run logger of ranks other than 0: they write nothing."""
+
+    def resume_at(self, iteration: int) -> None:
+        pass
+
+    def log_train(self, iteration: int, values: dict[str, float]) -> None:
+        pass
+
+    def log_eval(self, iteration: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -154,3 +154,20 @@ def test_bad_config_file_names_the_file(tmp_path, capsys):
     assert main(["train", str(cfg)]) == 2
     err = capsys.readouterr().err.strip()
     assert f"{cfg}: unknown key 'model.decoder_chanels' (did you mean 'decoder_channels'?)" in err
+
+
+def test_training_stopped_by_sigterm_exits_143_with_one_line(tmp_path, capsys, monkeypatch):
+    import resdense.engine
+    from resdense.errors import TrainingInterrupted
+
+    def preempted(*args, **kwargs):
+        raise TrainingInterrupted("SIGTERM received: stopped after iteration 4 of 8, runs/x/last.pt holds it")
+
+    monkeypatch.setattr(resdense.engine, "run_training", preempted)
+    assert main(["train", "anything.yaml"]) == 143  # 128 + SIGTERM, as a shell reports a signal
+    err = capsys.readouterr().err.strip()
+    assert err == "resdense train: error: SIGTERM received: stopped after iteration 4 of 8, runs/x/last.pt holds it"
+    # under torchrun every rank raises it: rank 0 alone prints it
+    monkeypatch.setenv("RANK", "1")
+    assert main(["train", "anything.yaml"]) == 143
+    assert capsys.readouterr().err == ""

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from resdense.config import EvalConfig, TrainConfig
+from resdense.config import NOT_SET, EvalConfig, TrainConfig, first_difference
 from resdense.engine import NonFiniteLossError, ResumableSampler, SegmentationTask, Trainer, load_checkpoint
-from resdense.errors import ResdenseError
+from resdense.errors import ConfigError, ResdenseError, TrainingInterrupted
 
 from .recipes import tensorboard_scalars
 
@@ -147,3 +149,79 @@ def test_grad_clip_and_bf16_autocast_on_cpu(tmp_path):
     rows = (tmp_path / "run" / "log.csv").read_text().splitlines()
     assert "grad_norm" in rows[0]
     assert result["final"]["mIoU"] > 0.8
+
+
+def test_resuming_with_another_model_or_data_section_is_refused(tmp_path):
+    recipe = {"model": {"arch": "unet", "backbone": "resnet18", "decoder_channels": [16, 8]},
+              "data": {"dataset": "mask", "train": {"images_dir": "a"}}}
+    first = make(tmp_path, Stripes(16), iterations=3)
+    first.config = recipe
+    first.fit()
+    changes = [("model", {**recipe["model"], "decoder_channels": [16, 4]}, "model.decoder_channels[1] = 8, this "
+                "recipe has 4"),
+               ("data", {"dataset": "mask", "train": {"images_dir": "a", "size": 64}}, "data.train.size = <not set>, "
+                "this recipe has 64")]
+    for section, value, said in changes:
+        again = make(tmp_path, Stripes(16), iterations=6)
+        again.config = {**recipe, section: value}
+        with pytest.raises(ConfigError) as err:
+            again.fit()
+        last = tmp_path / "run" / "last.pt"
+        assert str(err.value) == f"{last}: resuming refused: the checkpoint was trained with {said}; use another " \
+            "train.output_dir, or --set train.resume=false to start afresh"
+    # the same recipe with another train section resumes; train.resume=false starts afresh
+    again = make(tmp_path, Stripes(16), iterations=6)
+    again.config = recipe
+    assert again.maybe_resume() and again.iteration == 3
+    fresh = make(tmp_path, Stripes(16), iterations=6, resume=False)
+    fresh.config = {**recipe, "model": changes[0][1]}
+    assert fresh.fit()["iterations"] == 6
+
+
+def test_first_difference_walks_keys_in_order():
+    a = {"x": 1, "y": {"z": [1, 2, {"w": "a"}]}}
+    assert first_difference(a, a, "s") is None
+    assert first_difference(a, {"x": 1, "y": {"z": [1, 2, {"w": "b"}]}}, "s") == ("s.y.z[2].w", "a", "b")
+    assert first_difference(a, {"x": 2, "y": {}}, "s") == ("s.x", 1, 2)
+    assert first_difference(a, {**a, "v": 0}, "s") == ("s.v", NOT_SET, 0)
+    assert first_difference({"l": [1]}, {"l": [1, 2]}, "s") == ("s.l", [1], [1, 2])
+
+
+def test_eval_max_images_scores_the_first_images(tmp_path):
+    # a Subset inside SeededDataset: the loader must still fetch (index, sample) pairs, not Subset.__getitems__'s
+    trainer = make(tmp_path, Stripes(16), iterations=2)
+    trainer.eval_cfg = EvalConfig(batch_size=4, max_images=3)
+    loader = trainer.val_loader()
+    batches = list(loader)
+    assert [b.indices for b in batches] == [[0, 1, 2]]
+    assert torch.equal(batches[0].inputs, torch.stack([Stripes(8, seed=1)[i][0] for i in range(3)]))
+    assert 0.0 <= trainer.evaluate()["mIoU"] <= 1.0
+
+
+def test_sigterm_finishes_the_step_writes_last_pt_and_resumes_exactly(tmp_path):
+    def trainer(name, **kw):
+        t = make(tmp_path / name, Stripes(16), iterations=10, **kw)
+        t.eval_cfg = EvalConfig(every_iters=4, batch_size=4)
+        return t
+
+    ref = trainer("ref")
+    ref.fit()
+    stopped = trainer("run")
+    # the signal arrives after iteration 3: iteration 4 (an evaluation is due there) is finished, then last.pt
+    stopped.hooks = {"after_step": lambda t, it, losses: it == 3 and os.kill(os.getpid(), signal.SIGTERM)}
+    with pytest.raises(TrainingInterrupted) as err:
+        stopped.fit()
+    last = tmp_path / "run" / "run" / "last.pt"
+    assert str(err.value) == f"SIGTERM received: stopped after iteration 4 of 10, {last} holds it; the same " \
+        "command resumes from there"
+    assert err.value.exit_code == 143
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler lived as long as fit()
+    ckpt = load_checkpoint(last)
+    assert ckpt["iteration"] == 4 and set(ckpt["pending"]) == {"row", "logged"}
+    assert not (tmp_path / "run" / "run" / "eval.csv").exists()  # iteration 4's evaluation waits for the resume
+    trainer("run").fit()
+    a, b = load_checkpoint(tmp_path / "ref" / "run" / "last.pt"), load_checkpoint(last)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]) and "pending" not in b
+    for name in ("log.csv", "eval.csv"):
+        rows = [(tmp_path / d / "run" / name).read_text().splitlines() for d in ("ref", "run")]
+        assert [r.rsplit(",", 1)[0] for r in rows[1]] == [r.rsplit(",", 1)[0] for r in rows[0]], name

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from ..distributed import sum_floats
 from .base import Batch, Task
 
 __all__ = ["ClassificationTask"]
@@ -61,6 +62,7 @@ class ClassificationTask(Task):
             top1 += int(hit[:, 0].sum())
             top5 += int(hit.any(dim=1).sum())
             n += len(batch.targets)
+        n, top1, top5, loss = sum_floats([n, top1, top5, loss])  # the shards of torch.distributed
         n = max(n, 1)
         return {"top1": top1 / n, "top5": top5 / n, "val_loss": loss / n}
 

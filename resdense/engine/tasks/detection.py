@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from resdense.evaluation import DetectionEvaluator
 
+from ..distributed import on_main
 from .base import Batch, Task
 
 __all__ = ["DetectionTask"]
@@ -67,7 +68,9 @@ class DetectionTask(Task):
             outputs = [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in o.items()} for o in outputs]
             targets = [{k: v.cpu() if isinstance(v, Tensor) else v for k, v in t.items()} for t in batch.targets]
             evaluator.update(outputs, targets)
-        return dict(evaluator.compute())
+        # torch.distributed: every rank's images to every rank, scored once on rank 0 (no-ops in one process)
+        evaluator.gather()
+        return dict(on_main(evaluator.compute))
 
     def summary(self, metrics: dict[str, Any]) -> dict[str, float]:
         return {k: float(v) for k, v in metrics.items()

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from resdense.errors import ConfigError
 from resdense.evaluation import SegmentationMetrics
 
+from ..distributed import sum_floats
 from .base import Batch, Task
 
 __all__ = ["SegmentationTask"]
@@ -95,6 +96,10 @@ class SegmentationTask(Task):
             valid = int((batch.targets != self.ignore_index).sum())
             total, count = total + float(loss), count + valid
             metrics.update(logits, batch.targets)
+        # the shards of torch.distributed: confusion matrices and loss sums add up exactly (no-ops in one process)
+        metrics.confusion_matrix = metrics.confusion_matrix.to(device)  # NCCL wants it on the GPU, even if unused
+        metrics.gather()
+        total, count = sum_floats([total, count])
         result = metrics.compute()
         result["val_loss"] = total / max(count, 1)
         result["table"] = metrics.format_table(result)
