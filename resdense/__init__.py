@@ -30,10 +30,14 @@ _EXPORTS = {
     "train": ("resdense.engine", "run_training"),
     "evaluate": ("resdense.engine", "run_evaluation"),
     "predict": ("resdense.engine", "run_prediction"),
+    "Predictor": ("resdense.engine", "Predictor"),
+    "TTA": ("resdense.engine", "TTA"),
 }
 
 __all__ = [  # = _EXPORTS and __version__ (tests/test_package.py)
     "FPN",
+    "Predictor",
+    "TTA",
     "UNet",
     "__version__",
     "build_detector",
@@ -49,7 +53,7 @@ __all__ = [  # = _EXPORTS and __version__ (tests/test_package.py)
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports these lazily
     from resdense.backbones import create_backbone, create_classifier, optimize_for_inference
-    from resdense.engine import load_config
+    from resdense.engine import TTA, Predictor, load_config
     from resdense.engine import run_evaluation as evaluate
     from resdense.engine import run_prediction as predict
     from resdense.engine import run_training as train

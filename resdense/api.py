@@ -13,14 +13,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-from PIL import Image, UnidentifiedImageError
 from torchvision.models import get_model_weights
 
 from resdense.backbones import create_classifier, list_backbones
 from resdense.config import list_configs, read_yaml
-from resdense.engine import load_model, run_evaluation, run_prediction, run_training
-from resdense.engine.build import classification_transforms
+from resdense.data import IMAGENET_MEAN, IMAGENET_STD
+from resdense.engine import (
+    ClassificationTask,
+    Predictor,
+    as_rgb,
+    run_evaluation,
+    run_prediction,
+    run_training,
+)
 from resdense.errors import ConfigError
 from resdense.heads import KINDS, smp_architectures
 
@@ -54,32 +59,18 @@ def classify(image: str | os.PathLike, *, checkpoint: str | os.PathLike | None =
     """
     if (checkpoint is None) == (weights is None):
         raise ConfigError("classify: give either checkpoint= or weights= (with arch=)")
-    try:
-        with Image.open(image) as im:
-            rgb = im.convert("RGB")
-    except FileNotFoundError:
-        raise ConfigError(f"{image}: image file not found") from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise ConfigError(f"{image}: not a readable image ({err})") from None
+    rgb = as_rgb(image)  # a bad image is reported before any model is loaded
     if checkpoint is not None:
-        model, run = load_model(checkpoint)
-        if run.config.task != "classification":
-            raise ConfigError(f"{checkpoint}: a {run.config.task} checkpoint, not a classifier")
-        tf = classification_transforms(train=False, **dict(run.config.data.get("val_transforms") or {}))
-        names = run.class_names
+        predictor = Predictor.from_checkpoint(checkpoint, top_k=top)
+        if predictor.kind != "classification":
+            raise ConfigError(f"{checkpoint}: a {predictor.kind} checkpoint, not a classifier")
     else:
-        model = create_classifier(arch, weights=weights).eval()
+        model = create_classifier(arch, weights=weights)
         cfg = getattr(model, "pretrained_cfg", {}) or {}
-        names = cfg.get("categories") or _imagenet_categories(arch)
-        tf = classification_transforms(train=False, mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
-                                       std=tuple(cfg.get("std", (0.229, 0.224, 0.225))))
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        probs = model(tf(rgb)[None].to(device)).float().softmax(dim=1)[0].cpu()
-    k = min(top, len(probs))
-    values, indices = probs.topk(k)
-    return [(names[i] if names and i < len(names) else str(i), float(p))
-            for p, i in zip(values.tolist(), indices.tolist(), strict=True)]
+        names = cfg.get("categories") or _imagenet_categories(arch) or []
+        predictor = Predictor(model, ClassificationTask(names), top_k=top, preprocess={"mean": tuple(cfg.get("mean", IMAGENET_MEAN)),
+                                                  "std": tuple(cfg.get("std", IMAGENET_STD))})
+    return predictor(rgb)["top"]
 
 
 def _imagenet_categories(arch: str) -> list[str] | None:

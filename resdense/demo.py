@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from resdense.data import read_image
-from resdense.engine import load_config, load_model, run_training
+from resdense.engine import Predictor, load_config, run_training
 from resdense.engine.build import build_dataset
 from resdense.errors import ConfigError
 from resdense.hardware import cpu_capability, hardware_summary, native_bf16
@@ -105,21 +105,19 @@ def _machine() -> str:
 def _pictures(task: str, config, out: Path) -> list[str]:
     run_dir = config.output_dir
     ckpt = run_dir / "best.pt" if (run_dir / "best.pt").exists() else run_dir / "last.pt"
-    model, run = load_model(ckpt, config)
+    predictor = Predictor.from_checkpoint(ckpt, config)
     val = build_dataset(config.data, config.task, "val")
+    names = predictor.class_names
     paths = []
     for i in range(min(_PICTURES, len(val))):
         raw = read_image(val.image_paths[i])
-        image, target = val[i]
-        with torch.no_grad():
-            pred = run.task.predict(model, [image.to(next(model.parameters()).device)])[0]
+        _, target = val[i]
+        pred = predictor(raw)
         if task == "segmentation":
-            names = run.class_names
             gt = overlay_mask(raw, target.numpy(), names, legend=False)
-            pr = overlay_mask(raw, pred.numpy(), names)
+            pr = overlay_mask(raw, pred["mask"].numpy(), names)
             panel = side_by_side([_up(raw), _up(gt), _up(pr, legend=True)], ["image", "ground truth", "prediction"])
         else:
-            names = run.class_names
             gt = draw_boxes(raw, target["boxes"], target["labels"], None, names)
             pr = draw_boxes(raw, pred["boxes"], pred["labels"], pred["scores"], names,
                             score_threshold=config.eval.score_threshold)

@@ -13,16 +13,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder for the PNGs")
     p.add_argument("--score-threshold", type=float, default=None,
                    help="detections below this score are not drawn (default: eval.score_threshold)")
+    p.add_argument("--tile", type=int, default=None, metavar="PX",
+                   help="sliding windows of PX x PX pixels for large images (segmentation: blended logits; detection: "
+                        "windows plus the whole image, merged by class-wise NMS)")
+    p.add_argument("--overlap", type=float, default=0.25, help="fraction of a window shared with its neighbour")
+    p.add_argument("--blend", choices=("gaussian", "uniform"), default="gaussian",
+                   help="weights of overlapping segmentation windows")
+    p.add_argument("--tile-batch", type=int, default=4, help="windows per forward pass (bounds the memory)")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: horizontal flip x scales 0.75, 1, 1.25, mapped back and combined")
+    p.add_argument("--tta-scales", default=None, metavar="S,S,...", help="TTA scales (implies --tta)")
+    p.add_argument("--tta-merge", choices=("nms", "wbf"), default="nms",
+                   help="how detection TTA merges boxes: class-wise NMS or weighted box fusion")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     # deferred: the library loads torch (seconds); `resdense --help` should not wait for it
-    from resdense.engine import run_prediction
+    from resdense.engine import TTA, run_prediction
+    from resdense.errors import ConfigError
 
+    tta = None
+    if args.tta or args.tta_scales:
+        try:
+            scales = tuple(float(s) for s in args.tta_scales.split(",")) if args.tta_scales else TTA.scales
+        except ValueError:
+            raise ConfigError(f"--tta-scales {args.tta_scales!r}: expected comma-separated numbers") from None
+        tta = TTA(scales=scales, merge=args.tta_merge)
     paths = run_prediction(args.config, args.checkpoint, args.images, args.out,
-                           score_threshold=args.score_threshold, overrides=args.overrides)
+                           score_threshold=args.score_threshold, overrides=args.overrides, tile=args.tile,
+                           overlap=args.overlap, blend=args.blend, tile_batch=args.tile_batch, tta=tta)
     for p in paths:
         print(p)
     return 0

@@ -8,32 +8,41 @@
 from .build import check_config, config_from_dict, load_config
 from .checkpoint import atomic_save, evaluated_weights, load_checkpoint, rng_state, set_rng_state
 from .distributed import World, resolve_device
+from .evaluate import evaluate
+from .loading import Run, build_run, load_model
 from .logger import RunLogger, read_csv
-from .runner import Run, build_run, load_model, run_evaluation, run_prediction, run_training
+from .predictor import Predictor, as_rgb
+from .runner import run_evaluation, run_prediction, run_training
 from .sampler import ResumableSampler, SeededDataset, sample_seed
 from .schedule import build_optimizer, build_scheduler, lr_factor
 from .tasks import Batch, ClassificationTask, DetectionTask, SegmentationTask, Task
+from .tiling import sliced_detection, sliding_window_logits
 from .trainer import NonFiniteLossError, Trainer
+from .tta import TTA
 
 __all__ = [
     "Batch",
     "ClassificationTask",
     "DetectionTask",
     "NonFiniteLossError",
+    "Predictor",
     "ResumableSampler",
     "Run",
     "RunLogger",
     "SeededDataset",
     "SegmentationTask",
+    "TTA",
     "Task",
     "Trainer",
     "World",
+    "as_rgb",
     "atomic_save",
     "build_optimizer",
     "build_run",
     "build_scheduler",
     "check_config",
     "config_from_dict",
+    "evaluate",
     "evaluated_weights",
     "load_checkpoint",
     "load_config",
@@ -47,4 +56,6 @@ __all__ = [
     "run_training",
     "sample_seed",
     "set_rng_state",
+    "sliced_detection",
+    "sliding_window_logits",
 ]

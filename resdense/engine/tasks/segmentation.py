@@ -14,9 +14,10 @@ from resdense.errors import ConfigError
 from resdense.evaluation import SegmentationMetrics
 
 from ..distributed import sum_floats
+from ..tiling import sliding_window_logits
 from .base import Batch, Task
 
-__all__ = ["SegmentationTask"]
+__all__ = ["SegmentationTask", "model_divisor"]
 
 
 class SegmentationTask(Task):
@@ -117,15 +118,8 @@ class SegmentationTask(Task):
     def predict(self, model: nn.Module, images: list[Tensor]) -> list[Tensor]:
         """Class maps ``int64 [H, W]`` for images ``[3, H, W]`` (normalised as in training; any size: padded to the
         model's divisor and cropped back)."""
-        out = []
-        divisor = _divisor(model)
-        for img in images:
-            h, w = img.shape[-2:]
-            ph, pw = (-h) % divisor, (-w) % divisor
-            x = F.pad(img[None], (0, pw, 0, ph)) if ph or pw else img[None]
-            logits = model(x)[..., :h, :w]
-            out.append(logits.argmax(1)[0].cpu())
-        return out
+        divisor = model_divisor(model)
+        return [sliding_window_logits(model, img, None, divisor=divisor).argmax(0).cpu() for img in images]
 
 
 def _check_class_weights(weights: list[float], num_classes: int, loss: str) -> None:
@@ -139,7 +133,8 @@ def _check_class_weights(weights: list[float], num_classes: int, loss: str) -> N
         raise ConfigError(f"train.class_weights = {weights!r} must be finite, non-negative and not all zero")
 
 
-def _divisor(model: nn.Module) -> int:
+def model_divisor(model: nn.Module) -> int:
+    """The side multiple a model needs (its ``size_divisibility`` / ``output_stride``, or its encoder's; else 32)."""
     for attr in ("size_divisibility", "output_stride"):
         v = getattr(model, attr, None)
         if isinstance(v, int) and v > 0:

@@ -1,0 +1,139 @@
+"""A recipe's objects: build them for training (:func:`build_run`), or rebuild a trained model from its checkpoint
+(:func:`load_model`). The runners and the :class:`~resdense.engine.predictor.Predictor` build on these."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torch.utils.data import Dataset
+
+from resdense.config import Config
+from resdense.errors import ConfigError, WeightsError
+
+from .build import (
+    DETECTOR_KINDS,
+    build_datasets,
+    build_model,
+    build_task,
+    check_config,
+    config_from_dict,
+    dataset_classes,
+    fill_num_classes,
+    load_config,
+)
+from .checkpoint import evaluated_weights, load_checkpoint, seed_everything
+from .distributed import main_first, resolve_device
+from .tasks.base import Task
+
+__all__ = ["Run", "as_config", "build_run", "build_datasets_once", "load_model"]
+
+
+@dataclass
+class Run:
+    """The objects a recipe builds."""
+
+    config: Config
+    model: nn.Module
+    task: Task
+    train_set: Dataset | None
+    val_set: Dataset | None
+    class_names: list[str]
+
+
+def as_config(config: Config | str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
+    """A checked :class:`Config` from a recipe path / name, or the given one (checked too: one made with
+    :mod:`resdense.config` alone has not had its ``model`` / ``data`` keys checked)."""
+    if isinstance(config, Config):
+        if overrides:
+            raise ConfigError("overrides apply to a recipe file; edit the Config object instead")
+        return check_config(config)
+    return load_config(config, overrides)
+
+
+def build_run(config: Config, splits: Sequence[str] = ("train", "val")) -> Run:
+    """Build datasets, the model and the task adapter of a recipe.
+
+    Args:
+        splits: which datasets to build (``()`` builds none: the class names must then come from elsewhere).
+
+    Raises:
+        ConfigError: the training and validation sets share images and ``data.allow_overlap`` is not true.
+    """
+    seed_everything(config.train.seed)
+    sets = build_datasets_once(config, splits)
+    first = next(iter(sets.values()), None)
+    class_names = dataset_classes(first, config.task) if first is not None else []
+    model_kwargs = fill_num_classes(config.model, config.task, class_names) if class_names else dict(config.model)
+    seed_everything(config.train.seed)
+    model = build_model(model_kwargs, config.source)
+    task = build_task(config.task, class_names, config)
+    return Run(config, model, task, sets.get("train"), sets.get("val"), class_names)
+
+
+def build_datasets_once(config: Config, splits: Sequence[str]) -> dict[str, Dataset]:
+    # Under torchrun rank 0 builds first: a dataset that writes files (dataset: shapes) is complete before the other
+    # ranks read it.
+    with main_first():
+        return build_datasets(config.data, config.task, splits, config.source)
+
+
+def _checkpoint_config(ckpt: dict[str, Any], path: Path) -> tuple[Config, list[str]]:
+    raw = dict(ckpt.get("config") or {})
+    class_names = list(raw.pop("class_names", []) or [])
+    if not raw:
+        raise WeightsError(f"{path}: the checkpoint holds no recipe; pass the recipe it was trained with")
+    return config_from_dict(raw, f"{path} (stored recipe)"), class_names
+
+
+def _build_for_checkpoint(model_kwargs: dict[str, Any], source: str) -> nn.Module:
+    """Build the recipe's model for weights that come from a checkpoint: no ``weights`` / ``weights_backbone``
+    download, but the same modules as in training. A detector picks FrozenBatchNorm2d because it was given weights,
+    so that choice is kept explicitly (and build_detector's warnings about a random backbone do not apply)."""
+    kwargs = dict(model_kwargs)
+    pretrained = any(kwargs.get(k) is not None for k in ("weights", "weights_backbone"))
+    for key in ("weights", "weights_backbone"):
+        if kwargs.get(key) is not None:
+            kwargs[key] = None
+    if not (pretrained and kwargs.get("arch") in DETECTOR_KINDS and isinstance(kwargs.get("backbone", ""), str)):
+        return build_model(kwargs, source)
+    kwargs["norm"] = kwargs.get("norm") or "frozen_bn"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*FrozenBatchNorm2d on a randomly initialised backbone")
+        warnings.filterwarnings("ignore", message=".*has no effect without weights")
+        return build_model(kwargs, source)
+
+
+def load_model(checkpoint: str | os.PathLike, config: Config | str | os.PathLike | None = None,
+               device: str = "auto") -> tuple[nn.Module, Run]:
+    """Rebuild a trained model from a checkpoint (its stored recipe, or ``config`` when given) in eval mode.
+
+    The weights are the ones the run evaluated (:func:`~resdense.engine.checkpoint.evaluated_weights`): the weight
+    average of a run with ``train.ema_decay``, else the trained weights.
+
+    Returns:
+        ``(model, run)``; ``run.class_names`` comes from the checkpoint, datasets are not built.
+    """
+    path = Path(checkpoint)
+    ckpt = load_checkpoint(path)
+    stored, class_names = _checkpoint_config(ckpt, path)
+    cfg = as_config(config) if config is not None else stored
+    if config is not None and cfg.task != stored.task:
+        raise ConfigError(f"{path}: the checkpoint is a {stored.task} model but {cfg.source} is a {cfg.task} recipe")
+    model_kwargs = fill_num_classes(cfg.model, cfg.task, class_names) if class_names else dict(cfg.model)
+    model = _build_for_checkpoint(model_kwargs, cfg.source)
+    try:
+        model.load_state_dict(evaluated_weights(ckpt))
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        raise WeightsError(f"{path}: does not fit the model of {cfg.source}: "
+                           f"{first[1].strip() if len(first) > 1 else first[0]}") from None
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    task = build_task(cfg.task, class_names, cfg)
+    return model, Run(cfg, model, task, None, None, class_names)

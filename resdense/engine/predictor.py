@@ -1,0 +1,204 @@
+"""One predictor for every task, like detectron2's ``DefaultPredictor``: a model (or a checkpoint) and images in,
+predictions in the images' own pixels out.
+
+>>> from resdense.engine import Predictor                                  # doctest: +SKIP
+>>> predictor = Predictor.from_checkpoint("runs/membrane/best.pt", tile=512, overlap=0.25)  # doctest: +SKIP
+>>> predictor("big_slide.png")["mask"].shape                               # doctest: +SKIP
+(4096, 4096)
+
+Images may be file paths, PIL images, ``uint8 [H, W, 3]`` RGB arrays (``[H, W]`` grey is repeated), ``uint8 [3, H,
+W]`` tensors or float ``[3, H, W]`` tensors in ``[0, 1]`` (rounded to 8 bits, as an image file holds them). They are
+preprocessed as the recipe's validation split is (``data.val_transforms``: resize, ImageNet normalisation), except
+that a tiled segmentation keeps the image's own resolution: that is what tiling is for.
+
+Outputs, one dict per image:
+- segmentation: ``mask`` (``int64 [H, W]``) and ``logits`` (``float32 [K, H, W]``, in the original frame);
+- detection: ``boxes`` (xyxy, original pixels), ``labels``, ``scores`` (and ``masks`` for Mask R-CNN);
+- classification: ``probs`` (``[K]``) and ``top`` (the ``top_k`` best ``(class name, probability)``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+
+from resdense.config import Config
+from resdense.data import IMAGENET_MEAN, IMAGENET_STD, read_image, segmentation_transforms, to_image_tensor
+from resdense.errors import ConfigError
+
+from .build import build_task, classification_transforms
+from .loading import load_model
+from .tasks.base import Task
+from .tasks.segmentation import model_divisor
+from .tiling import check_tiling, sliced_detection, sliding_window_logits
+from .tta import TTA, as_tta, tta_detections, tta_logits
+
+__all__ = ["Predictor", "as_rgb"]
+
+ImageLike = str | os.PathLike | np.ndarray | Image.Image | Tensor
+
+
+def as_rgb(image: ImageLike) -> np.ndarray:
+    """Any accepted image (see the module's docstring) as a C-contiguous ``uint8 [H, W, 3]`` RGB array."""
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image)
+    if isinstance(image, Image.Image):
+        return np.ascontiguousarray(np.asarray(image.convert("RGB")))
+    if isinstance(image, Tensor):
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ConfigError(f"image tensor of shape {tuple(image.shape)}: expected [3, H, W]")
+        x = image.detach().cpu()
+        if x.is_floating_point():
+            x = (x.float().clamp(0, 1) * 255).round()
+        return np.ascontiguousarray(x.to(torch.uint8).permute(1, 2, 0).numpy())
+    if isinstance(image, np.ndarray):
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=2)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ConfigError(f"image array of shape {image.shape} and dtype {image.dtype}: expected uint8 [H, W, 3]")
+        return np.ascontiguousarray(image)
+    raise ConfigError(f"image of type {type(image).__name__}: expected a path, PIL image, array or tensor")
+
+
+class Predictor:
+    """Predictions of one model on images of any size, optionally tiled and with test-time augmentation.
+
+    Args:
+        model: the model (put in eval mode here).
+        task: its task adapter, or the task's name (``"segmentation"``, ``"detection"``, ``"classification"``).
+        class_names: names of the classes (``top`` and pictures); default: the task's.
+        config: the recipe, for the validation preprocessing (``data.val_transforms``) and ``eval.score_threshold``.
+        device: where to run (default: where the model's parameters are).
+        tile: window side in pixels for large images (``None``: the whole image at once). Segmentation blends the
+            windows' logits (:func:`~resdense.engine.tiling.sliding_window_logits`); detection merges the windows'
+            and the whole image's boxes by class-wise NMS (SAHI's sliced prediction).
+        overlap: fraction of a window shared with its neighbour.
+        blend: ``"gaussian"`` or ``"uniform"`` weights of the segmentation windows.
+        tile_batch: windows per forward pass (the activation memory is that of this many windows).
+        tta: ``True`` (flips and scales of :class:`~resdense.engine.tta.TTA`), a ``TTA``, or ``False``.
+        score_threshold: detections below it are dropped (default: ``eval.score_threshold`` of the recipe, else 0).
+        preprocess: keyword arguments of the validation transforms that replace the recipe's (e.g. ``mean`` /
+            ``std`` of the weights, ``size``).
+        top_k: how many classes a classification's ``top`` lists.
+    """
+
+    def __init__(self, model: nn.Module, task: Task | str, *, class_names: Sequence[str] | None = None,
+                 config: Config | None = None, device: str | torch.device | None = None, tile: int | None = None,
+                 overlap: float = 0.25, blend: str = "gaussian", tile_batch: int = 4, tta: TTA | bool | None = None,
+                 score_threshold: float | None = None, preprocess: dict[str, Any] | None = None,
+                 top_k: int = 5) -> None:
+        check_tiling(tile, overlap, blend, tile_batch)
+        names = list(class_names) if class_names else list(getattr(task, "class_names", None) or [])
+        if isinstance(task, str):
+            if config is None and task == "segmentation":
+                raise ConfigError("Predictor(task='segmentation') needs the number of classes: pass a Task or config")
+            task = build_task(task, names, config)
+        self.task, self.class_names, self.config = task, names, config
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model = model.to(self.device).eval()
+        self.tile, self.overlap, self.blend, self.tile_batch = tile, overlap, blend, tile_batch
+        self.tta = as_tta(tta)
+        default_thr = config.eval.score_threshold if config is not None else 0.0
+        self.score_threshold = default_thr if score_threshold is None else float(score_threshold)
+        self._val_tf = dict(config.data.get("val_transforms") or {}) if config is not None else {}
+        self._val_tf.update(preprocess or {})
+        self.top_k = top_k
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | os.PathLike, config: Config | str | os.PathLike | None = None, *,
+                        device: str = "auto", **options: Any) -> Predictor:
+        """A predictor of a checkpoint written by ``resdense train`` (its stored recipe, or ``config``)."""
+        model, run = load_model(checkpoint, config, device=device)
+        return cls(model, run.task, class_names=run.class_names, config=run.config, **options)
+
+    @property
+    def kind(self) -> str:
+        return self.task.name
+
+    def __call__(self, image: ImageLike) -> dict[str, Any]:
+        """The prediction of one image (see the module's docstring)."""
+        rgb = as_rgb(image)
+        if self.kind == "segmentation":
+            return self._segment(rgb)
+        if self.kind == "detection":
+            return self._detect(rgb)
+        return self._classify(rgb)
+
+    def predict(self, images: Sequence[ImageLike]) -> list[dict[str, Any]]:
+        """Predictions of several images, in order."""
+        return [self(im) for im in images]
+
+    # ---- segmentation -------------------------------------------------------------------------------------------
+    def _seg_input(self, rgb: np.ndarray) -> Tensor:
+        kwargs = {k: v for k, v in self._val_tf.items() if k != "train"}
+        kwargs["pad_divisor"] = 1  # the windows are padded to the model's divisor and cropped back
+        if self.tile is not None:
+            kwargs["size"] = None  # tiles see the image at its own resolution
+        kwargs.setdefault("mean", IMAGENET_MEAN)
+        kwargs.setdefault("std", IMAGENET_STD)
+        x, _ = segmentation_transforms(train=False, **kwargs)(rgb, np.zeros(rgb.shape[:2], np.uint8))
+        return x.to(self.device)
+
+    def _seg_logits(self, x: Tensor) -> Tensor:
+        divisor = model_divisor(self.model)
+
+        def one(img: Tensor) -> Tensor:
+            return sliding_window_logits(self.model, img, self.tile, overlap=self.overlap, blend=self.blend,
+                                         tile_batch=self.tile_batch, divisor=divisor)
+
+        return tta_logits(one, x, self.tta) if self.tta is not None else one(x)
+
+    @torch.no_grad()
+    def _segment(self, rgb: np.ndarray) -> dict[str, Any]:
+        logits = self._seg_logits(self._seg_input(rgb))
+        h, w = rgb.shape[:2]
+        if tuple(logits.shape[-2:]) != (h, w):  # the recipe resized the image: logits back to its frame
+            logits = F.interpolate(logits[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+        return {"mask": logits.argmax(0).cpu(), "logits": logits.cpu()}
+
+    # ---- detection ----------------------------------------------------------------------------------------------
+    def _detect_many(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        return self.task.predict(self.model, [im.to(self.device) for im in images])
+
+    def _detect_one(self, image: Tensor) -> dict[str, Tensor]:
+        if self.tile is None:
+            return self._detect_many([image])[0]
+        return sliced_detection(self._detect_many, image, self.tile, overlap=self.overlap, tile_batch=self.tile_batch,
+                                max_detections=_max_detections(self.model))
+
+    @torch.no_grad()
+    def _detect(self, rgb: np.ndarray) -> dict[str, Any]:
+        image = to_image_tensor(rgb)
+        if self.tta is not None:
+            out = tta_detections(self._detect_one, image, self.tta, max_detections=_max_detections(self.model))
+        else:
+            out = self._detect_one(image)
+        keep = out["scores"] >= self.score_threshold
+        return {k: v[keep].cpu() for k, v in out.items()}
+
+    # ---- classification -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _classify(self, rgb: np.ndarray) -> dict[str, Any]:
+        tf = classification_transforms(train=False, **self._val_tf)
+        probs = self.task.predict(self.model, [tf(Image.fromarray(rgb)).to(self.device)])[0]
+        if self.tta is not None and self.tta.flips:
+            flipped = self.task.predict(self.model, [tf(Image.fromarray(np.ascontiguousarray(rgb[:, ::-1])))
+                                                     .to(self.device)])[0]
+            probs = (probs + flipped) / 2
+        values, indices = probs.topk(min(self.top_k, len(probs)))
+        top = [(self.class_names[i] if i < len(self.class_names) else str(i), float(p))
+               for p, i in zip(values.tolist(), indices.tolist(), strict=True)]
+        return {"probs": probs, "top": top}
+
+
+def _max_detections(model: nn.Module) -> int | None:
+    return getattr(getattr(model, "roi_heads", None), "detections_per_img", None) or \
+        getattr(model, "detections_per_img", None)
+
