@@ -72,6 +72,7 @@ EXPORTS = {
     "create_backbone": "resdense.backbones", "create_classifier": "resdense.backbones",
     "optimize_for_inference": "resdense.backbones", "build_detector": "resdense.heads", "UNet": "resdense.heads",
     "FPN": "resdense.heads", "smp_model": "resdense.heads", "load_config": "resdense.engine",
+    "Predictor": "resdense.engine", "TTA": "resdense.engine",
 }
 ALIASES = {"train": "run_training", "evaluate": "run_evaluation", "predict": "run_prediction"}
 
