@@ -101,7 +101,7 @@ class ResNet(FeatureExtractor):
             setattr(self, f"layer{idx + 1}", self._make_layer(block, planes, layers[idx], stride, dilate))
         del self.inplanes, self.dilation
         self._init_weights(zero_init_residual)
-        self._freeze()
+        self.freeze(frozen_stages)
 
     @staticmethod
     def _all_feature_info(expansion: int, output_stride: int) -> tuple[FeatureInfo, ...]:
@@ -165,11 +165,19 @@ class ResNet(FeatureExtractor):
         mods += [getattr(self, f"layer{i}") for i in range(1, self.frozen_stages + 1) if hasattr(self, f"layer{i}")]
         return mods
 
-    def _freeze(self) -> None:
-        for m in self.frozen_modules():
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad_(False)
+    def freeze(self, stages: int) -> ResNet:
+        """Freeze the stem and layer1..layer_k for ``stages=k`` (``-1``: nothing; ``4``: the whole backbone): their
+        parameters get ``requires_grad=False`` and their norm layers stay in eval mode, also under ``train()``
+        (mmdet's ``frozen_stages``, detectron2's ``freeze_at``). The stages after ``k`` are made trainable, so
+        ``freeze(k)`` also undoes a deeper freeze. The one implementation behind ``frozen_stages=``, the detectors'
+        ``trainable_stages`` and ``Classifier(freeze_backbone=True)``."""
+        if isinstance(stages, bool) or not isinstance(stages, int) or not -1 <= stages <= 4:
+            raise ConfigError(f"{self.name}: freeze({stages!r}): stages must be an int in -1..4")
+        self.frozen_stages = stages
+        frozen = {id(m) for m in self.frozen_modules()}
+        for m in [self.conv1, self.bn1, *(layer for _, layer in self.stages())]:
+            m.requires_grad_(id(m) not in frozen)
+        return self.train(self.training)
 
     def train(self, mode: bool = True) -> ResNet:
         super().train(mode)

@@ -1,4 +1,4 @@
-"""Datasets, transforms and loaders for detection and segmentation.
+"""Datasets and transforms for detection and segmentation (batching is the engine's: its sampler and ``Task.collate``).
 
 Detection datasets yield ``(image float32 [3, H, W] in [0, 1], target)`` with the torchvision detection target
 (``boxes`` xyxy, ``labels`` 1..K, optional ``masks``, ``image_id``, ``area``, ``iscrowd``, ``orig_size``,
@@ -13,7 +13,6 @@ from .check import CheckReport, check_path
 from .coco import CocoDetection, build_coco
 from .coco_semantic import CocoSemantic
 from .image_folder import ImageFolder
-from .loader import detection_collate, make_loader, seed_transforms, seed_worker
 from .masks import MaskDataset
 from .shapes import SHAPES_CLASSES, ShapesDataset, ShapesSplit, make_shapes
 from .split import Split, make_split
@@ -21,6 +20,7 @@ from .transforms import (
     DetectionTransform,
     SegmentationTransform,
     detection_transforms,
+    seed_transforms,
     segmentation_transforms,
 )
 from .voc import VocDetection, voc_to_coco
@@ -35,9 +35,6 @@ __all__ = [
     "SegmentationTransform",
     "detection_transforms",
     "segmentation_transforms",
-    "detection_collate",
-    "make_loader",
-    "seed_worker",
     "seed_transforms",
     "make_shapes",
     "ShapesDataset",

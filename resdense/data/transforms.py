@@ -15,6 +15,7 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
+from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from resdense.errors import ConfigError
 
@@ -29,6 +30,7 @@ __all__ = [
     "segmentation_transforms",
     "as_detection_transform",
     "as_segmentation_transform",
+    "seed_transforms",
 ]
 
 def _transform_list(transforms) -> list:
@@ -347,3 +349,23 @@ def segmentation_transforms(
                                  pad_width_divisor=pad_divisor, position="top_left",
                                  border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=ignore_index))
     return SegmentationTransform(ops, normalize=normalize, mean=mean, std=std, seed=seed)
+
+
+def _leaves(dataset) -> list:
+    if isinstance(dataset, Subset):
+        return _leaves(dataset.dataset)
+    if isinstance(dataset, ConcatDataset):
+        return [leaf for d in dataset.datasets for leaf in _leaves(d)]
+    return [dataset]
+
+
+def seed_transforms(dataset: Dataset, seed: int) -> None:
+    """Seed the albumentations generators of a dataset's transforms.
+
+    Albumentations 2 draws from its own ``numpy.random.Generator`` (fresh OS entropy unless seeded), not from the
+    global numpy state, so seeding numpy alone would leave augmentations unreproducible.
+    """
+    for leaf in _leaves(dataset):
+        compose = getattr(getattr(leaf, "transforms", None), "compose", None)
+        if compose is not None and hasattr(compose, "set_random_seed"):
+            compose.set_random_seed(seed)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from resdense.backbones import FeatureExtractor
+from resdense.backbones import FeatureExtractor, ResNet
 from resdense.errors import ConfigError
 
 from ._features import resolve_backbone
@@ -53,6 +53,7 @@ class Classifier(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.fc = nn.Linear(last.channels, num_classes)
+        self._own_frozen_stages = getattr(self.backbone, "frozen_stages", None)  # what the backbone froze itself
         self.freeze_backbone = freeze_backbone
 
     @property
@@ -62,10 +63,10 @@ class Classifier(nn.Module):
     @freeze_backbone.setter
     def freeze_backbone(self, value: bool) -> None:
         self._freeze_backbone = bool(value)
-        self.backbone.requires_grad_(not value)
-        if not value and hasattr(self.backbone, "frozen_modules"):
-            for module in self.backbone.frozen_modules():  # stages the backbone froze itself stay frozen
-                module.requires_grad_(False)
+        if isinstance(self.backbone, ResNet):  # stages the backbone froze itself stay frozen when unfreezing
+            self.backbone.freeze(4 if value else self._own_frozen_stages)
+        else:
+            self.backbone.requires_grad_(not value)
         self.train(self.training)
 
     def train(self, mode: bool = True) -> Classifier:

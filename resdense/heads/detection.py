@@ -269,10 +269,7 @@ def _freeze(body: nn.Module, frozen_stages: int) -> None:
     if frozen_stages < 0:
         return
     if isinstance(body, ResNet):
-        body.frozen_stages = max(body.frozen_stages, frozen_stages)
-        for module in body.frozen_modules():
-            module.requires_grad_(False)
-        body.train(body.training)  # frozen stages keep their norm layers in eval mode
+        body.freeze(max(body.frozen_stages, frozen_stages))
         return
     prefixes = ("conv1", "bn1", *[f"layer{i}" for i in range(1, frozen_stages + 1)])
     for name, p in body.named_parameters():

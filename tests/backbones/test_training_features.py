@@ -6,6 +6,7 @@ import torchvision
 from torch.testing import assert_close
 
 from resdense.backbones import adapt_input_conv, create_backbone
+from resdense.errors import ConfigError
 from tests.backbones.reference import randomize_norm_stats, torchvision_features, torchvision_model
 
 
@@ -28,6 +29,18 @@ def test_trainable_parameter_counts(name, frozen_stages):
         if isinstance(m, torch.nn.BatchNorm2d):
             is_frozen = bool(frozen) and (mod_name + ".").startswith(frozen)
             assert m.training is not is_frozen, mod_name
+
+
+def test_freeze_later_equals_freezing_at_construction_and_can_be_lowered():
+    at_build = create_backbone("resnet50", frozen_stages=2)
+    later = create_backbone("resnet50").freeze(4).freeze(2)  # deeper first, then lowered: layer3-4 train again
+    for (n, a), (_, b) in zip(at_build.named_parameters(), later.named_parameters(), strict=True):
+        assert a.requires_grad == b.requires_grad, n
+    later.train()
+    assert [m.training for m in later.modules()] == [m.training for m in at_build.train().modules()]
+    assert later.frozen_stages == 2
+    with pytest.raises(ConfigError, match=r"freeze\(5\)"):
+        later.freeze(5)
 
 
 def test_frozen_stage_statistics_do_not_move_in_train_mode():
