@@ -45,8 +45,6 @@ LAYERS = {
 DEFERRED = {
     "resdense.cli": "each subcommand imports the library when it runs: torch, torchvision and smp take seconds to "
                     "import, and `resdense --help` or an argument error should not wait for them",
-    "resdense.engine.trainer": "errors / visualize imported inside methods; left as they are while trainer.py is "
-                               "edited elsewhere (all point down)",
 }
 
 TORCH_PRIVATE_MODULE = "resdense._torch_private"

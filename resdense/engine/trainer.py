@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 from resdense.config import NOT_SET, EvalConfig, TrainConfig, first_difference
 from resdense.errors import ConfigError, DataError, ResdenseError, TrainingInterrupted
 from resdense.hardware import choose_precision
+from resdense.visualize import plot_curves
 
 from . import distributed
 from .checkpoint import (
@@ -493,8 +494,6 @@ class Trainer:
         if self.world.main:
             (self.run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
             try:
-                from resdense.visualize import plot_curves
-
                 plot_curves(self.run_dir, self.run_dir / "curves.png")
             except Exception as err:  # a plotting problem must never lose a finished run
                 log.warning("could not draw curves: %s", err)
