@@ -37,9 +37,10 @@ def train(config, overrides: Sequence[str] = (), **kwargs: Any) -> dict[str, Any
     return run_training(config, overrides, **kwargs)
 
 
-def evaluate(config, checkpoint: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """Metrics of a checkpoint on the recipe's validation split."""
-    return run_evaluation(config, checkpoint, overrides)
+def evaluate(config, checkpoint: str | os.PathLike, overrides: Sequence[str] = (), *,
+             out: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Metrics of a checkpoint on the recipe's validation split (and a readable report in ``out``)."""
+    return run_evaluation(config, checkpoint, overrides, out=out)
 
 
 def predict(config, checkpoint: str | os.PathLike, images: Sequence[str | os.PathLike], out_dir: str | os.PathLike,

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from resdense.data import read_image
-from resdense.engine import Predictor, load_config, run_training
+from resdense.engine import Predictor, load_config, run_evaluation, run_training
 from resdense.engine.build import build_dataset
 from resdense.errors import ConfigError
 from resdense.hardware import cpu_capability, hardware_summary, native_bf16
@@ -54,8 +54,9 @@ def run_demo(out: str | os.PathLike = "demo_out", *, only: str | None = None,
     """Run the demo into ``out``; returns ``{"metrics": ..., "report": <markdown text>}``.
 
     Args:
-        out: output folder: ``shapes/`` (the dataset), ``segmentation/`` and ``detection/`` (run directories),
-            ``overlays/``, ``report.md``, ``metrics.json``.
+        out: output folder: ``shapes/`` (the dataset), ``segmentation/`` and ``detection/`` (run directories,
+            each with the evaluation report of its ``last.pt`` in ``report/``), ``overlays/``, ``report.md``,
+            ``metrics.json``.
         only: ``"segmentation"`` or ``"detection"`` to run one task.
         overrides: ``key=value`` overrides applied to both recipes (e.g. ``train.iterations=20`` for a smoke run).
     """
@@ -71,6 +72,7 @@ def run_demo(out: str | os.PathLike = "demo_out", *, only: str | None = None,
         result["wall_s"] = round(time.perf_counter() - tic, 1)
         result["config"] = f"configs/{DEMO_CONFIGS[task]}.yaml"
         result["pictures"] = _pictures(task, config, out)
+        result["report"] = _evaluation_report(task, config, out)
         results[task] = result
         log.info("demo %s: %s = %.4f in %.0f s (%s)", task, HEADLINE[task],
                  result["final"].get(HEADLINE[task], float("nan")), result["wall_s"], result["precision"]["amp"])
@@ -126,6 +128,13 @@ def _pictures(task: str, config, out: Path) -> list[str]:
     return paths
 
 
+def _evaluation_report(task: str, config, out: Path) -> list[str]:
+    """``resdense eval --out <run>/report`` of the final weights (those of the metrics above): per-class table and
+    confusion matrix / PR curves; the files' paths relative to ``out``."""
+    metrics = run_evaluation(config, config.output_dir / "last.pt", out=config.output_dir / "report")
+    return [str(Path(f).relative_to(out)) for f in metrics["report_files"]]
+
+
 def _up(img: np.ndarray, legend: bool = False, target: int = 256) -> np.ndarray:
     """Nearest-neighbour upscaling of a small picture so it reads on screen (the legend strip keeps its size)."""
     h = img.shape[0]
@@ -147,6 +156,20 @@ def _fmt(v: Any) -> str:
     if v is None or (isinstance(v, float) and v < 0):
         return "-"
     return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def _report_section(task: str, files: list[str], out: Path) -> list[str]:
+    """The per-class tables (embedded) and the report's pictures of one task."""
+    if not files:
+        return []
+    page = next(f for f in files if f.endswith("report.md"))
+    lines = [f"Per-class results of the final weights (`resdense eval --out`; full page: [{page}]({page})):", ""]
+    for f in files:
+        if "per_class" in f and f.endswith(".md"):
+            lines += [(out / f).read_text().strip(), ""]
+        elif f.endswith(".png"):
+            lines += [f"![{task} {Path(f).stem.replace('_', ' ')}]({f})", ""]
+    return lines
 
 
 def _report(summary: dict[str, Any], out: Path) -> str:
@@ -179,5 +202,6 @@ def _report(summary: dict[str, Any], out: Path) -> str:
                      f"{r['best'].get('iteration')}; run directory `{task}/` (config.yaml, log.csv, eval.csv, "
                      "last.pt, best.pt, metrics.json).")
         lines += ["", f"![{task} curves]({task}/curves.png)", ""]
+        lines += _report_section(task, r.get("report", []), out)
         lines += [f"![{task} example {i}]({p})" for i, p in enumerate(r["pictures"])]
     return "\n".join(lines) + "\n"

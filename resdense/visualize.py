@@ -1,7 +1,8 @@
 """Pictures a person can read: class-coloured mask overlays with a legend, boxes with label and score, curves.
 
-Everything draws with PIL into RGB ``uint8`` arrays (no display needed); :func:`plot_curves` uses matplotlib's
-Agg backend and reads a run's ``log.csv`` / ``eval.csv`` with :func:`read_csv` (the engine's logger writes them).
+Overlays and boxes draw with PIL into RGB ``uint8`` arrays (no display needed). The plots use matplotlib's Agg
+backend: :func:`plot_curves` reads a run's ``log.csv`` / ``eval.csv`` with :func:`read_csv` (the engine's logger
+writes them); :func:`plot_confusion_matrix` and :func:`plot_pr_curves` draw the arrays of an evaluation report.
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["palette", "overlay_mask", "draw_boxes", "plot_curves", "read_csv", "save_image", "side_by_side"]
+from resdense.errors import EvaluationError
+
+__all__ = ["palette", "overlay_mask", "draw_boxes", "plot_curves", "plot_confusion_matrix", "plot_pr_curves",
+           "read_csv", "save_image", "side_by_side"]
+
+#: Up to this many classes a confusion matrix shows its values and a PR plot has a legend entry per class.
+FEW_CLASSES = 20
 
 
 def palette(n: int, background: bool = True) -> np.ndarray:
@@ -198,11 +205,7 @@ def plot_curves(run_dir: str | os.PathLike, out: str | os.PathLike | None = None
     Returns:
         The PNG's path (default ``run_dir/curves.png``).
     """
-    import matplotlib  # deferred: heavy, and only curves need it
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     run_dir = Path(run_dir)
     out = Path(out) if out else run_dir / "curves.png"
     train, evals = read_csv(run_dir / "log.csv"), read_csv(run_dir / "eval.csv")
@@ -230,8 +233,99 @@ def plot_curves(run_dir: str | os.PathLike, out: str | os.PathLike | None = None
     ax.set_xlabel("iteration")
     ax.set_title("validation metrics")
     ax.grid(alpha=0.3)
+    return _save(fig, out)
+
+
+def _pyplot():
+    import matplotlib  # deferred: heavy, and only the plots need it
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out: str | os.PathLike) -> Path:
+    out = Path(out)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _pyplot().close(fig)
     return out
+
+
+def plot_confusion_matrix(matrix, class_names: Sequence[str], out: str | os.PathLike, *,
+                          annotate: bool | None = None, title: str = "confusion matrix") -> Path:
+    """A confusion matrix as a PNG, each row divided by its sum: row ``i`` shows where the pixels (or samples) of
+    true class ``i`` went, so the diagonal is each class's recall. Rows without any are left blank.
+
+    Args:
+        matrix: counts ``[C, C]``, rows ground truth, columns prediction (tensor or array).
+        class_names: the C names, on both axes.
+        annotate: write each cell's value; default when C <= :data:`FEW_CLASSES`.
+
+    Returns:
+        The PNG's path.
+    """
+    cm = np.asarray(matrix.cpu() if hasattr(matrix, "cpu") else matrix, dtype=np.float64)
+    c = len(class_names)
+    if cm.shape != (c, c):
+        raise EvaluationError(f"plot_confusion_matrix: matrix of shape {list(cm.shape)} for {c} class names")
+    totals = cm.sum(1, keepdims=True)
+    norm = np.divide(cm, totals, out=np.full_like(cm, np.nan), where=totals > 0)
+    plt = _pyplot()
+    side = min(3.5 + 0.45 * c, 24.0)
+    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    im = ax.imshow(np.ma.masked_invalid(norm), cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    ax.set_xticks(range(c), labels=list(class_names), rotation=45 if c > 3 else 0, ha="right" if c > 3 else "center")
+    ax.set_yticks(range(c), labels=list(class_names))
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(f"{title} (rows normalised: recall per true class)", fontsize=10)
+    if annotate if annotate is not None else c <= FEW_CLASSES:
+        for i in range(c):
+            for j in range(c):
+                if not np.isnan(norm[i, j]):
+                    ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    return _save(fig, out)
+
+
+def plot_pr_curves(recall, curves: dict[str, np.ndarray], class_names: Sequence[str], out: str | os.PathLike, *,
+                   title: str = "precision-recall") -> Path:
+    """Precision-recall curves, one panel per entry of ``curves`` and one line per class.
+
+    Args:
+        recall: the recall points ``[R]`` (COCO's 101 thresholds 0:0.01:1).
+        curves: panel title -> precision ``[K, R]`` (e.g. ``"IoU 0.50"``, ``"mean IoU 0.50:0.95"``); a row of -1
+            (COCO: a class without ground truth) is not drawn and named in the legend as such.
+        class_names: the K names. A class's legend entry carries the curve's mean precision, which is its AP.
+
+    Returns:
+        The PNG's path.
+    """
+    recall = np.asarray(recall, dtype=np.float64)
+    for name, prec in curves.items():
+        if np.shape(prec) != (len(class_names), len(recall)):
+            raise EvaluationError(f"plot_pr_curves: {name!r} precision of shape {list(np.shape(prec))}, expected "
+                                  f"[{len(class_names)} classes, {len(recall)} recall points]")
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(curves), figsize=(5.2 * len(curves), 4.4), squeeze=False)
+    colours = palette(len(class_names) + 1)[1:] / 255.0
+    for ax, (name, prec) in zip(axes[0], curves.items(), strict=True):
+        prec = np.asarray(prec, dtype=np.float64)
+        for k, label in enumerate(class_names):
+            if (prec[k] < 0).all():
+                ax.plot([], [], color="grey", label=f"{label} (no ground truth)")
+                continue
+            ax.plot(recall, prec[k], color=colours[k], lw=1.4, label=f"{label} (AP {prec[k].mean():.3f})")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("recall")
+        ax.set_ylabel("precision")
+        ax.set_title(f"{title}: {name}", fontsize=10)
+        ax.grid(alpha=0.3)
+        if len(class_names) <= FEW_CLASSES:
+            ax.legend(fontsize=7, loc="lower left")
+    return _save(fig, out)

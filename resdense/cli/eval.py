@@ -1,5 +1,6 @@
-"""``resdense eval CONFIG --checkpoint PATH``: evaluate a checkpoint on the recipe's validation split (also under
-``torchrun``: each process scores its shard, rank 0 prints the metrics of the whole split)."""
+"""``resdense eval CONFIG --checkpoint PATH [--out DIR]``: evaluate a checkpoint on the recipe's validation split
+(also under ``torchrun``: each process scores its shard, rank 0 prints the metrics of the whole split); ``--out``
+writes a report (metrics.json, per-class tables, confusion matrix / precision-recall curves, report.md)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value (repeatable)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="write a report here: metrics.json, per-class tables (Markdown, CSV), confusion matrix or "
+                        "precision-recall curves (PNG), report.md")
     p.set_defaults(func=run)
 
 
@@ -21,12 +25,12 @@ def run(args: argparse.Namespace) -> int:
     # deferred: the library loads torch (seconds); `resdense --help` should not wait for it
     from resdense.engine import run_evaluation
     from resdense.engine.distributed import main_process
+    from resdense.engine.report import scalar_metrics
 
-    metrics = run_evaluation(args.config, args.checkpoint, args.overrides)
+    metrics = run_evaluation(args.config, args.checkpoint, args.overrides, out=args.out)
     if not main_process():
         return 0
-    scalars = {k: float(v) for k, v in metrics.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    scalars = scalar_metrics(metrics)
     if args.json:
         print(json.dumps(scalars, indent=2))
     elif "table" in metrics:
@@ -35,4 +39,6 @@ def run(args: argparse.Namespace) -> int:
         width = max(len(k) for k in scalars) if scalars else 0
         for k, v in scalars.items():
             print(f"{k:<{width}}  {v:.4f}")
+    if args.out and not args.json:
+        print(f"report: {args.out}/report.md ({len(metrics['report_files'])} files)")
     return 0

@@ -46,17 +46,19 @@ def eval_loader(task: Task, dataset: Dataset, eval_cfg: EvalConfig, num_workers:
 
 
 def evaluate(model: nn.Module, task: Task, dataset: Dataset, eval_cfg: EvalConfig, device: torch.device, *,
-             dtype: torch.dtype | None = None, num_workers: int = 0) -> dict[str, Any]:
+             dtype: torch.dtype | None = None, num_workers: int = 0, report: bool = False) -> dict[str, Any]:
     """The task's metrics of ``model`` on ``dataset`` (model in eval mode, its mode restored after).
 
     Args:
         dtype: autocast precision (``None``: float32).
         num_workers: loader worker processes.
+        report: also return what a report draws (segmentation ``confusion_matrix``, detection ``coco``), computed
+            like the metrics after the processes' shards are gathered (see :mod:`resdense.engine.report`).
     """
     loader = eval_loader(task, dataset, eval_cfg, num_workers)
     was_training = model.training
     model.eval()
     try:
-        return task.evaluate(model, loader, device, autocast=lambda: autocast(device, dtype))
+        return task.evaluate(model, loader, device, autocast=lambda: autocast(device, dtype), report=report)
     finally:
         model.train(was_training)

@@ -21,10 +21,11 @@ from resdense.hardware import choose_precision
 from resdense.visualize import draw_boxes, overlay_mask, save_image, side_by_side
 
 from .build import build_task, dataset_classes
-from .distributed import init_from_env, resolve_device
+from .distributed import init_from_env, on_main, resolve_device
 from .evaluate import evaluate
 from .loading import Run, as_config, build_datasets_once, build_run, load_model
 from .predictor import Predictor
+from .report import check_report_folder, write_report
 from .trainer import Trainer
 from .tta import TTA
 
@@ -67,13 +68,20 @@ def run_training(config: Config | str | os.PathLike, overrides: Sequence[str] = 
 
 
 def run_evaluation(config: Config | str | os.PathLike, checkpoint: str | os.PathLike,
-                   overrides: Sequence[str] = ()) -> dict[str, Any]:
+                   overrides: Sequence[str] = (), *, out: str | os.PathLike | None = None) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on the recipe's validation split; returns the task's metrics.
 
+    Args:
+        out: also write a report into this folder (:func:`~resdense.engine.report.write_report`: ``metrics.json``,
+            per-class tables, confusion matrix or precision-recall curves, ``report.md``); the files written are
+            listed under ``"report_files"`` and the report's arrays (``confusion_matrix`` / ``coco``) are returned.
+
     Under ``torchrun`` each process scores its shard of the images (each image once) and every rank returns the
-    metrics of the whole split, equal to one process's.
+    metrics of the whole split, equal to one process's; rank 0 writes the report, from the gathered results.
     """
     config = as_config(config, overrides)
+    if out is not None:
+        check_report_folder(out)
     init_from_env(config.train.dist_backend, config.train.device)
     model, run = load_model(checkpoint, config, device=config.train.device)
     val = build_datasets_once(config, ("val",))["val"]
@@ -83,7 +91,14 @@ def run_evaluation(config: Config | str | os.PathLike, checkpoint: str | os.Path
     # The loaded weights are already the evaluated ones (the average of an EMA run): no average to keep here.
     device = resolve_device(config.train.device)
     dtype = choose_precision(config.train.amp, device).dtype
-    return evaluate(model, run.task, val, config.eval, device, dtype=dtype, num_workers=config.train.num_workers)
+    metrics = evaluate(model, run.task, val, config.eval, device, dtype=dtype, num_workers=config.train.num_workers,
+                       report=out is not None)
+    if out is not None:
+        n = len(val) if config.eval.max_images is None else min(len(val), config.eval.max_images)
+        title = f"{config.name}: {Path(checkpoint).name} on the validation split ({n} images)"
+        files = on_main(lambda: write_report(metrics, run.class_names, out, title=title))
+        metrics["report_files"] = [str(f) for f in files]
+    return metrics
 
 
 def run_prediction(config: Config | str | os.PathLike | None, checkpoint: str | os.PathLike,

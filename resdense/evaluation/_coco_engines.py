@@ -4,7 +4,8 @@ Both engines fill the same arrays: ``precision`` [T, R, K, A, M] (IoU thresholds
 area ranges all/small/medium/large, max_dets) and ``recall`` [T, K, A, M], with -1 where a category has no
 ground truth in that area range. :func:`summarize` reads the COCO statistics out of them with pycocotools' own
 formula (mean over the entries > -1), so both backends are summarised by the same code and the max_dets
-handling is fixed in one place.
+handling is fixed in one place. :func:`per_class_ap` and :func:`pr_curves` read the per-category numbers of a
+report from the same arrays.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -27,7 +29,9 @@ class EngineOutput:
     precision: np.ndarray  # [T, R, K, A, M]
     recall: np.ndarray  # [T, K, A, M]
     iou_thrs: np.ndarray  # [T]
+    rec_thrs: np.ndarray  # [R]
     cat_ids: list  # [K], sorted
+    cat_names: list  # [K], the GT's category names ("name(id)" where two categories share a name)
     max_dets: list  # [M], sorted
 
 
@@ -74,9 +78,17 @@ def run_engine(
         precision=np.asarray(evaluator.eval["precision"]),
         recall=np.asarray(evaluator.eval["recall"]),
         iou_thrs=np.asarray(p.iouThrs),
-        cat_ids=list(p.catIds),
+        rec_thrs=np.asarray(p.recThrs),
+        cat_ids=[int(c) for c in p.catIds],
+        cat_names=_category_names(gt, [int(c) for c in p.catIds]),
         max_dets=list(p.maxDets),
     )
+
+
+def _category_names(gt: dict, cat_ids: list) -> list[str]:
+    names = {c["id"]: str(c.get("name", c["id"])) for c in gt["categories"]}
+    counts = Counter(names.values())
+    return [names[c] if counts[names[c]] == 1 else f"{names[c]}({c})" for c in cat_ids]
 
 
 def _results_dataset(gt: dict, results: list[dict], iou_type: str) -> dict:
@@ -125,7 +137,7 @@ def summarize(out: EngineOutput) -> dict[str, float]:
     """
     prec, rec = out.precision, out.recall
     m = len(out.max_dets) - 1
-    t50, t75 = np.where(out.iou_thrs == 0.5)[0], np.where(out.iou_thrs == 0.75)[0]
+    t50, t75 = _thr(out, 0.5), _thr(out, 0.75)
     stats = {
         "AP": _mean_defined(prec[:, :, :, 0, m]),
         "AP50": _mean_defined(prec[t50][:, :, :, 0, m]),
@@ -142,7 +154,33 @@ def summarize(out: EngineOutput) -> dict[str, float]:
     return stats
 
 
-def per_class_ap(out: EngineOutput) -> list[float]:
-    """AP (IoU 0.50:0.95, all areas, largest max_dets) of each category in ``out.cat_ids``; -1 without GT."""
+def _thr(out: EngineOutput, iou: float) -> np.ndarray:
+    # pycocotools' _summarize selects a threshold by exact equality (np.where(iouThr == p.iouThrs)).
+    return np.where(out.iou_thrs == iou)[0]
+
+
+def per_class_ap(out: EngineOutput, iou: float | None = None) -> list[float]:
+    """AP of each category in ``out.cat_ids`` (all areas, largest max_dets): at IoU threshold ``iou`` (0.5 for
+    AP50) or, with ``None``, averaged over the thresholds (AP); -1 for a category without ground truth. The mean of
+    the entries > -1 of ``precision[t, :, k, 0, m]``, as pycocotools' summarize computes AP."""
     m = len(out.max_dets) - 1
-    return [_mean_defined(out.precision[:, :, k, 0, m]) for k in range(len(out.cat_ids))]
+    t = slice(None) if iou is None else _thr(out, iou)
+    return [_mean_defined(out.precision[t, :, k, 0, m]) for k in range(len(out.cat_ids))]
+
+
+def pr_curves(out: EngineOutput) -> dict[str, np.ndarray]:
+    """Precision-recall curves per category, from ``precision`` at area "all" and the largest max_dets.
+
+    Returns:
+        ``recall`` [R] (the recall thresholds), ``iou50`` [K, R] (precision at IoU 0.5: ``precision[t50, :, k, 0,
+        m]``) and ``mean`` [K, R] (the mean over the IoU thresholds of the entries > -1). Rows of categories
+        without ground truth are -1, as in the engines' arrays.
+    """
+    m = len(out.max_dets) - 1
+    prec = out.precision[:, :, :, 0, m]  # [T, R, K]
+    defined = prec > -1
+    count = defined.sum(0)
+    mean = np.where(count > 0, np.where(defined, prec, 0.0).sum(0) / np.maximum(count, 1), -1.0)
+    t50 = _thr(out, 0.5)
+    iou50 = prec[t50[0]] if t50.size else np.full(prec.shape[1:], -1.0)
+    return {"recall": out.rec_thrs.copy(), "iou50": iou50.T.copy(), "mean": mean.T}

@@ -23,9 +23,9 @@ from torch import Tensor
 
 from resdense.errors import ConfigError, EvaluationError
 
-from .coco import BACKENDS, check_max_dets, coco_map
+from .coco import BACKENDS, CocoEvaluation, check_max_dets, coco_evaluate
 
-__all__ = ["DetectionEvaluator"]
+__all__ = ["DetectionEvaluator", "flat_stats"]
 
 logger = logging.getLogger(__name__)
 
@@ -209,13 +209,13 @@ class DetectionEvaluator:
                 self.merge(mine if rank == dist.get_rank() else state)
         return self
 
-    def compute(self) -> dict[str, float]:
-        """COCO statistics of the images seen, keyed ``"<iou_type>/<stat>"`` (e.g. ``"bbox/AP50"``)."""
+    def evaluate(self) -> dict[str, CocoEvaluation]:
+        """One :class:`~resdense.evaluation.CocoEvaluation` per IoU type, over the images seen: the statistics and
+        the engine's arrays (per-class AP, precision-recall curves)."""
         if not self._results:
-            raise EvaluationError("DetectionEvaluator.compute: no images seen; call update() first")
-        stats: dict[str, float] = {}
-        for iou_type in self.iou_types:
-            out = coco_map(
+            raise EvaluationError("DetectionEvaluator: no images seen; call update() first")
+        return {
+            iou_type: coco_evaluate(
                 self.coco_gt,
                 self.results(iou_type),
                 iou_type,
@@ -225,11 +225,20 @@ class DetectionEvaluator:
                 img_ids=self.image_ids,
                 renumber_ann_ids=self.renumber_ann_ids,
             )
-            stats.update({f"{iou_type}/{k}": v for k, v in out.items()})
-        return stats
+            for iou_type in self.iou_types
+        }
+
+    def compute(self) -> dict[str, float]:
+        """COCO statistics of the images seen, keyed ``"<iou_type>/<stat>"`` (e.g. ``"bbox/AP50"``)."""
+        return flat_stats(self.evaluate())
 
     def __len__(self) -> int:
         return len(self._results)
+
+
+def flat_stats(evaluations: Mapping[str, CocoEvaluation]) -> dict[str, float]:
+    """The statistics of :meth:`DetectionEvaluator.evaluate`'s result in one dict, keyed ``"<iou_type>/<stat>"``."""
+    return {f"{iou_type}/{k}": v for iou_type, ev in evaluations.items() for k, v in ev.stats.items()}
 
 
 def _as_int(target: Mapping[str, Any], key: str) -> int:

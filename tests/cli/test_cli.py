@@ -130,6 +130,11 @@ def test_demo_smoke(tmp_path, capsys):
     for rel in metrics["tasks"]["segmentation"]["pictures"] + metrics["tasks"]["detection"]["pictures"]:
         assert (out / rel).exists()
     assert (out / "segmentation" / "curves.png").exists() and (out / "detection" / "curves.png").exists()
+    # the evaluation reports: per-class tables embedded, their pictures linked and on disk
+    for task, table, picture in (("segmentation", "per_class_iou.md", "confusion_matrix.png"),
+                                 ("detection", "bbox_per_class_ap.md", "bbox_pr_curves.png")):
+        assert (out / task / "report" / table).read_text().strip() in report
+        assert f"]({task}/report/{picture})" in report and (out / task / "report" / picture).is_file()
 
 
 @pytest.mark.parametrize("argv,needle", [

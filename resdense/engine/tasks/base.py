@@ -68,7 +68,8 @@ class Task:
     # ---- evaluation -----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device, **kwargs: Any) -> dict[str, Any]:
-        """Metrics over ``loader`` (model in eval mode; the caller restores train mode)."""
+        """Metrics over ``loader`` (model in eval mode; the caller restores train mode). A ``report=True`` keyword
+        asks for the non-scalar results a report draws from (a task without any ignores it)."""
         raise NotImplementedError
 
     def predict(self, model: nn.Module, images: list[Tensor]) -> list[Any]:

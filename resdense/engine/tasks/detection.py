@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from resdense.evaluation import DetectionEvaluator
+from resdense.evaluation.detection import flat_stats
 
 from ..distributed import on_main
 from .base import Batch, Task
@@ -54,7 +55,9 @@ class DetectionTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device, autocast=None,
-                 **kwargs: Any) -> dict[str, Any]:
+                 report: bool = False, **kwargs: Any) -> dict[str, Any]:
+        """``"<iou_type>/<stat>"`` COCO statistics; with ``report`` also ``"coco"``: ``{iou_type: CocoEvaluation}``
+        (the engine's arrays, for per-class AP and precision-recall curves)."""
         dataset = _base_dataset(loader.dataset)
         evaluator = DetectionEvaluator(dataset.coco, dataset.label_to_cat_id, iou_types=self.iou_types,
                                        backend=self.backend)
@@ -68,9 +71,14 @@ class DetectionTask(Task):
             outputs = [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in o.items()} for o in outputs]
             targets = [{k: v.cpu() if isinstance(v, Tensor) else v for k, v in t.items()} for t in batch.targets]
             evaluator.update(outputs, targets)
-        # torch.distributed: every rank's images to every rank, scored once on rank 0 (no-ops in one process)
+        # torch.distributed: every rank's images to every rank, scored once on rank 0 (no-ops in one process); the
+        # report's arrays come from that same scoring of the whole split
         evaluator.gather()
-        return dict(on_main(evaluator.compute))
+        evaluations = on_main(evaluator.evaluate)
+        result: dict[str, Any] = flat_stats(evaluations)
+        if report:
+            result["coco"] = evaluations
+        return result
 
     def summary(self, metrics: dict[str, Any]) -> dict[str, float]:
         return {k: float(v) for k, v in metrics.items()

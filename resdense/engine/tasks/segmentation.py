@@ -85,7 +85,9 @@ class SegmentationTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device, autocast=None,
-                 **kwargs: Any) -> dict[str, Any]:
+                 report: bool = False, **kwargs: Any) -> dict[str, Any]:
+        """:meth:`SegmentationMetrics.compute`'s metrics, ``val_loss``, ``table`` and ``IoU/<class>``; with ``report``
+        also ``confusion_matrix`` (int64 [K, K], rows ground truth, columns prediction; summed over processes)."""
         metrics = SegmentationMetrics(self.num_classes, ignore_index=self.ignore_index, class_names=self.class_names)
         total, count = 0.0, 0
         for batch in loader:
@@ -106,6 +108,8 @@ class SegmentationTask(Task):
         result["table"] = metrics.format_table(result)
         for i, name in enumerate(self.class_names):
             result[f"IoU/{name}"] = float(result["IoU"][i])
+        if report:
+            result["confusion_matrix"] = metrics.confusion_matrix.cpu().clone()
         return result
 
     def summary(self, metrics: dict[str, Any]) -> dict[str, float]:
