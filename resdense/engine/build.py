@@ -55,6 +55,8 @@ from resdense.config import (
     wrong_type_error,
 )
 from resdense.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     SHAPES_CLASSES,
     CocoDetection,
     CocoSemantic,
@@ -226,8 +228,8 @@ def check_data_section(section: Mapping[str, Any], task: str, source: str) -> No
 # ---- datasets ----------------------------------------------------------------------------------------------------
 def classification_transforms(train: bool = True, size: int = 224, *, resize: int = 256, hflip: float = 0.5,
                               scale: tuple[float, float] = (0.08, 1.0),
-                              mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
-                              std: tuple[float, float, float] = (0.229, 0.224, 0.225)) -> Callable:
+                              mean: tuple[float, float, float] = IMAGENET_MEAN,
+                              std: tuple[float, float, float] = IMAGENET_STD) -> Callable:
     """torchvision's ImageNet recipe on PIL images: training ``RandomResizedCrop(size, scale)`` + flip; evaluation
     ``Resize(resize)`` + ``CenterCrop(size)``; then ``[3, size, size]`` float tensors normalised with mean/std."""
     ops = ([T.RandomResizedCrop(size, scale=tuple(scale)), T.RandomHorizontalFlip(hflip)] if train

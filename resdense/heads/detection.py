@@ -26,6 +26,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 
 from resdense.backbones import FeatureExtractor, ResNet
+from resdense.config import DETECTOR_ARCHS
 from resdense.errors import ConfigError
 
 from ._features import resolve_backbone
@@ -35,7 +36,8 @@ from .targets import install_target_check
 
 __all__ = ["KINDS", "DetectionBackbone", "build_detector", "anchor_generator_for"]
 
-KINDS = ("faster_rcnn", "mask_rcnn", "retinanet", "fcos")
+KINDS = DETECTOR_ARCHS  # the recipe schema's list: one list of detector kinds
+TWO_STAGE = ("faster_rcnn", "mask_rcnn")  # region-proposal detectors (RPN, RoI heads)
 # Which backbone maps feed the FPN and which extra levels it adds, as torchvision's ResNet-50 recipes do:
 # two-stage detectors use C2-C5 -> P2-P6 (P6 by subsampling), one-stage ones C3-C5 -> P3-P7 (Lin et al. 2017).
 _RECIPE = {
@@ -117,7 +119,7 @@ def anchor_generator_for(kind: str, feature_info, sizes: Sequence[Sequence[float
     strides = [f.stride for f in feature_info]
     levels = [f.name for f in feature_info]
     if sizes is None:
-        if kind in ("faster_rcnn", "mask_rcnn"):
+        if kind in TWO_STAGE:
             sizes = [(8 * s,) for s in strides]
         elif kind == "retinanet":
             sizes = [(4 * s, int(4 * s * 2 ** (1 / 3)), int(4 * s * 2 ** (2 / 3))) for s in strides]
@@ -205,7 +207,7 @@ def build_detector(
     for key, value in (("fpn_channels", fpn_channels), ("representation_size", representation_size)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"build_detector: {key}={value!r} must be a positive int")
-    if representation_size is not None and kind not in ("faster_rcnn", "mask_rcnn"):
+    if representation_size is not None and kind not in TWO_STAGE:
         raise ConfigError(f"build_detector: representation_size is the box head width of a two-stage detector; "
                           f"{kind} has none")
     if weights is not None and (fpn_channels != 256 or representation_size not in (None, 1024)):
@@ -215,7 +217,7 @@ def build_detector(
     if representation_size is not None and "box_head" in kwargs:
         raise ConfigError("build_detector: representation_size sets the width of the box head resdense builds; "
                           "with your own box_head, give its box_predictor instead")
-    anchor_key = "rpn_anchor_generator" if kind in ("faster_rcnn", "mask_rcnn") else "anchor_generator"
+    anchor_key = "rpn_anchor_generator" if kind in TWO_STAGE else "anchor_generator"
     if anchor_key in kwargs and (anchor_sizes is not None or aspect_ratios is not None):
         raise ConfigError(f"build_detector: give {anchor_key} or anchor_sizes / aspect_ratios, not both")
 
@@ -286,7 +288,7 @@ def _assemble(kind: str, backbone: DetectionBackbone, num_classes: int, represen
         kwargs.setdefault("image_mean", list(cfg["mean"]))
         kwargs.setdefault("image_std", list(cfg["std"]))
     info = backbone.feature_info
-    if kind in ("faster_rcnn", "mask_rcnn"):
+    if kind in TWO_STAGE:
         # RoIAlign on the FPN levels proper (P2-P5), not on the subsampled P6, as torchvision's ["0", "1", "2", "3"].
         roi_levels = [f.name for f in info[: len(backbone.fpn.in_features)]]
         kwargs.setdefault("box_roi_pool", MultiScaleRoIAlign(roi_levels, output_size=7, sampling_ratio=2))

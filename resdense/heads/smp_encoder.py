@@ -24,6 +24,7 @@ from segmentation_models_pytorch.encoders._base import EncoderMixin
 from torch import Tensor, nn
 
 from resdense.backbones import (
+    STAGE_NAMES,
     FeatureExtractor,
     adapt_input_conv,
     create_backbone,
@@ -37,7 +38,6 @@ from ._features import ensure_features
 __all__ = ["SMP_PREFIX", "ResdenseEncoder", "register_smp_encoders", "smp_model", "smp_architectures"]
 
 SMP_PREFIX = "resdense-"
-_STAGES = ("c1", "c2", "c3", "c4", "c5")
 _instance_ids = itertools.count()
 # smp architectures that accept only Vision Transformer encoders.
 _VIT_ONLY = {"DPT": "DPT needs a Vision Transformer encoder (smp accepts only 'tu-' ViTs)"}
@@ -71,7 +71,7 @@ class ResdenseEncoder(nn.Module, EncoderMixin):
         nn.Module.__init__(self)
         if not isinstance(depth, int) or not 1 <= depth <= 5:
             raise ConfigError(f"resdense smp encoder: depth={depth!r} must be in 1..5")
-        needed = _STAGES[:depth]
+        needed = STAGE_NAMES[:depth]
         if isinstance(backbone, _Ref):
             net = backbone.module
             ensure_features(net, needed, "smp encoder")
