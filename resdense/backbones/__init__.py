@@ -14,7 +14,15 @@ from .inference import fold_batchnorm, optimize_for_inference
 from .norm import get_norm_layer
 from .resnet import DEFAULT_OUT_FEATURES, STAGE_NAMES, ResNet, ResNetClassifier
 from .summary import format_summary, layer_summary
-from .weights import IMAGENET_MEAN, IMAGENET_STD, LoadReport, adapt_input_conv, load_weights, read_state_dict
+from .weights import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    LoadReport,
+    adapt_input_conv,
+    load_weights,
+    read_state_dict,
+    read_weights,
+)
 
 __all__ = [
     "ARCHS",
@@ -42,5 +50,6 @@ __all__ = [
     "load_weights",
     "optimize_for_inference",
     "read_state_dict",
+    "read_weights",
     "register_backbone",
 ]

@@ -14,7 +14,7 @@ import pickle
 import urllib.error
 import urllib.parse
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,6 +129,25 @@ def download_state_dict(url: str, what: str, progress: bool = True) -> dict[str,
         ) from None
 
 
+WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
+
+
+def read_weights(weights: str | os.PathLike | Mapping[str, Tensor], tag_url: Callable[[str], tuple[str, str]],
+                 progress: bool = True) -> tuple[str, dict[str, Tensor]]:
+    """The one dispatch over weight sources, for backbones and detectors alike: a state dict (unwrapped), a file
+    (:func:`read_state_dict`), or a tag that ``tag_url`` maps to ``(url, name)``, downloaded once
+    (:func:`download_state_dict`). Returns ``(source, state dict)``, ``source`` naming it in messages."""
+    if isinstance(weights, Mapping):
+        return "<state dict>", _unwrap(weights, "<state dict>")
+    if isinstance(weights, (str, os.PathLike)) and (Path(weights).suffix in WEIGHT_FILE_SUFFIXES
+                                                    or Path(weights).exists()):
+        return str(weights), read_state_dict(weights)
+    if isinstance(weights, str):
+        url, what = tag_url(weights)
+        return url, download_state_dict(url, what, progress)
+    raise WeightsError(f"weights={weights!r}: expected a tag, a file path or a state dict")
+
+
 # ---- files -------------------------------------------------------------------------------------------------------
 def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     """Read a ``.safetensors`` or ``.pth/.pt`` file safely; unwrap ``{"state_dict": ...}`` / ``{"model": ...}``."""
@@ -221,17 +240,12 @@ def load_weights(
     another ``num_classes`` (dropped, left at its initialisation).
     """
     arch = arch or getattr(model, "name", "model")
-    if isinstance(weights, Mapping):
-        source, sd = "<state dict>", _unwrap(weights, "<state dict>")
-    elif isinstance(weights, (str, os.PathLike)) and (Path(weights).suffix in (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
-                                                        or Path(weights).exists()):
-        source, sd = str(weights), read_state_dict(weights)
-    elif isinstance(weights, str):
-        entry = resolve_weights(arch, weights)
-        source, sd = entry.url, download_state_dict(entry.url, f"{arch} {entry.name}", progress)
-    else:
-        raise WeightsError(f"weights={weights!r}: expected a tag, a file path or a state dict")
 
+    def tag_url(tag: str) -> tuple[str, str]:
+        entry = resolve_weights(arch, tag)
+        return entry.url, f"{arch} {entry.name}"
+
+    source, sd = read_weights(weights, tag_url, progress)
     own = model.state_dict()
     sd, layout, outside = _strip_prefix(sd, set(own))
     report = LoadReport(source=source, layout=layout, dropped=list(outside))

@@ -11,12 +11,11 @@ import logging
 import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
 
 from torch import Tensor, nn
+from torchvision.models import get_model_weights, list_models
 
-from resdense.backbones import LoadReport, read_state_dict
-from resdense.backbones.weights import download_state_dict
+from resdense.backbones import LoadReport, read_weights
 from resdense.errors import WeightsError
 
 __all__ = ["map_torchvision_detection_keys", "load_detection_weights", "TV_BUILDER_PREFIX"]
@@ -57,17 +56,8 @@ def map_torchvision_detection_keys(sd: Mapping[str, Tensor], own: Mapping[str, T
     return out
 
 
-def _resolve(weights: str | os.PathLike | Mapping[str, Tensor], kind: str, arch: str | None) -> tuple[str, dict]:
-    if isinstance(weights, Mapping):
-        return "<state dict>", dict(weights)
-    path = Path(weights)
-    if path.exists() or path.suffix in (".pth", ".pt", ".bin", ".safetensors", ".ckpt"):
-        return str(path), read_state_dict(path)
-    if not isinstance(weights, str):
-        raise WeightsError(f"weights={weights!r}: expected a tag, a file path or a state dict")
+def _tag_url(weights: str, kind: str, arch: str | None) -> tuple[str, str]:
     # A torchvision tag ("coco", "COCO_V1", "DEFAULT") exists only for the ResNet-50 recipes.
-    from torchvision.models import get_model_weights, list_models
-
     builder = f"{TV_BUILDER_PREFIX[kind]}_{arch}_fpn"
     if builder not in list_models():
         raise WeightsError(
@@ -80,7 +70,7 @@ def _resolve(weights: str | os.PathLike | Mapping[str, Tensor], kind: str, arch:
         entry = enum.DEFAULT if key == "DEFAULT" else enum[key]
     except KeyError:
         raise WeightsError(f"weights={weights!r}: not a file nor a tag of {builder} ({[w.name for w in enum]})") from None
-    return entry.url, download_state_dict(entry.url, f"{builder} {entry.name}")
+    return entry.url, f"{builder} {entry.name}"
 
 
 def load_detection_weights(
@@ -91,7 +81,7 @@ def load_detection_weights(
     Shape mismatches are errors naming the key, except the class-dependent predictor layers, which keep their
     initialisation when the checkpoint has another ``num_classes`` (reported as dropped and logged).
     """
-    source, raw = _resolve(weights, kind, arch)
+    source, raw = read_weights(weights, lambda tag: _tag_url(tag, kind, arch))
     own = model.state_dict()
     sd = map_torchvision_detection_keys(raw, own)
     report = LoadReport(source=source, layout="torchvision-detection")
