@@ -12,6 +12,7 @@ from .export import export_onnx
 from .factory import ARCHS, BACKBONES, create_backbone, create_classifier, list_backbones, register_backbone
 from .inference import fold_batchnorm, optimize_for_inference
 from .norm import get_norm_layer
+from .quantize import quantize_backbone
 from .resnet import DEFAULT_OUT_FEATURES, STAGE_NAMES, ResNet, ResNetClassifier
 from .summary import format_summary, layer_summary
 from .weights import IMAGENET_MEAN, IMAGENET_STD, LoadReport, adapt_input_conv, load_weights, read_state_dict
@@ -41,6 +42,7 @@ __all__ = [
     "list_backbones",
     "load_weights",
     "optimize_for_inference",
+    "quantize_backbone",
     "read_state_dict",
     "register_backbone",
 ]
