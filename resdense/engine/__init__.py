@@ -9,6 +9,7 @@ from .build import check_config, config_from_dict, load_config
 from .checkpoint import atomic_save, evaluated_weights, load_checkpoint, rng_state, set_rng_state
 from .distributed import World, resolve_device
 from .logger import RunLogger, read_csv
+from .quantize import quantize_checkpoint
 from .runner import Run, build_run, load_model, run_evaluation, run_prediction, run_training
 from .sampler import ResumableSampler, SeededDataset, sample_seed
 from .schedule import build_optimizer, build_scheduler, lr_factor
@@ -38,6 +39,7 @@ __all__ = [
     "load_checkpoint",
     "load_config",
     "load_model",
+    "quantize_checkpoint",
     "lr_factor",
     "read_csv",
     "resolve_device",
