@@ -12,6 +12,7 @@ from .export import export_onnx
 from .factory import ARCHS, BACKBONES, create_backbone, create_classifier, list_backbones, register_backbone
 from .inference import fold_batchnorm, optimize_for_inference
 from .norm import get_norm_layer
+from .quantize import quantize_backbone
 from .resnet import DEFAULT_OUT_FEATURES, STAGE_NAMES, ResNet, ResNetClassifier
 from .summary import format_summary, layer_summary
 from .weights import (
@@ -49,6 +50,7 @@ __all__ = [
     "list_backbones",
     "load_weights",
     "optimize_for_inference",
+    "quantize_backbone",
     "read_state_dict",
     "read_weights",
     "register_backbone",

@@ -12,6 +12,7 @@ from .evaluate import evaluate
 from .loading import Run, build_run, load_model
 from .logger import RunLogger, read_csv
 from .predictor import Predictor, as_rgb
+from .quantize import quantize_checkpoint
 from .runner import run_evaluation, run_prediction, run_training
 from .sampler import ResumableSampler, SeededDataset, sample_seed
 from .schedule import build_optimizer, build_scheduler, lr_factor
@@ -47,6 +48,7 @@ __all__ = [
     "load_checkpoint",
     "load_config",
     "load_model",
+    "quantize_checkpoint",
     "lr_factor",
     "read_csv",
     "resolve_device",

@@ -265,11 +265,12 @@ def _shapes(kwargs: Mapping[str, Any]):
     return made
 
 
-def build_dataset(section: Mapping[str, Any], task: str, split: str) -> Dataset:
-    """The ``split`` (``"train"`` or ``"val"``) dataset of a recipe's ``data`` section."""
+def build_dataset(section: Mapping[str, Any], task: str, split: str, transforms_of: str | None = None) -> Dataset:
+    """The ``split`` (``"train"`` or ``"val"``) dataset of a recipe's ``data`` section, with the transforms of the
+    ``transforms_of`` split (default: its own; ``"val"`` for deterministic training images, e.g. to calibrate)."""
     name = section["dataset"]
     kwargs = dict(section.get(split) or {})
-    transforms = _transforms(section, task, split)
+    transforms = _transforms(section, task, transforms_of or split)
     if name == "shapes":
         part = _shapes(section["shapes"]).split(split)
         if task == "segmentation":

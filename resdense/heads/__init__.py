@@ -11,12 +11,14 @@ from .classifier import Classifier
 from .detection import KINDS, DetectionBackbone, anchor_generator_for, build_detector
 from .detection_weights import load_detection_weights, map_torchvision_detection_keys
 from .fpn import FPN
+from .quantized import QuantizedUNet, quantize_unet
 from .smp_encoder import SMP_PREFIX, ResdenseEncoder, register_smp_encoders, smp_architectures, smp_model
 from .targets import validate_detection_targets
 from .unet import UNet, map_smp_unet_keys
 
 __all__ = [
     "FPN",
+    "QuantizedUNet",
     "KINDS",
     "SMP_PREFIX",
     "Classifier",
@@ -29,6 +31,7 @@ __all__ = [
     "load_detection_weights",
     "map_smp_unet_keys",
     "map_torchvision_detection_keys",
+    "quantize_unet",
     "register_smp_encoders",
     "smp_architectures",
     "smp_model",

@@ -22,7 +22,7 @@ from resdense.errors import ConfigError
 
 from ._features import resolve_backbone
 
-__all__ = ["UNet", "map_smp_unet_keys"]
+__all__ = ["UNet", "map_smp_unet_keys", "pad_to_multiple"]
 
 _STAGES = ("c1", "c2", "c3", "c4", "c5")
 
@@ -87,19 +87,28 @@ class UNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``x[N, in_channels, H, W]`` -> logits ``[N, num_classes, H, W]``."""
-        h, w = x.shape[-2:]
-        d = self.size_divisibility
-        ph, pw = -h % d, -w % d
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph))
+        padded, (h, w) = pad_to_multiple(x, self.size_divisibility)
+        logits = self.forward_padded(padded)
+        return logits[..., :h, :w] if padded is not x else logits
+
+    def forward_padded(self, x: Tensor) -> Tensor:
+        """``forward`` for sides that are multiples of ``size_divisibility``: free of shape-dependent control flow,
+        so ``torch.fx`` can trace it (int8 quantization)."""
         feats = self.backbone(x)
         features = [x] + [feats[n] for n in self.in_features]  # smp's layout: the input first, then c1..c_depth
-        logits = self.segmentation_head(self._decode(features))
-        return logits[..., :h, :w] if ph or pw else logits
+        return self.segmentation_head(self._decode(features))
 
     def _decode(self, features: list[Tensor]) -> Tensor:
         return self.decoder(*features) if self._star_args else self.decoder(features)
 
+
+
+def pad_to_multiple(x: Tensor, divisor: int) -> tuple[Tensor, tuple[int, int]]:
+    """``x[..., H, W]`` zero-padded at the bottom and right to sides that are multiples of ``divisor`` (``x`` itself
+    when they already are), and the original ``(H, W)`` to crop back to."""
+    h, w = x.shape[-2:]
+    ph, pw = -h % divisor, -w % divisor
+    return (F.pad(x, (0, pw, 0, ph)) if ph or pw else x), (h, w)
 
 
 def _unet_decoder(encoder_channels, decoder_channels, norm, attention, interpolation) -> nn.Module:
