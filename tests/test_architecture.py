@@ -26,7 +26,8 @@ LAYERS = {
     "resdense.errors": 0,  # exception types
     "resdense._torch_private": 0,  # the one module that calls private torch APIs
     "resdense.recipes": 1,  # finding recipe files (working directory, shipped resdense.configs) and reading YAML
-    "resdense.hardware": 1,  # CPU/GPU probes and the precision chosen from them
+    "resdense.hardware": 1,
+    "resdense.typecheck": 1,  # YAML values against type annotations; comparing recipes  # CPU/GPU probes and the precision chosen from them
     "resdense.config": 2,  # the recipe schema: dataclasses, type checks, --set
     "resdense.backbones": 3,  # ResNet feature extractors, weights, inference mode, export
     "resdense.heads": 4,  # FPN, detectors, U-Net, smp decoders, classifier

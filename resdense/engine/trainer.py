@@ -35,9 +35,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from resdense.config import NOT_SET, EvalConfig, TrainConfig, first_difference
+from resdense.config import EvalConfig, TrainConfig
 from resdense.errors import ConfigError, DataError, ResdenseError, TrainingInterrupted
 from resdense.hardware import choose_precision
+from resdense.typecheck import NOT_SET, first_difference
 from resdense.visualize import plot_curves
 
 from . import distributed
