@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from resdense.errors import CheckpointError, WeightsError
+from resdense.errors import CheckpointError, ConfigError, WeightsError
+from resdense.typecheck import NOT_SET, first_difference
 
-__all__ = ["atomic_save", "load_checkpoint", "evaluated_weights", "rng_state", "set_rng_state", "seed_everything",
+__all__ = ["check_resumable", "atomic_save", "load_checkpoint", "evaluated_weights", "rng_state", "set_rng_state", "seed_everything",
            "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = 1
@@ -146,3 +147,28 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def check_resumable(ckpt: dict[str, Any], path: Path, config: dict[str, Any], global_batch: int,
+                    batch_words: str) -> None:
+    """Refuse to continue a run whose model or data section differs from this recipe's (the optimizer state, the
+    schedule and the data order would continue with another model or other data), or whose global batch differs
+    from this launch's (its iterations and epochs would mean other samples)."""
+    again = "; use another train.output_dir, or --set train.resume=false to start afresh"
+    w = ckpt.get("world")
+    if w is not None and w["size"] * w["batch_size"] * w["accumulate"] != global_batch:
+        raise ConfigError(
+            f"{path}: resuming refused: the checkpoint was trained with a global batch of "
+            f"{w['size'] * w['batch_size'] * w['accumulate']} ({w['size']} processes x train.batch_size "
+            f"{w['batch_size']} x train.accumulate {w['accumulate']}), this launch has {global_batch} "
+            f"({batch_words}){again}")
+    stored = ckpt.get("config") or {}
+    for section in ("model", "data"):
+        if section not in stored or section not in config:
+            continue
+        found = first_difference(stored[section], config[section], section)
+        if found is not None:
+            key, *values = found
+            old, new = (v if v == NOT_SET else repr(v) for v in values)
+            raise ConfigError(f"{path}: resuming refused: the checkpoint was trained with {key} = {old}, "
+                              f"this recipe has {new}{again}")

@@ -15,7 +15,7 @@ from typing import Any
 # The reader of the files written here lives one floor down, where plot_curves needs it; re-exported.
 from resdense.visualize import read_csv
 
-__all__ = ["RunLogger", "read_csv"]
+__all__ = ["NullLogger", "RunLogger", "read_csv"]
 
 log = logging.getLogger(__name__)
 
@@ -134,3 +134,19 @@ class RunLogger:
         if self.tb is not None:
             self.tb.close()
             self.tb = None
+
+
+class NullLogger:
+    """The run logger of ranks other than 0: they write nothing."""
+
+    def resume_at(self, iteration: int) -> None:
+        pass
+
+    def log_train(self, iteration: int, values: dict[str, float]) -> None:
+        pass
+
+    def log_eval(self, iteration: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -9,7 +9,7 @@ sample. Nothing depends on which worker loads a sample or on what ran before it.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from resdense.data import seed_transforms
 
-__all__ = ["ResumableSampler", "SeededDataset", "sample_seed"]
+__all__ = ["ResumableSampler", "SeededDataset", "groups", "sample_seed"]
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -112,3 +112,13 @@ class SeededDataset(Dataset):
         if name == "dataset" or name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.dataset, name)
+
+
+def groups(batches: Iterable, k: int) -> Iterator[list]:
+    """Consecutive groups of ``k`` batches (the sampler yields whole groups; a short last one would be dropped)."""
+    group: list = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == k:
+            yield group
+            group = []

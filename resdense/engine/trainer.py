@@ -26,7 +26,7 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -38,13 +38,13 @@ from torch.utils.data import DataLoader, Dataset
 from resdense.config import EvalConfig, TrainConfig
 from resdense.errors import ConfigError, DataError, ResdenseError, TrainingInterrupted
 from resdense.hardware import choose_precision
-from resdense.typecheck import NOT_SET, first_difference
 from resdense.visualize import plot_curves
 
 from . import distributed
 from .checkpoint import (
     CHECKPOINT_FORMAT,
     atomic_save,
+    check_resumable,
     load_checkpoint,
     rng_state,
     seed_everything,
@@ -53,8 +53,8 @@ from .checkpoint import (
 from .distributed import resolve_device
 from .ema import create_ema, ema_state, load_ema_state
 from .evaluate import autocast, eval_loader, evaluate
-from .logger import RunLogger
-from .sampler import ResumableSampler, SeededDataset
+from .logger import NullLogger, RunLogger
+from .sampler import ResumableSampler, SeededDataset, groups
 from .schedule import BackboneFreeze, build_optimizer, build_scheduler
 from .tasks.base import Batch, Task
 
@@ -229,33 +229,10 @@ class Trainer:
         if not path.exists() or (path == self.run_dir / "last.pt" and not self.cfg.resume):
             return False
         ckpt = load_checkpoint(path, map_location=self.device)
-        self._check_resumable(ckpt, path)
+        check_resumable(ckpt, path, self.config, self.global_batch, self._batch_words())
         self.load_state(ckpt)
         log.info("resumed from %s at iteration %d of %d", path, self.iteration, self.total_iters)
         return True
-
-    def _check_resumable(self, ckpt: dict[str, Any], path: Path) -> None:
-        """Refuse to continue a run whose model or data section differs from this recipe's (the optimizer state, the
-        schedule and the data order would continue with another model or other data), or whose global batch differs
-        from this launch's (its iterations and epochs would mean other samples)."""
-        again = "; use another train.output_dir, or --set train.resume=false to start afresh"
-        w = ckpt.get("world")
-        if w is not None and w["size"] * w["batch_size"] * w["accumulate"] != self.global_batch:
-            raise ConfigError(
-                f"{path}: resuming refused: the checkpoint was trained with a global batch of "
-                f"{w['size'] * w['batch_size'] * w['accumulate']} ({w['size']} processes x train.batch_size "
-                f"{w['batch_size']} x train.accumulate {w['accumulate']}), this launch has {self.global_batch} "
-                f"({self._batch_words()}){again}")
-        stored = ckpt.get("config") or {}
-        for section in ("model", "data"):
-            if section not in stored or section not in self.config:
-                continue
-            found = first_difference(stored[section], self.config[section], section)
-            if found is not None:
-                key, *values = found
-                old, new = (v if v == NOT_SET else repr(v) for v in values)
-                raise ConfigError(f"{path}: resuming refused: the checkpoint was trained with {key} = {old}, "
-                                  f"this recipe has {new}{again}")
 
     # ---- the loop -------------------------------------------------------------------------------------------------
     def fit(self, resume: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -267,7 +244,7 @@ class Trainer:
         log.info("precision %s (%s)", self.precision.name, self.precision.reason)
         log.info("global batch %d (%s)", self.global_batch, self._batch_words())
         self.maybe_resume(resume)
-        logger = RunLogger(self.run_dir) if main else _NoLogger()
+        logger = RunLogger(self.run_dir) if main else NullLogger()
         logger.resume_at(self.iteration)
         progress = self._progress()
         loader = self._train_loader()
@@ -294,7 +271,7 @@ class Trainer:
             epoch, done = divmod(self.iteration, self.iters_per_epoch)
             self.sampler.set_epoch(epoch, done * self.accumulate)
             tic = _now()
-            for micro in _groups(loader, self.accumulate):
+            for micro in groups(loader, self.accumulate):
                 losses = self._step(micro)
                 self.iteration += 1
                 self.timings["train_s"] += _now() - tic
@@ -501,28 +478,3 @@ class Trainer:
         distributed.barrier()  # the run directory is complete when fit() returns, on every rank
         return result
 
-
-def _groups(batches: Iterable[Batch], k: int) -> Iterator[list[Batch]]:
-    """Consecutive groups of ``k`` batches (the sampler yields whole groups; a short last one would be dropped)."""
-    group: list[Batch] = []
-    for batch in batches:
-        group.append(batch)
-        if len(group) == k:
-            yield group
-            group = []
-
-
-class _NoLogger:
-    """The run logger of ranks other than 0: they write nothing."""
-
-    def resume_at(self, iteration: int) -> None:
-        pass
-
-    def log_train(self, iteration: int, values: dict[str, float]) -> None:
-        pass
-
-    def log_eval(self, iteration: int, metrics: dict[str, float]) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
