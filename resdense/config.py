@@ -36,6 +36,7 @@ import yaml
 from resdense.errors import ConfigError
 from resdense.recipes import find_config, list_configs, read_yaml  # re-exported: part of this module's API
 from resdense.typecheck import (  # re-exported
+    NOT_SET,
     check_type,
     first_difference,
     unknown_key_error,
@@ -58,6 +59,7 @@ __all__ = [
     "unknown_key_error",
     "wrong_type_error",
     "first_difference",
+    "NOT_SET",
     "TASKS",
     "MODEL_ARCHS",
     "DETECTOR_ARCHS",
@@ -143,6 +145,10 @@ class TrainConfig:
             fits the budget and keep this as a guard. The budget counts the whole run: a resumed run continues
             from the stored ``train_s``, so a run stopped by its budget stops again at once unless ``max_minutes``
             is raised. ``None``: no budget.
+        schedule_by: ``"iterations"`` (the schedule runs over ``iterations``) or ``"time"`` (it runs over the
+            ``max_minutes`` budget: the cosine reaches its end when the budget does, whatever this machine's speed,
+            so a fast CPU trains more iterations at the same schedule; ``iterations`` is then only an upper bound).
+            The warm-up stays in iterations. A resumed run continues from the stored training time.
         checkpoint_every: also write ``last.pt`` every N iterations (0: only at evaluations and epoch ends).
         log_every: write a ``log.csv`` row every N iterations.
         progress: show a tqdm bar (only when stderr is a terminal).
@@ -182,6 +188,7 @@ class TrainConfig:
     ema_warmup_iters: int = 0
     freeze_backbone_iters: int = 0
     max_minutes: float | None = None
+    schedule_by: str = "iterations"
     checkpoint_every: int = 0
     log_every: int = 10
     progress: bool = True
@@ -215,6 +222,9 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} = {getattr(self, name)!r} must be at least 0")
         if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
             raise ConfigError(f"train.max_minutes = {self.max_minutes!r} must be positive (or null for no budget)")
+        _choice("train.schedule_by", self.schedule_by, ("iterations", "time"))
+        if self.schedule_by == "time" and self.max_minutes is None:
+            raise ConfigError("train.schedule_by = 'time' runs the schedule over train.max_minutes, which is not set")
         self.betas = tuple(self.betas)
 
 

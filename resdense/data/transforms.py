@@ -314,6 +314,8 @@ def segmentation_transforms(
     *,
     scale: tuple[float, float] = (0.5, 1.0),
     hflip: float = 0.5,
+    vflip: float = 0.0,
+    rot90: float = 0.0,
     rotate: float = 0.0,
     color_jitter: float = 0.2,
     pad_divisor: int = 32,
@@ -326,7 +328,8 @@ def segmentation_transforms(
     """The segmentation preset, normalised with the backbone weights' ``mean``/``std`` (ImageNet by default).
 
     Training: random crop covering ``scale`` of the image resized to ``size x size``, horizontal flip, optional
-    rotation (border pixels of the mask become ``ignore_index``), colour jitter. Evaluation: longer side resized to
+    vertical flip and 90-degree rotations (``vflip``, ``rot90``: for images without an up, such as microscopy),
+    optional rotation (border pixels of the mask become ``ignore_index``), colour jitter. Evaluation: longer side resized to
     ``size`` (``None``: unchanged), then padded at the bottom/right to a multiple of ``pad_divisor`` (a U-Net needs
     sides divisible by its output stride) with mask value ``ignore_index``, so padding never counts in metrics.
     """
@@ -337,6 +340,10 @@ def segmentation_transforms(
             ops.append(A.RandomResizedCrop(size=(size, size), scale=scale, ratio=(3 / 4, 4 / 3)))
         if hflip:
             ops.append(A.HorizontalFlip(p=hflip))
+        if vflip:
+            ops.append(A.VerticalFlip(p=vflip))
+        if rot90:
+            ops.append(A.RandomRotate90(p=rot90))
         if rotate:
             ops.append(A.Rotate(limit=rotate, border_mode=cv2.BORDER_CONSTANT, fill_mask=ignore_index, p=0.5))
         if color_jitter:

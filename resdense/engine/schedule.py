@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -47,8 +48,9 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
         return cls(groups, lr=cfg.lr, **kwargs)
 
 
-def lr_factor(it: int, total: int, cfg: TrainConfig) -> float:
-    """Multiplier of the base learning rate at iteration ``it`` (0-based) of ``total``.
+def lr_factor(it: int, total: int, cfg: TrainConfig, progress: float | None = None) -> float:
+    """Multiplier of the base learning rate at iteration ``it`` (0-based) of ``total``, or, when ``progress`` (the
+    fraction of the training-time budget spent, ``train.schedule_by: time``) is given, at that point of the run.
 
     Linear warm-up from ``warmup_factor`` to 1 over ``warmup_iters`` (Goyal et al. 2017), then the schedule:
     ``cosine`` decays to ``min_lr_ratio`` at ``total`` (Loshchilov & Hutter 2017) over the post-warm-up span,
@@ -61,18 +63,27 @@ def lr_factor(it: int, total: int, cfg: TrainConfig) -> float:
         warm = 1.0
     if cfg.schedule == "cosine":
         span = max(1, total - cfg.warmup_iters)
-        t = min(max(it - cfg.warmup_iters, 0), span) / span
+        t = min(max(it - cfg.warmup_iters, 0), span) / span if progress is None else min(max(progress, 0.0), 1.0)
         main = cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
     elif cfg.schedule == "step":
-        marks = [m * total if m < 1 else m for m in cfg.milestones]
-        main = cfg.gamma ** sum(it >= m for m in marks)
+        if progress is None:
+            main = cfg.gamma ** sum(it >= (m * total if m < 1 else m) for m in cfg.milestones)
+        else:  # milestones as fractions of the budget (iteration milestones have no meaning in time)
+            main = cfg.gamma ** sum(progress >= (m if m < 1 else m / total) for m in cfg.milestones)
     else:
         main = 1.0
     return warm * main
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, total: int, cfg: TrainConfig):
-    """A ``LambdaLR`` over :func:`lr_factor`; its state dict is plain (the lambda itself is not saved)."""
+def build_scheduler(optimizer: torch.optim.Optimizer, total: int, cfg: TrainConfig,
+                    clock: Callable[[], float] | None = None):
+    """A ``LambdaLR`` over :func:`lr_factor`; its state dict is plain (the lambda itself is not saved). With
+    ``train.schedule_by: time``, ``clock()`` gives the training seconds spent (the same on every rank)."""
+    if cfg.schedule_by == "time":
+        if clock is None:
+            raise ValueError("train.schedule_by = 'time' needs the trainer's clock")
+        budget = 60.0 * cfg.max_minutes
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, total, cfg, clock() / budget))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, total, cfg))
 
 

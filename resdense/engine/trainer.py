@@ -131,7 +131,8 @@ class Trainer:
                                         else n)
         # The optimizer holds every parameter the model trains, the backbone's too while the freeze schedule holds it.
         self.optimizer = build_optimizer(self.model, train)
-        self.scheduler = build_scheduler(self.optimizer, self.total_iters, train)
+        self.schedule_clock = 0.0  # training seconds as the schedule sees them (rank 0's, set after every step)
+        self.scheduler = build_scheduler(self.optimizer, self.total_iters, train, clock=lambda: self.schedule_clock)
         self.freeze = BackboneFreeze(self.model, train.freeze_backbone_iters) if train.freeze_backbone_iters else None
         self.ema = create_ema(self.model, train.ema_decay, train.ema_warmup_iters) if train.ema_decay else None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
@@ -206,6 +207,7 @@ class Trainer:
         self.iteration = int(ckpt["iteration"])
         self.best = dict(ckpt.get("best") or self.best)
         self.timings = dict(ckpt.get("timings") or self.timings)
+        self.schedule_clock = self.timings["train_s"]
         self.stale_evals = int(ckpt.get("stale_evals", 0))
         self.last_metrics = dict(ckpt.get("metrics") or {})  # what metrics.json reports if no evaluation follows
         if self.ema is not None:
@@ -299,6 +301,7 @@ class Trainer:
         budget = self.cfg.max_minutes
         if budget is not None and self.world.size > 1:  # every rank stops at the step where rank 0's clock says so
             self.timings["train_s"] = distributed.broadcast_object(self.timings["train_s"])
+        self.schedule_clock = self.timings["train_s"]
         if budget is not None and self.timings["train_s"] > 60.0 * budget:
             return {"reason": "max_minutes", "iteration": it, "train_s": round(self.timings["train_s"], 3)}
         patience = self.eval_cfg.patience

@@ -136,3 +136,29 @@ def test_bad_stop_values(section, key, value):
     kwargs = {"iterations": 1} if section == "train" else {}
     with pytest.raises(ConfigError, match=rf"^{section}\.{key} = {value!r} must"):
         cls(**kwargs, **{key: value})
+
+
+def test_time_schedule_runs_the_cosine_over_the_budget(tmp_path, monkeypatch):
+    from resdense.engine.schedule import lr_factor
+
+    monkeypatch.setattr(trainer_module, "_now", Clock(5.0))  # each training step takes 5 s
+    run = tmp_path / "run"
+    trainer = make(run, val=False, iterations=1000, max_minutes=1.0, schedule_by="time")
+    lrs = []
+    trainer.hooks = {"after_step": lambda t, it, losses: lrs.append(t.optimizer.param_groups[0]["lr"])}
+    result = trainer.fit()
+    # 60 s of 5 s steps: the budget is passed during step 13; the schedule ends with it, not at iteration 1000
+    assert result["stopped"] == {"reason": "max_minutes", "iteration": 13, "train_s": 65.0}
+    cfg = trainer.cfg
+    # the rate set after step k is the one of step k + 1, at the time the schedule had seen: 5 (k - 1) s
+    expected = [0.05 * lr_factor(k, 1000, cfg, 5.0 * (k - 1) / 60.0) for k in range(1, 14)]
+    assert lrs == pytest.approx(expected, rel=1e-12)
+    assert lrs[-1] < 0.05 * 0.02  # the cosine's end, where an iteration schedule over 1000 would still be at 1
+    assert lr_factor(12, 1000, cfg) > 0.99
+
+
+def test_time_schedule_needs_a_budget():
+    with pytest.raises(ConfigError, match="train.schedule_by = 'time' runs the schedule over train.max_minutes"):
+        TrainConfig(iterations=10, schedule_by="time")
+    with pytest.raises(ConfigError, match="train.schedule_by = 'epochs' is not one of"):
+        TrainConfig(iterations=10, schedule_by="epochs")
