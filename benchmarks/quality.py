@@ -7,8 +7,8 @@ training budget, and are scored by the same resdense metric code on the same val
   picks on this machine; the score is the run's final validation metric (``metrics.json``).
 - peer, segmentation (membrane, CamVid): the plain smp loop of the issue: ``smp.Unet("resnet18")``, random 256 px
   crops with flips (and 90-degree rotations on the membrane images, which have no up and down), AdamW 1e-3,
-  cross-entropy, batch 8, fp32. CamVid frames are first scaled to the resolution our evaluation uses (longer side
-  320) and padded to 256 rows with the void label, so the peer trains at the scale it is tested at. Scored with
+  cross-entropy, batch 8, fp32, at the scale our evaluation uses (native for both recipes; a recipe whose
+  validation resizes would have the peer resize alike), so the peer trains at the scale it is tested at. Scored with
   :class:`~resdense.evaluation.SegmentationMetrics` on the recipe's own validation set (whole images, padded to a
   multiple of 32, padding ignored), as our evaluation does.
 - peer, detection (raccoon): a plain torchvision loop in the style of ``references/detection``: Faster R-CNN on a
@@ -145,12 +145,11 @@ def peer_segmentation(cfg: Config, budget_s: float) -> dict:
     torch.manual_seed(0)
     ignore = cfg.data["train"].get("ignore_index", 255)
     size = (cfg.data.get("val_transforms") or {}).get("size")
-    if size:  # CamVid: train at the scale we evaluate at
-        aug = [A.LongestMaxSize(max_size=size),
-               A.PadIfNeeded(256, 256, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=ignore),
-               A.RandomCrop(256, 256), A.HorizontalFlip()]
-    else:  # membrane: full-resolution crops, any orientation
-        aug = [A.RandomCrop(256, 256), A.HorizontalFlip(), A.VerticalFlip(), A.RandomRotate90()]
+    aug = [A.LongestMaxSize(max_size=size)] if size else []  # train at the scale we evaluate at
+    aug += [A.PadIfNeeded(256, 256, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=ignore),
+            A.RandomCrop(256, 256), A.HorizontalFlip()]
+    if "membrane" in cfg.name:  # microscopy has no up and down: any orientation
+        aug += [A.VerticalFlip(), A.RandomRotate90()]
     train_set = MaskDataset(**cfg.data["train"], transforms=SegmentationTransform(aug, seed=0))
     loader = DataLoader(train_set, batch_size=8, shuffle=True, drop_last=True, num_workers=cfg.train.num_workers)
     model = smp.Unet("resnet18", encoder_weights=None, classes=train_set.num_classes, in_channels=3)

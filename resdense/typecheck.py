@@ -95,8 +95,11 @@ def wrong_type_error(source: str, key: str, value: Any, annotation: Any) -> Conf
 
 
 def unknown_key_error(source: str, key: str, known: Sequence[str]) -> ConfigError:
-    """``<source>: unknown key '<key>' (did you mean ...?); known: ...`` (the closest known name as the hint)."""
+    """``<source>: unknown key '<key>' (did you mean ...?); known: ...`` (the closest known names as the hint)."""
     leaf = key.rsplit(".", 1)[-1]
-    close = difflib.get_close_matches(leaf, known, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    close = difflib.get_close_matches(leaf, known, n=3)
+    if close:  # every name as close as the closest one (flip: hflip or vflip), alphabetically
+        score = {c: difflib.SequenceMatcher(None, leaf, c).ratio() for c in close}
+        close = sorted(c for c in close if score[c] == score[close[0]])
+    hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
     return ConfigError(f"{source}: unknown key {key!r}{hint}; known: {', '.join(sorted(known))}")
