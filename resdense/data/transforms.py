@@ -316,6 +316,7 @@ def segmentation_transforms(
     hflip: float = 0.5,
     vflip: float = 0.0,
     rot90: float = 0.0,
+    elastic: float = 0.0,
     rotate: float = 0.0,
     color_jitter: float = 0.2,
     pad_divisor: int = 32,
@@ -328,7 +329,9 @@ def segmentation_transforms(
     """The segmentation preset, normalised with the backbone weights' ``mean``/``std`` (ImageNet by default).
 
     Training: random crop covering ``scale`` of the image resized to ``size x size``, horizontal flip, optional
-    vertical flip and 90-degree rotations (``vflip``, ``rot90``: for images without an up, such as microscopy),
+    vertical flip and 90-degree rotations (``vflip``, ``rot90``: for images without an up, such as microscopy), an
+    elastic deformation with probability ``elastic`` (Ronneberger et al.'s augmentation for EM images: smooth
+    displacements of about 3 px, albumentations' ``ElasticTransform(alpha=120, sigma=6)``, reflected borders),
     optional rotation (border pixels of the mask become ``ignore_index``), colour jitter. Evaluation: longer side resized to
     ``size`` (``None``: unchanged), then padded at the bottom/right to a multiple of ``pad_divisor`` (a U-Net needs
     sides divisible by its output stride) with mask value ``ignore_index``, so padding never counts in metrics.
@@ -344,6 +347,8 @@ def segmentation_transforms(
             ops.append(A.VerticalFlip(p=vflip))
         if rot90:
             ops.append(A.RandomRotate90(p=rot90))
+        if elastic:
+            ops.append(A.ElasticTransform(alpha=120, sigma=6, border_mode=cv2.BORDER_REFLECT_101, p=elastic))
         if rotate:
             ops.append(A.Rotate(limit=rotate, border_mode=cv2.BORDER_CONSTANT, fill_mask=ignore_index, p=0.5))
         if color_jitter:
