@@ -16,7 +16,7 @@ from resdense.evaluation import SegmentationMetrics
 from ..distributed import sum_floats
 from .base import Batch, Task
 
-__all__ = ["SegmentationTask"]
+__all__ = ["SegmentationTask", "input_divisor"]
 
 
 class SegmentationTask(Task):
@@ -118,7 +118,7 @@ class SegmentationTask(Task):
         """Class maps ``int64 [H, W]`` for images ``[3, H, W]`` (normalised as in training; any size: padded to the
         model's divisor and cropped back)."""
         out = []
-        divisor = _divisor(model)
+        divisor = input_divisor(model)
         for img in images:
             h, w = img.shape[-2:]
             ph, pw = (-h) % divisor, (-w) % divisor
@@ -139,7 +139,9 @@ def _check_class_weights(weights: list[float], num_classes: int, loss: str) -> N
         raise ConfigError(f"train.class_weights = {weights!r} must be finite, non-negative and not all zero")
 
 
-def _divisor(model: nn.Module) -> int:
+def input_divisor(model: nn.Module) -> int:
+    """What the sides of a segmentation model's input must be multiples of: its ``size_divisibility`` or
+    ``output_stride`` (or its encoder's), else 32."""
     for attr in ("size_divisibility", "output_stride"):
         v = getattr(model, attr, None)
         if isinstance(v, int) and v > 0:
