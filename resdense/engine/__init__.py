@@ -8,6 +8,7 @@
 from .build import check_config, config_from_dict, load_config
 from .checkpoint import atomic_save, evaluated_weights, load_checkpoint, rng_state, set_rng_state
 from .distributed import World, resolve_device
+from .export import ExportError, ExportResult, export_model
 from .logger import RunLogger, read_csv
 from .runner import Run, build_run, load_model, run_evaluation, run_prediction, run_training
 from .sampler import ResumableSampler, SeededDataset, sample_seed
@@ -19,6 +20,8 @@ __all__ = [
     "Batch",
     "ClassificationTask",
     "DetectionTask",
+    "ExportError",
+    "ExportResult",
     "NonFiniteLossError",
     "ResumableSampler",
     "Run",
@@ -35,6 +38,7 @@ __all__ = [
     "check_config",
     "config_from_dict",
     "evaluated_weights",
+    "export_model",
     "load_checkpoint",
     "load_config",
     "load_model",
