@@ -113,6 +113,8 @@ def export_model(model_or_checkpoint: nn.Module | str | os.PathLike, path: str |
             dynamic axes are exercised.
         verify: run the export (onnxruntime for ONNX) and the eager model on the same random inputs and compare
             every output within :data:`TOLERANCES`; detections are matched one to one first.
+        opset: the ONNX opset.
+        config: with a checkpoint, the recipe to rebuild the model from instead of the stored one.
 
     Returns:
         An :class:`ExportResult` with one :class:`Check` per size and output. The export runs on the CPU in float32.
