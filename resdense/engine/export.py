@@ -184,8 +184,9 @@ def _dense_onnx(model: nn.Module, path: Path, size: tuple[int, int], opset: int)
     with torch.no_grad():
         spatial = model(x).ndim == 4
     out_axes = {0: "batch", 2: "height", 3: "width"} if spatial else {0: "batch"}
-    trace_to_onnx(model, (x,), path, input_names=["image"], output_names=["logits"],
-                  dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "logits": out_axes}, opset=opset)
+    with _quiet():
+        trace_to_onnx(model, (x,), path, input_names=["image"], output_names=["logits"],
+                      dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "logits": out_axes}, opset=opset)
     session = _ort_session(path)
     return lambda t: torch.from_numpy(session.run(None, {"image": t.numpy()})[0])
 
@@ -240,7 +241,9 @@ def _detector_onnx(model: nn.Module, path: Path, size: tuple[int, int], opset: i
     axes = {"image": {1: "height", 2: "width"}, **{n: {0: "detections"} for n in names}}
     if "masks" in names:
         axes["masks"] = {0: "detections", 2: "height", 3: "width"}
-    trace_to_onnx(model, ([x],), path, input_names=["image"], output_names=names, dynamic_axes=axes, opset=opset)
+    with _quiet():  # torchvision's tracer and shape-inference warnings
+        trace_to_onnx(model, ([x],), path, input_names=["image"], output_names=names, dynamic_axes=axes,
+                      opset=opset)
     session = _ort_session(path)
 
     def run(image: Tensor) -> dict[str, Tensor]:
