@@ -25,6 +25,7 @@ __all__ = [
     "tensor_version",
     "is_view",
     "inductor_freezing",
+    "clear_forward_pre_hooks",
 ]
 
 # Base classes of the norm layers: BatchNorm1d/2d/3d and SyncBatchNorm (BatchNormBase), plus InstanceNorm
@@ -105,3 +106,10 @@ def foreach_lerp_(tensors: list[Tensor], ends: list[Tensor], weight: float) -> N
 def foreach_copy_(tensors: list[Tensor], sources: list[Tensor]) -> None:
     """``t.copy_(src)`` for every pair (``torch._foreach_copy_``)."""
     torch._foreach_copy_(tensors, sources)
+
+
+# ---- export (resdense.engine.export) -----------------------------------------------------------------------------
+def clear_forward_pre_hooks(module: nn.Module) -> None:
+    """Remove every forward pre-hook of ``module`` (not of its children). ``torch.jit.script`` refuses modules with
+    hooks it cannot compile, such as the detectors' target check; a module keeps no public handle list."""
+    module._forward_pre_hooks.clear()

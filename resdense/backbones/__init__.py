@@ -8,7 +8,7 @@
 
 from .blocks import BasicBlock, Bottleneck
 from .contract import FeatureExtractor, FeatureInfo
-from .export import export_onnx
+from .export import export_onnx, trace_to_onnx
 from .factory import ARCHS, BACKBONES, create_backbone, create_classifier, list_backbones, register_backbone
 from .inference import fold_batchnorm, optimize_for_inference
 from .norm import get_norm_layer
@@ -54,4 +54,5 @@ __all__ = [
     "read_state_dict",
     "read_weights",
     "register_backbone",
+    "trace_to_onnx",
 ]

@@ -8,7 +8,7 @@ import warnings
 import torch
 from torch import nn
 
-__all__ = ["export_onnx"]
+__all__ = ["export_onnx", "trace_to_onnx"]
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, *, input_size: tuple[int, int, int] | None = None,
@@ -22,16 +22,25 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, input_size: tuple[
     channels = getattr(model, "in_channels", 3)
     c, h, w = input_size or (channels, 224, 224)
     names = [f.name for f in model.feature_info]
-    was_training = model.training
-    model.eval()
     axes = {"image": {0: "batch", 2: "height", 3: "width"}}
     axes.update({n: {0: "batch", 2: f"{n}_height", 3: f"{n}_width"} for n in names})
+    trace_to_onnx(model, (torch.zeros(1, c, h, w),), path, input_names=["image"], output_names=names,
+                  dynamic_axes=axes if dynamic else None, opset=opset)
+    return names
+
+
+def trace_to_onnx(model: nn.Module, args: tuple, path: str | os.PathLike, *, input_names: list[str],
+                  output_names: list[str], dynamic_axes: dict[str, dict[int, str]] | None, opset: int = 17) -> None:
+    """``torch.onnx.export`` of ``model`` in eval mode with the TorchScript-based exporter (``dynamo=False``, the
+    route torchvision's own ONNX tests take), its tracer warnings silenced; the train/eval mode is restored after.
+    Shared by :func:`export_onnx` and the whole-model export of :mod:`resdense.engine.export`."""
+    was_training = model.training
+    model.eval()
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", category=DeprecationWarning)
-            torch.onnx.export(model, (torch.zeros(1, c, h, w),), str(path), input_names=["image"], output_names=names,
-                              dynamic_axes=axes if dynamic else None, opset_version=opset, dynamo=False)
+            torch.onnx.export(model, args, str(path), input_names=input_names, output_names=output_names,
+                              dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False)
     finally:
         model.train(was_training)
-    return names

@@ -9,6 +9,7 @@ from .build import check_config, config_from_dict, load_config
 from .checkpoint import atomic_save, evaluated_weights, load_checkpoint, rng_state, set_rng_state
 from .distributed import World, resolve_device
 from .evaluate import evaluate
+from .export import ExportError, ExportResult, export_model
 from .loading import Run, build_run, load_model
 from .logger import RunLogger, read_csv
 from .predictor import Predictor, as_rgb
@@ -25,6 +26,8 @@ __all__ = [
     "Batch",
     "ClassificationTask",
     "DetectionTask",
+    "ExportError",
+    "ExportResult",
     "NonFiniteLossError",
     "Predictor",
     "ResumableSampler",
@@ -45,6 +48,7 @@ __all__ = [
     "config_from_dict",
     "evaluate",
     "evaluated_weights",
+    "export_model",
     "load_checkpoint",
     "load_config",
     "load_model",

@@ -1,0 +1,331 @@
+"""Whole-model export: a U-Net / smp decoder / classifier or a torchvision detector to ONNX, TorchScript or
+``torch.export`` (pt2), checked against the eager model right after.
+
+Routes (torch 2.14, torchvision 0.29):
+
+- ``onnx``: the TorchScript-based exporter (``dynamo=False``), as torchvision's own ONNX tests use it.
+  Dense models (U-Net, smp decoders, classifiers) take ``image [N, C, H, W]`` with dynamic batch, height and width.
+  Detectors take **one** image ``[3, H, W]`` (dynamic H and W; torchvision's ONNX path is batch 1) and return
+  ``boxes [K, 4]``, ``labels [K]``, ``scores [K]`` (and ``masks [K, 1, H, W]`` for Mask R-CNN) in the eager order.
+- ``torchscript``: dense models are traced; detectors are scripted (torchvision's route) around a traced backbone,
+  take a list of any number of ``[3, H, W]`` images and, as every scripted torchvision detector, return
+  ``(losses, detections)``.
+- ``pt2``: ``torch.export`` of a dense model with a dynamic batch and sides that are multiples of the model's
+  divisor (32 for a full U-Net). Detectors are refused (their data-dependent post-processing does not export with
+  dynamic sizes).
+
+The U-Net pads its input to its divisor and crops the logits back (see :class:`~resdense.heads.UNet`); ONNX and
+TorchScript exports keep that (the graph is traced at a size that needs padding), so they take any size. smp's own
+models refuse sides that are not multiples of their divisor, in eager and in the exported graph alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor, nn
+from torchvision.models.detection import FCOS, RetinaNet
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+
+from resdense import _torch_private as tp
+from resdense.backbones import trace_to_onnx
+from resdense.errors import ConfigError, ResdenseError
+
+from .runner import load_model
+from .tasks.segmentation import model_divisor
+
+__all__ = ["FORMATS", "TOLERANCES", "ExportError", "ExportResult", "Check", "export_model", "is_detector"]
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "torchscript", "pt2")
+# Verification tolerances, absolute unless noted. Observed on random-init ResNet-18 models in float32:
+# dense logits ~3e-6 relative, boxes ~3e-5 px, scores ~4e-7, mask probabilities ~1e-5.
+TOLERANCES = {
+    "dense": 1e-4,  # times max(1, max |eager output|): logits of any scale
+    "boxes": 1e-2,  # pixels, after matching detections one to one
+    "scores": 1e-3,
+    "masks": 1e-3,  # mask probabilities in [0, 1]
+    "labels": 0.0,  # matched detections carry the same class
+}
+_DETECTORS = (GeneralizedRCNN, RetinaNet, FCOS)
+
+
+class ExportError(ResdenseError):
+    """The exported model does not compute what the eager one does (or could not be run)."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """One output compared at one input size: ``max_abs_diff`` against ``tolerance``."""
+
+    size: tuple[int, ...]
+    output: str
+    max_abs_diff: float
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff <= self.tolerance
+
+    def __str__(self) -> str:
+        shape = "x".join(map(str, self.size))
+        return f"{shape} {self.output}: max abs diff {self.max_abs_diff:.3g} (tolerance {self.tolerance:.3g})"
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_model` wrote and how it compared with the eager model (empty ``checks`` without verify)."""
+
+    path: Path
+    format: str
+    detector: bool
+    input_size: tuple[int, int]
+    checks: list[Check] = field(default_factory=list)
+
+
+def is_detector(model: nn.Module) -> bool:
+    """True for torchvision's Faster/Mask R-CNN, RetinaNet and FCOS (what ``build_detector`` returns)."""
+    return isinstance(model, _DETECTORS)
+
+
+def export_model(model_or_checkpoint: nn.Module | str | os.PathLike, path: str | os.PathLike, *,
+                 format: str = "onnx", input_size: Sequence[int] | None = None, verify: bool = True,
+                 opset: int = 17, config=None) -> ExportResult:
+    """Export a whole model to ``path`` and, with ``verify``, compare it with the eager model at two input sizes.
+
+    Args:
+        model_or_checkpoint: a model, or a checkpoint written by ``resdense train`` (rebuilt with
+            :func:`~resdense.engine.load_model` from its stored recipe, or from ``config`` when given).
+        format: ``"onnx"``, ``"torchscript"`` or ``"pt2"`` (see the module docstring for what each takes).
+        input_size: ``(H, W)`` of the example input the graph is made from (default 256 x 320). Verification runs
+            there (batch 1) and at ``(W + d, H)`` (batch 2 for dense models; d is the model's size divisor), so the
+            dynamic axes are exercised.
+        verify: run the export (onnxruntime for ONNX) and the eager model on the same random inputs and compare
+            every output within :data:`TOLERANCES`; detections are matched one to one first.
+        opset: the ONNX opset.
+        config: with a checkpoint, the recipe to rebuild the model from instead of the stored one.
+
+    Returns:
+        An :class:`ExportResult` with one :class:`Check` per size and output. The export runs on the CPU in float32.
+
+    Raises:
+        ConfigError: an unknown format, a bad ``input_size``, a detector asked for ``pt2``.
+        ExportError: an output outside its tolerance (one line: size, output, difference, tolerance).
+    """
+    if format not in FORMATS:
+        raise ConfigError(f"export: format={format!r} is not one of {', '.join(FORMATS)}")
+    size = _check_size(input_size)
+    if isinstance(model_or_checkpoint, nn.Module):
+        model = copy.deepcopy(model_or_checkpoint).cpu().float().eval()
+    else:
+        model, _ = load_model(model_or_checkpoint, config, device="cpu")
+        model.float()
+    detector = is_detector(model)
+    if detector and format == "pt2":
+        raise ConfigError("export: format='pt2' is not available for detectors (torchvision's post-processing does "
+                          "not torch.export with dynamic sizes); use onnx or torchscript")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = _DETECTOR_WRITERS[format] if detector else _DENSE_WRITERS[format]
+    run = writer(model, path, size, opset)
+    result = ExportResult(path, format, detector, size)
+    if verify:
+        result.checks = (_verify_detector if detector else _verify_dense)(model, run, size)
+        for check in result.checks:
+            log.info("export %s: %s", path.name, check)
+        bad = [c for c in result.checks if not c.ok]
+        if bad:
+            raise ExportError(f"{path}: the {format} export differs from the eager model: {bad[0]}")
+    return result
+
+
+def _check_size(input_size: Sequence[int] | None) -> tuple[int, int]:
+    if input_size is None:
+        return 256, 320
+    values = tuple(input_size)
+    if len(values) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 32 for v in values):
+        raise ConfigError(f"export: input_size={list(values)!r} must be two ints >= 32 (height, width)")
+    return values
+
+
+def _second_size(model: nn.Module, size: tuple[int, int], detector: bool) -> tuple[int, int]:
+    d = 32 if detector else model_divisor(model)
+    return size[1] + d, size[0]
+
+
+# ---- dense models: [N, C, H, W] -> one tensor -----------------------------------------------------------------------
+def _dense_example(model: nn.Module, size: tuple[int, int], batch: int = 1, seed: int = 0) -> Tensor:
+    channels = getattr(model, "in_channels", 3)
+    return torch.randn(batch, channels, *size, generator=torch.Generator().manual_seed(seed))
+
+
+def _trace_size(model: nn.Module, size: tuple[int, int]) -> tuple[int, int]:
+    """A U-Net pads to its divisor only when it has to, so a trace at a multiple would drop the pad-and-crop: trace
+    one pixel taller then. Models without their own padding (smp's) are traced at the size given."""
+    d = getattr(model, "size_divisibility", None)
+    if isinstance(d, int) and d > 1 and size[0] % d == 0 and size[1] % d == 0:
+        return size[0] + 1, size[1]
+    return size
+
+
+def _dense_onnx(model: nn.Module, path: Path, size: tuple[int, int], opset: int) -> Callable[[Tensor], Tensor]:
+    x = _dense_example(model, _trace_size(model, size))
+    with torch.no_grad():
+        spatial = model(x).ndim == 4
+    out_axes = {0: "batch", 2: "height", 3: "width"} if spatial else {0: "batch"}
+    with _quiet():
+        trace_to_onnx(model, (x,), path, input_names=["image"], output_names=["logits"],
+                      dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "logits": out_axes}, opset=opset)
+    session = _ort_session(path)
+    return lambda t: torch.from_numpy(session.run(None, {"image": t.numpy()})[0])
+
+
+def _dense_torchscript(model: nn.Module, path: Path, size: tuple[int, int], opset: int) -> Callable:
+    with torch.no_grad(), _quiet():
+        traced = torch.jit.trace(model, _dense_example(model, _trace_size(model, size)), check_trace=False)
+    traced.save(str(path))
+    loaded = torch.jit.load(str(path))
+    return lambda t: loaded(t)
+
+
+def _dense_pt2(model: nn.Module, path: Path, size: tuple[int, int], opset: int) -> Callable:
+    d = model_divisor(model)
+    if size[0] % d or size[1] % d:
+        raise ConfigError(f"export: format='pt2' takes sides that are multiples of {d}; input_size={list(size)}")
+    dims = {0: torch.export.Dim("batch", min=1, max=4096),
+            2: d * torch.export.Dim("height_blocks", min=1, max=4096 // d),
+            3: d * torch.export.Dim("width_blocks", min=1, max=4096 // d)}
+    with torch.no_grad(), _quiet():
+        program = torch.export.export(model, (_dense_example(model, size, batch=2),), dynamic_shapes=(dims,))
+    torch.export.save(program, str(path))
+    loaded = torch.export.load(str(path)).module()
+    return lambda t: loaded(t)
+
+
+def _verify_dense(model: nn.Module, run: Callable[[Tensor], Tensor], size: tuple[int, int]) -> list[Check]:
+    checks = []
+    for batch, hw in ((1, size), (2, _second_size(model, size, detector=False))):
+        x = _dense_example(model, hw, batch, seed=batch)
+        with torch.no_grad():
+            want = model(x)
+            got = _run_exported(run, x, (batch, *hw))
+        scale = max(1.0, float(want.abs().max()))
+        diff = float((got.float() - want).abs().max()) if got.shape == want.shape else float("inf")
+        checks.append(Check((batch, *hw), "logits", diff, TOLERANCES["dense"] * scale))
+    return checks
+
+
+_DENSE_WRITERS = {"onnx": _dense_onnx, "torchscript": _dense_torchscript, "pt2": _dense_pt2}
+
+
+# ---- detectors: one [3, H, W] image in [0, 1] -> boxes, labels, scores (, masks) -------------------------------------
+def _detector_example(size: tuple[int, int], seed: int = 0) -> Tensor:
+    return torch.rand(3, *size, generator=torch.Generator().manual_seed(seed))
+
+
+def _detector_onnx(model: nn.Module, path: Path, size: tuple[int, int], opset: int) -> Callable:
+    x = _detector_example(size)
+    with torch.no_grad():
+        names = list(model([x])[0])  # the eager dict's order: boxes, labels, scores (R-CNN) / boxes, scores, labels
+    axes = {"image": {1: "height", 2: "width"}, **{n: {0: "detections"} for n in names}}
+    if "masks" in names:
+        axes["masks"] = {0: "detections", 2: "height", 3: "width"}
+    with _quiet():  # torchvision's tracer and shape-inference warnings
+        trace_to_onnx(model, ([x],), path, input_names=["image"], output_names=names, dynamic_axes=axes,
+                      opset=opset)
+    session = _ort_session(path)
+
+    def run(image: Tensor) -> dict[str, Tensor]:
+        outs = session.run(None, {"image": image.numpy()})
+        return {n: torch.from_numpy(np.asarray(o)) for n, o in zip(names, outs, strict=True)}
+
+    return run
+
+
+def _detector_torchscript(model: nn.Module, path: Path, size: tuple[int, int], opset: int) -> Callable:
+    # torchvision's detectors script; resdense's backbone (typed dataclass metadata) does not, so it is traced and
+    # the detector around it scripted. The target check is a Python hook TorchScript cannot compile: dropped here.
+    scripted = copy.deepcopy(model)
+    tp.clear_forward_pre_hooks(scripted)
+    with torch.no_grad(), _quiet():
+        scripted.backbone = torch.jit.trace(scripted.backbone, _detector_example(size)[None], strict=False,
+                                            check_trace=False)
+        scripted = torch.jit.script(scripted)
+    scripted.save(str(path))
+    loaded = torch.jit.load(str(path))
+    return lambda image: loaded([image])[1][0]
+
+
+def _verify_detector(model: nn.Module, run: Callable[[Tensor], dict], size: tuple[int, int]) -> list[Check]:
+    checks = []
+    for seed, hw in enumerate((size, _second_size(model, size, detector=True))):
+        image = _detector_example(hw, seed)
+        with torch.no_grad():
+            want = model([image])[0]
+            got = _run_exported(run, image, (3, *hw))
+        for name, diff in match_detections(want, got).items():
+            checks.append(Check((3, *hw), name, diff, TOLERANCES[name]))
+    return checks
+
+
+def match_detections(want: dict[str, Tensor], got: dict[str, Tensor]) -> dict[str, float]:
+    """Max abs differences of ``boxes``, ``scores``, ``masks`` (and label mismatches) between two detection lists,
+    after pairing them one to one by box distance, score and label (Hungarian matching). Near-equal scores may come
+    out in another order, so index ``i`` of one list need not be index ``i`` of the other. Different counts are an
+    infinite ``boxes`` difference."""
+    n = len(want["boxes"])
+    if len(got["boxes"]) != n:
+        return {"boxes": float("inf")}
+    if n == 0:
+        return {k: 0.0 for k in want if k in TOLERANCES}
+    wb, gb = want["boxes"].double(), got["boxes"].double()
+    cost = (wb[:, None] - gb[None]).abs().amax(-1) + (want["scores"].double()[:, None] - got["scores"].double()[None]).abs()
+    cost = cost + 1e6 * (want["labels"][:, None] != got["labels"][None])
+    rows, cols = linear_sum_assignment(cost.numpy())
+    rows, cols = torch.as_tensor(rows), torch.as_tensor(cols)
+    out = {"boxes": float((wb[rows] - gb[cols]).abs().max()),
+           "scores": float((want["scores"][rows] - got["scores"][cols]).abs().max()),
+           "labels": float((want["labels"][rows] != got["labels"][cols]).sum())}
+    if "masks" in want:
+        out["masks"] = float((want["masks"][rows] - got["masks"][cols].float()).abs().max())
+    return out
+
+
+_DETECTOR_WRITERS = {"onnx": _detector_onnx, "torchscript": _detector_torchscript}
+
+
+# ---- shared ---------------------------------------------------------------------------------------------------------
+def _ort_session(path: Path):
+    import onnxruntime as ort  # heavy optional dependency (dev extra): loaded only for verification
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # no warnings about initializers in the graph inputs
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _run_exported(run: Callable, x: Tensor, shape: tuple[int, ...]):
+    try:
+        return run(x)
+    except Exception as err:  # onnxruntime / TorchScript errors: one line, with the input that failed
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ExportError(f"the exported model failed on an input of shape {list(shape)}: {first[:300]}") from None
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the tracer / deprecation warnings of torch.jit and torch.export: they describe the trace, and the
+    verification is what checks it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
