@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overlap", type=float, default=0.25, help="fraction of a window shared with its neighbour")
     p.add_argument("--blend", choices=("gaussian", "uniform"), default="gaussian",
                    help="weights of overlapping segmentation windows")
-    p.add_argument("--tile-batch", type=int, default=4, help="windows per forward pass (bounds the memory)")
+    p.add_argument("--tile-batch", type=int, default=None,
+                   help="windows per forward pass (bounds the memory; default 1 on a CPU, 4 on a GPU)")
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: horizontal flip x scales 0.75, 1, 1.25, mapped back and combined")
     p.add_argument("--tta-scales", default=None, metavar="S,S,...", help="TTA scales (implies --tta)")

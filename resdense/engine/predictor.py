@@ -81,7 +81,9 @@ class Predictor:
             and the whole image's boxes by class-wise NMS (SAHI's sliced prediction).
         overlap: fraction of a window shared with its neighbour.
         blend: ``"gaussian"`` or ``"uniform"`` weights of the segmentation windows.
-        tile_batch: windows per forward pass (the activation memory is that of this many windows).
+        tile_batch: windows per forward pass (the activation memory is that of this many windows). ``None``: 1 on a
+            CPU (fastest and leanest there: 2048 px U-Net R18, 512 px tiles, batch 1 / 2 / 4 took 7.4 / 8.9 / 9.7 s),
+            4 on a GPU.
         tta: ``True`` (flips and scales of :class:`~resdense.engine.tta.TTA`), a ``TTA``, or ``False``.
         score_threshold: detections below it are dropped (default: ``eval.score_threshold`` of the recipe, else 0).
         preprocess: keyword arguments of the validation transforms that replace the recipe's (e.g. ``mean`` /
@@ -91,9 +93,11 @@ class Predictor:
 
     def __init__(self, model: nn.Module, task: Task | str, *, class_names: Sequence[str] | None = None,
                  config: Config | None = None, device: str | torch.device | None = None, tile: int | None = None,
-                 overlap: float = 0.25, blend: str = "gaussian", tile_batch: int = 4, tta: TTA | bool | None = None,
+                 overlap: float = 0.25, blend: str = "gaussian", tile_batch: int | None = None, tta: TTA | bool | None = None,
                  score_threshold: float | None = None, preprocess: dict[str, Any] | None = None,
                  top_k: int = 5) -> None:
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        tile_batch = tile_batch if tile_batch is not None else (1 if self.device.type == "cpu" else 4)
         check_tiling(tile, overlap, blend, tile_batch)
         names = list(class_names) if class_names else list(getattr(task, "class_names", None) or [])
         if isinstance(task, str):
@@ -101,7 +105,6 @@ class Predictor:
                 raise ConfigError("Predictor(task='segmentation') needs the number of classes: pass a Task or config")
             task = build_task(task, names, config)
         self.task, self.class_names, self.config = task, names, config
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device).eval()
         self.tile, self.overlap, self.blend, self.tile_batch = tile, overlap, blend, tile_batch
         self.tta = as_tta(tta)

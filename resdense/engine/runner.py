@@ -104,7 +104,7 @@ def run_evaluation(config: Config | str | os.PathLike, checkpoint: str | os.Path
 def run_prediction(config: Config | str | os.PathLike | None, checkpoint: str | os.PathLike,
                    images: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                    score_threshold: float | None = None, overrides: Sequence[str] = (), tile: int | None = None,
-                   overlap: float = 0.25, blend: str = "gaussian", tile_batch: int = 4,
+                   overlap: float = 0.25, blend: str = "gaussian", tile_batch: int | None = None,
                    tta: TTA | bool | None = None) -> list[Path]:
     """Predict on image files and write one readable PNG overlay per image into ``out_dir``.
 
