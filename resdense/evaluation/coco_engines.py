@@ -38,7 +38,7 @@ class EngineOutput:
 def run_engine(
     gt: dict, results: list[dict], iou_type: str, backend: str, max_dets: Sequence[int], img_ids: list | None
 ) -> EngineOutput:
-    """Evaluate validated inputs (see ``_coco_inputs``) with one backend; both receive identical data."""
+    """Evaluate validated inputs (see ``coco_inputs``) with one backend; both receive identical data."""
     dt = _results_dataset(gt, results, iou_type)
     if backend == "pycocotools":
         from pycocotools.cocoeval import COCOeval
