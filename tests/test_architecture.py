@@ -30,6 +30,7 @@ LAYERS = {
     "resdense.typecheck": 1,  # YAML values against type annotations; comparing recipes  # CPU/GPU probes and the precision chosen from them
     "resdense.config": 2,  # the recipe schema: dataclasses, type checks, --set
     "resdense.backbones": 3,  # ResNet feature extractors, weights, inference mode, export
+    "resdense.coco": 3,  # the COCO format under data and evaluation: JSON, validation, RLE, bit-packing
     "resdense.heads": 4,  # FPN, detectors, U-Net, smp decoders, classifier
     "resdense.data": 4,  # datasets, transforms, loaders, synthetic shapes, checks
     "resdense.evaluation": 4,  # COCO mAP, detection evaluator, segmentation metrics

@@ -6,11 +6,13 @@ Detection datasets yield ``(image float32 [3, H, W] in [0, 1], target)`` with th
 what it reads and names the file, field and value of whatever is wrong.
 """
 
+from resdense.coco.io import build_coco
+
 from ._common import DataWarning
 from ._constants import IMAGENET_MEAN, IMAGENET_STD
 from ._io import read_image, read_mask, to_image_tensor
 from .check import CheckReport, check_path
-from .coco import CocoDetection, build_coco
+from .coco import CocoDetection
 from .coco_semantic import CocoSemantic
 from .image_folder import ImageFolder
 from .masks import MaskDataset

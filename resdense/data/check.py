@@ -12,8 +12,8 @@ import numpy as np
 
 from resdense.errors import DataError
 
-from ._coco_parse import images_root_for, load_json, parse_coco
 from ._io import image_size, read_image, read_mask
+from .coco_parse import images_root_for, load_json, parse_coco
 from .masks import pair_by_stem
 from .voc import find_voc_image, parse_voc_xml
 
@@ -137,6 +137,8 @@ def _check_coco(js: Path, images_dir, decode: bool, report: CheckReport) -> None
     parsed = parse_coco(data, str(js))
     report.problems.extend(parsed.errors)
     report.warnings.extend(parsed.warnings)
+    if not isinstance(data, dict):  # the top level is not a COCO object: reported by parse_coco
+        return
     images = data.get("images") if isinstance(data.get("images"), list) else []
     names = [im["file_name"] for im in images if isinstance(im, dict) and isinstance(im.get("file_name"), str)]
     root = Path(images_dir) if images_dir is not None else images_root_for(js, names)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import os
 from pathlib import Path
@@ -12,29 +10,20 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from resdense.coco.io import build_coco
+from resdense.coco.packing import pack_segms
+from resdense.coco.rle import decode_segms
 from resdense.errors import DataError
 
-from ._coco_parse import ImageRecord, ParsedCoco, load_json, parse_coco, raise_first
 from ._common import SkipBadImages, check_choice, warn
 from ._io import read_image, to_image_tensor
-from ._rle import decode_segms, pack_segms
 from ._split_names import SplitArg, name_keys, select_split
+from .coco_parse import ImageRecord, ParsedCoco, load_json, parse_coco, raise_first
 from .transforms import DetectionTransform, as_detection_transform
 
-__all__ = ["CocoDetection", "CocoSource", "build_coco"]
+__all__ = ["CocoDetection", "CocoSource"]
 
 logger = logging.getLogger(__name__)
-
-
-def build_coco(dataset: dict):
-    """A pycocotools ``COCO`` indexed from an in-memory dict (its progress prints are swallowed)."""
-    from pycocotools.coco import COCO
-
-    coco = COCO()
-    coco.dataset = dataset
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
 
 
 def _subset(dataset: dict, image_ids: set[int]) -> dict:

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from resdense.coco.rle import decode_segms
 from resdense.errors import ConfigError, DataError
 
-from ._coco_parse import load_json, parse_coco
 from ._io import to_image_tensor
-from ._rle import decode_segms
 from ._split_names import SplitArg
 from .coco import CocoSource
+from .coco_parse import load_json, parse_coco
 from .transforms import as_segmentation_transform
 
 __all__ = ["CocoSemantic"]

@@ -16,9 +16,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from resdense.coco.rle import decode_segms
 from resdense.errors import ConfigError
-
-from ._rle import decode_segms
 
 __all__ = ["make_shapes", "ShapesDataset", "ShapesSplit", "SHAPES_CLASSES"]
 

@@ -29,9 +29,9 @@ import numpy as np
 
 from resdense.errors import ConfigError, DataError
 
-from ._coco_parse import load_json, parse_coco, raise_first
 from ._io import read_mask
 from .check import DataLayout, find_layouts
+from .coco_parse import load_json, parse_coco, raise_first
 from .masks import pair_by_stem
 from .voc import voc_to_coco
 

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
+from resdense.coco.packing import PackedMasks, pack_masks, unpack_masks
 from resdense.errors import ConfigError
 
 from ._constants import IMAGENET_MEAN, IMAGENET_STD
 from ._io import to_image_tensor
-from ._rle import PackedMasks
 
 __all__ = [
     "DetectionTransform",
@@ -60,7 +60,8 @@ class DetectionTransform:
         seed: seed of albumentations' random generator (``None``: drawn from the global state).
 
     Call: ``(image uint8 [H, W, 3], target)`` with numpy ``boxes [N, 4]`` xyxy, ``labels [N]``, ``area [N]``,
-    ``iscrowd [N]`` and optionally ``masks uint8 [N, H, W]`` (or :class:`~resdense.data._rle.PackedMasks`) -> ``(image float32 [3, H', W'], target)`` with the same
+    ``iscrowd [N]`` and optionally ``masks uint8 [N, H, W]`` (or :class:`~resdense.coco.PackedMasks`) ->
+    ``(image float32 [3, H', W'], target)`` with the same
     keys as tensors (``boxes`` float32, ``labels``/``iscrowd`` int64, ``area`` float32, ``masks`` uint8).
     """
 
@@ -90,7 +91,7 @@ class DetectionTransform:
             # An evaluation pipeline may have no geometric op at all; albumentations warns about the unused bbox
             # processor then, which is noise here.
             warnings.filterwarnings("ignore", message="Got processor for bboxes")
-            # Instance masks are binary: nearest-neighbour keeps them binary, and lets us bit-pack them (below).
+            # Instance masks are binary: nearest-neighbour keeps them binary, and lets us bit-pack them (resdense.coco.packing).
             self.compose = A.Compose(ops, bbox_params=bbox_params, seed=seed, mask_interpolation=cv2.INTER_NEAREST)
         # Bit-packing 8 instance masks per channel is exact when every op only moves mask pixels (nearest
         # interpolation) and fills borders with 0; an op filling masks with another value gets the plain path.
@@ -102,12 +103,12 @@ class DetectionTransform:
         data = {"image": image, "bboxes": boxes, "labels": np.asarray(target["labels"]), "instance": np.arange(n)}
         masks = target.get("masks")
         if isinstance(masks, PackedMasks) and not self._pack:
-            masks = _unpack_masks(masks.array, np.arange(masks.n))
+            masks = unpack_masks(masks.array, np.arange(masks.n))
         if masks is not None and n:
             if isinstance(masks, PackedMasks):
                 data["mask"] = masks.array
             elif self._pack:
-                data["mask"] = _pack_masks(np.asarray(masks))
+                data["mask"] = pack_masks(np.asarray(masks))
             else:
                 data["masks"] = np.asarray(masks)
         out = self.compose(**data)
@@ -122,7 +123,7 @@ class DetectionTransform:
             if not n:
                 m = np.zeros((0, *img.shape[:2]), np.uint8)
             elif self._pack:
-                m = _unpack_masks(np.asarray(out["mask"]), keep)
+                m = unpack_masks(np.asarray(out["mask"]), keep)
             else:
                 m = np.asarray(out["masks"])[keep]
             if self.boxes_from_masks:
@@ -154,33 +155,6 @@ class DetectionTransform:
 
     def __repr__(self) -> str:
         return f"DetectionTransform({self.compose.transforms!r}, normalize={self.normalize})"
-
-
-def _pack_masks(masks: np.ndarray) -> np.ndarray:
-    """Binary masks ``[N, H, W]`` -> ``uint8 [H, W]`` (N <= 8) or ``[H, W, ceil(N / 8)]``, instance i in bit i % 8
-    of channel i // 8. One warp of the packed mask replaces N warps (albumentations warps masks one by one)."""
-    n, h, w = masks.shape
-    # pycocotools decodes column-major planes; pack in that layout and transpose once at the end.
-    col_major = masks.transpose(0, 2, 1).flags.c_contiguous and not masks.flags.c_contiguous
-    src = masks.transpose(0, 2, 1) if col_major else masks
-    packed = np.zeros(((n + 7) // 8, *src.shape[1:]), np.uint8)
-    tmp = np.empty(src.shape[1:], np.uint8)
-    for i in range(n):
-        np.left_shift(src[i], i & 7, out=tmp, dtype=np.uint8, casting="unsafe")
-        np.bitwise_or(packed[i >> 3], tmp, out=packed[i >> 3])
-    out = packed.transpose(0, 2, 1) if col_major else packed
-    return np.ascontiguousarray(out[0] if len(out) == 1 else out.transpose(1, 2, 0))
-
-
-def _unpack_masks(packed: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`_pack_masks` for the instances in ``keep`` -> ``uint8 [len(keep), H', W']``."""
-    if packed.ndim == 2:
-        packed = packed[..., None]
-    out = np.empty((len(keep), *packed.shape[:2]), np.uint8)
-    for j, i in enumerate(keep.tolist()):
-        np.right_shift(packed[..., i >> 3], i & 7, out=out[j])
-        np.bitwise_and(out[j], 1, out=out[j])
-    return out
 
 
 def _box_area(b: np.ndarray) -> np.ndarray:

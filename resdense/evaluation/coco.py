@@ -11,7 +11,7 @@ truth (e.g. ``APs`` on a dataset without small objects).
 
 What this adds to the engines (pycocotools 2.0.x, faster-coco-eval 1.x), each covered by a test:
 
-* Validation first (see ``_coco_inputs``): result image / category ids absent from the GT (pycocotools asserts
+* Validation first (see ``coco_inputs``): result image / category ids absent from the GT (pycocotools asserts
   without naming them), NaN/inf boxes or scores (a NaN box matches any GT: every ``iou < t`` test is False),
   GT annotation id 0 (stored as the match flag, it reads as "unmatched": TPs become FPs; faster-coco-eval only
   warns) and duplicate ids (collapsed by the id index). ``renumber_ann_ids=True`` renumbers instead of refusing.
@@ -44,8 +44,8 @@ import numpy as np
 
 from resdense.errors import ConfigError, EvaluationError
 
-from ._coco_engines import EngineOutput, per_class_ap, pr_curves, run_engine, summarize
-from ._coco_inputs import load_ground_truth, load_results
+from .coco_engines import EngineOutput, per_class_ap, pr_curves, run_engine, summarize
+from .coco_inputs import load_ground_truth, load_results
 
 __all__ = ["COCO_STAT_KEYS", "BACKENDS", "CocoEvaluation", "check_max_dets", "coco_evaluate", "coco_map"]
 

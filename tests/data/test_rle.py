@@ -8,16 +8,16 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
+from resdense.coco.packing import pack_segms, unpack_masks
+from resdense.coco.rle import decode_segms, rle_counts
 from resdense.data import CocoDetection, DetectionTransform
-from resdense.data._rle import decode_segms, pack_segms, rle_counts
-from resdense.data.transforms import _unpack_masks
 from resdense.errors import DataError
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
 def _unpacked(p):
-    return _unpack_masks(p.array, np.arange(p.n))
+    return unpack_masks(p.array, np.arange(p.n))
 
 
 def test_random_masks_roundtrip_exactly():

@@ -10,14 +10,14 @@ report from the same arrays.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from resdense.coco.io import build_coco, quiet
 
 logger = logging.getLogger(__name__)
 
@@ -35,32 +35,16 @@ class EngineOutput:
     max_dets: list  # [M], sorted
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """pycocotools prints progress to stdout; the library never prints, so route it to the debug log."""
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        yield
-    text = buffer.getvalue().strip()
-    if text:
-        logger.debug("pycocotools: %s", text.replace("\n", " | "))
-
-
 def run_engine(
     gt: dict, results: list[dict], iou_type: str, backend: str, max_dets: Sequence[int], img_ids: list | None
 ) -> EngineOutput:
-    """Evaluate validated inputs (see ``_coco_inputs``) with one backend; both receive identical data."""
+    """Evaluate validated inputs (see ``coco_inputs``) with one backend; both receive identical data."""
     dt = _results_dataset(gt, results, iou_type)
     if backend == "pycocotools":
-        from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
 
-        with _quiet():
-            coco_gt, coco_dt = COCO(), COCO()
-            coco_gt.dataset, coco_dt.dataset = gt, dt
-            coco_gt.createIndex()
-            coco_dt.createIndex()
-            evaluator = COCOeval(coco_gt, coco_dt, iou_type)
+        with quiet():
+            evaluator = COCOeval(build_coco(gt), build_coco(dt), iou_type)
             _set_params(evaluator.params, max_dets, img_ids)
             evaluator.evaluate()
             evaluator.accumulate()

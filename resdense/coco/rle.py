@@ -1,16 +1,18 @@
-"""COCO segmentations (polygons, RLE) -> binary masks, through ``pycocotools.mask``."""
+"""COCO segmentations (polygons, RLE) <-> compressed RLE and binary masks, through ``pycocotools.mask``.
+
+Shared by the datasets (masks of training targets) and the evaluation (result masks as compressed RLE).
+"""
 
 from __future__ import annotations
 
 import warnings
 
-import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
 from resdense.errors import DataError
 
-__all__ = ["segm_to_rle", "decode_segms", "rle_counts", "pack_segms", "PackedMasks"]
+__all__ = ["segm_to_rle", "decode_segms", "rle_counts"]
 
 
 def segm_to_rle(segm, height: int, width: int, box=None) -> dict:
@@ -50,7 +52,7 @@ def decode_segms(segms: list, height: int, width: int, boxes=None) -> np.ndarray
     except (ValueError, TypeError, KeyError) as err:  # a compressed RLE string that does not decode
         raise DataError(f"segmentation does not decode ({type(err).__name__}: {err})") from None
     # decode() returns [H, W, N] in Fortran order: the [N, H, W] view has column-major planes. It is returned as
-    # is (transforms bit-pack it in that layout); callers needing C order copy it once.
+    # is (``packing.pack_masks`` packs it in that layout); callers needing C order copy it once.
     return decoded.transpose(2, 0, 1)
 
 
@@ -82,39 +84,3 @@ def rle_counts(rle: dict) -> np.ndarray:
             x += counts[-2]
         counts.append(x)
     return np.asarray(counts, dtype=np.int64)
-
-
-class PackedMasks:
-    """N binary masks bit-packed into ``uint8 [H, W]`` (N <= 8) or ``[H, W, ceil(N / 8)]``: instance i is bit
-    ``i % 8`` of channel ``i // 8``. Warping the packed array with nearest-neighbour interpolation warps all N
-    masks at once, exactly."""
-
-    __slots__ = ("array", "n")
-
-    def __init__(self, array: np.ndarray, n: int) -> None:
-        self.array, self.n = array, n
-
-
-def pack_segms(segms: list, height: int, width: int, boxes=None) -> PackedMasks:
-    """Decode N segmentations straight into :class:`PackedMasks` (no ``[N, H, W]`` array is ever built).
-
-    Each RLE expands with one ``np.repeat`` of its alternating (0, bit) run values, OR-ed into its channel; the
-    column-major channel is transposed once (``cv2.transpose``). Bit-exact with ``pycocotools.mask.decode``.
-    """
-    n = len(segms)
-    channels = max(1, (n + 7) // 8)
-    hw = height * width
-    flat = np.zeros((channels, hw), dtype=np.uint8)
-    try:
-        for i in range(n):
-            counts = rle_counts(segm_to_rle(segms[i], height, width, None if boxes is None else boxes[i]))
-            if counts.sum() != hw or (counts < 0).any():
-                raise DataError(f"segmentation RLE covers {int(counts.sum())} pixels, not {hw}")
-            values = np.zeros(len(counts), dtype=np.uint8)
-            values[1::2] = 1 << (i & 7)
-            np.bitwise_or(flat[i >> 3], np.repeat(values, counts), out=flat[i >> 3])
-    except (ValueError, TypeError, KeyError) as err:
-        raise DataError(f"segmentation does not decode ({type(err).__name__}: {err})") from None
-    planes = [cv2.transpose(f.reshape(width, height)) for f in flat]  # runs are column-major
-    array = planes[0] if channels == 1 else np.ascontiguousarray(np.stack(planes, axis=-1))
-    return PackedMasks(array, n)

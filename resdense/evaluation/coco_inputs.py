@@ -9,18 +9,17 @@ engines (which write ``ignore``, ``rle``, ``area`` ... into the dicts they get) 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
+from resdense.coco.io import CocoFileError, read_json
+from resdense.coco.rle import segm_to_rle
+from resdense.coco.validate import Problem, check_ground_truth, id_list
 from resdense.errors import EvaluationError
 
 logger = logging.getLogger(__name__)
@@ -31,19 +30,15 @@ _MAX_LISTED = 10
 def _listed(values: Iterable[Any]) -> str:
     """``[3, 7, 9]`` or ``[3, 7, ... (25 in all)]``: enough to find the problem without flooding the terminal."""
     values = sorted(set(values), key=lambda v: (str(type(v)), v))
-    shown = ", ".join(repr(v) for v in values[:_MAX_LISTED])
-    return f"[{shown}]" if len(values) <= _MAX_LISTED else f"[{shown}, ... ({len(values)} in all)]"
+    return f"[{id_list([repr(v) for v in values], _MAX_LISTED)}]"
 
 
 def _read_json(path: str | os.PathLike, what: str) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise EvaluationError(f"{what} file {str(path)!r} does not exist")
     try:
-        with open(path) as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EvaluationError(f"{what} file {str(path)!r} is not valid JSON: {exc}") from None
+        return read_json(path)
+    except CocoFileError as err:
+        problem = "does not exist" if err.missing else f"is not valid JSON: {err.detail}"
+        raise EvaluationError(f"{what} file {str(path)!r} {problem}") from None
 
 
 def load_ground_truth(gt: Any, iou_type: str, *, renumber_ann_ids: bool = False) -> dict:
@@ -69,56 +64,39 @@ def load_ground_truth(gt: Any, iou_type: str, *, renumber_ann_ids: bool = False)
         raise EvaluationError(
             f"ground truth must be a path, a COCO dict or a COCO object, got {type(gt).__name__}"
         )
-    if not isinstance(dataset, Mapping):
-        raise EvaluationError(f"{source}: expected a JSON object at the top level, got {type(dataset).__name__}")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(dataset.get(key), list):
-            raise EvaluationError(f"{source}: field {key!r} is missing or not a list")
-
-    images, categories = dataset["images"], dataset["categories"]
-    anns = [dict(a) for a in dataset["annotations"]]
-    _check_keys(anns, ("id", "image_id", "category_id", "area", "bbox"), f"{source} annotation")
-    if iou_type == "segm":
-        _check_keys(anns, ("segmentation",), f"{source} annotation")
-        _check_keys(images, ("id", "height", "width"), f"{source} image")
-    else:
-        _check_keys(images, ("id",), f"{source} image")
-    _check_keys(categories, ("id",), f"{source} category")
-
-    duplicated_images = [i for i, n in Counter(img["id"] for img in images).items() if n > 1]
-    if duplicated_images:
-        raise EvaluationError(f"{source}: duplicate image ids {_listed(duplicated_images)}")
-    ann_ids = [a["id"] for a in anns]
-    duplicated = [i for i, n in Counter(ann_ids).items() if n > 1]
+    checked = check_ground_truth(
+        dataset, source, renumber_ann_ids=renumber_ann_ids,
+        # bbox needs no image sizes: pycocotools reads them only to decode segmentations.
+        image_fields=("height", "width") if iou_type == "segm" else (),
+        annotation_fields=("area", "segmentation") if iou_type == "segm" else ("area",),
+    )
+    if not checked.ok:
+        raise _ground_truth_error(checked.problems, source)
     if renumber_ann_ids:
-        for new_id, ann in enumerate(anns, start=1):
-            ann["id"] = new_id
-        logger.debug("renumbered %d ground-truth annotation ids to 1..N", len(anns))
-    elif 0 in ann_ids or duplicated:
-        problem = "annotation id 0" if 0 in ann_ids else f"duplicate annotation ids {_listed(duplicated)}"
+        logger.debug("renumbered %d ground-truth annotation ids to 1..N", len(checked.annotations))
+    return {"images": list(dataset["images"]), "annotations": [dict(a.ann, id=a.new_id) for a in checked.annotations],
+            "categories": list(dataset["categories"])}
+
+
+def _ground_truth_error(problems: list[Problem], source: str) -> EvaluationError:
+    """The first problem, with the ids of all problems of its kind where evaluation lists them together."""
+    kind = problems[0].kind
+    values = [v for p in problems if p.kind == kind for v in p.values]
+    if kind in ("id 0", "duplicate ids"):
+        problem = "annotation id 0" if kind == "id 0" else f"duplicate annotation ids {_listed(values)}"
         # pycocotools stores the matched annotation id as the match flag, so id 0 reads as "unmatched" (its true
         # positives become false positives), and duplicate ids collapse in the id -> annotation index.
-        raise EvaluationError(
+        return EvaluationError(
             f"{source}: {problem}; COCO evaluation needs unique non-zero annotation ids "
             "(pass renumber_ann_ids=True to renumber them 1..N)"
         )
-
-    image_ids = {img["id"] for img in images}
-    cat_ids = {c["id"] for c in categories}
-    orphans = {a["image_id"] for a in anns} - image_ids
-    if orphans:
-        raise EvaluationError(f"{source}: annotations refer to image ids absent from 'images': {_listed(orphans)}")
-    unknown = {a["category_id"] for a in anns} - cat_ids
-    if unknown:
-        raise EvaluationError(
-            f"{source}: annotations refer to category ids absent from 'categories': {_listed(unknown)}"
+    if kind == "orphan":
+        return EvaluationError(f"{source}: annotations refer to image ids absent from 'images': {_listed(values)}")
+    if kind == "unknown category":
+        return EvaluationError(
+            f"{source}: annotations refer to category ids absent from 'categories': {_listed(values)}"
         )
-    _check_boxes([a["bbox"] for a in anns], [a["id"] for a in anns], f"{source} annotation", "id")
-    areas = np.asarray([a["area"] for a in anns], dtype=np.float64)
-    if areas.size and not np.isfinite(areas).all():
-        bad = [anns[i]["id"] for i in np.flatnonzero(~np.isfinite(areas))]
-        raise EvaluationError(f"{source}: non-finite 'area' in annotations with id {_listed(bad)}")
-    return {"images": list(images), "annotations": anns, "categories": list(categories)}
+    return EvaluationError(problems[0].message)
 
 
 def load_results(results: Any, gt: dict, iou_type: str) -> list[dict]:
@@ -238,14 +216,11 @@ def _compressed_rle(seg: Any, size: list[int], source: str, index: int) -> dict:
                 f"{source} entry {index}: mask size {list(seg['size'])} != image {size} (height, width); "
                 "masks must be pasted into the original image"
             )
-        if isinstance(seg["counts"], list):
-            return mask_utils.frPyObjects(dict(seg), h, w)
-        counts = seg["counts"]
-        return {"size": size, "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+        return segm_to_rle(dict(seg, size=size), h, w)
     if isinstance(seg, list) and seg and all(isinstance(p, list) and len(p) >= 6 for p in seg):
         if not all(math.isfinite(v) for p in seg for v in p):
             raise EvaluationError(f"{source} entry {index}: polygon 'segmentation' holds NaN/inf")
-        return mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+        return segm_to_rle(seg, h, w)
     raise EvaluationError(
         f"{source} entry {index}: 'segmentation' must be RLE or a list of polygons, got {type(seg).__name__}"
     )

@@ -1,0 +1,30 @@
+"""The COCO format, shared by ``resdense.data`` and ``resdense.evaluation`` (one layer below both).
+
+``io.py``: the one JSON reader, the pycocotools print suppressor, a ``COCO`` index from a dict.
+``validate.py``: the one ground-truth validation (problems as one-line messages; each caller raises its own type).
+``rle.py``: segmentations <-> compressed RLE and masks. ``packing.py``: the one bit-packed layout of masks.
+Imports nothing of resdense but ``errors``.
+"""
+
+from .io import CocoFileError, build_coco, quiet, read_json
+from .packing import PackedMasks, pack_masks, pack_segms, unpack_masks
+from .rle import decode_segms, rle_counts, segm_to_rle
+from .validate import CheckedCoco, Problem, check_ground_truth, check_segmentation
+
+__all__ = [
+    "CocoFileError",
+    "read_json",
+    "quiet",
+    "build_coco",
+    "check_ground_truth",
+    "check_segmentation",
+    "CheckedCoco",
+    "Problem",
+    "PackedMasks",
+    "pack_masks",
+    "unpack_masks",
+    "pack_segms",
+    "segm_to_rle",
+    "decode_segms",
+    "rle_counts",
+]

@@ -1,0 +1,254 @@
+"""The one validation of a COCO ground-truth dict, shared by the datasets and the evaluation.
+
+Everything is checked in one pass and reported as :class:`Problem` s (one line each, starting with the source),
+never raised: the datasets raise the first as a ``DataError`` (``resdense data check`` lists them all), the
+evaluation raises the first as an ``EvaluationError`` and words the kinds it summarises (orphan ids, id 0,
+duplicate ids) its own way. Refused, because pycocotools would score them silently wrong or crash: annotation id
+0 (``COCOeval.evaluateImg`` stores the matched GT id as the match flag, so ``0`` reads as "unmatched") and
+duplicate annotation ids (collapsed by the id index), unless ``renumber_ann_ids``; annotations of an image or a
+category that is not listed; boxes that are not 4 finite numbers or have a negative size; a non-finite area.
+What the datasets then repair or drop for training (boxes outside their image, zero-size boxes, short polygons)
+is theirs (``resdense.data.coco_parse``).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["Problem", "CheckedAnnotation", "CheckedCoco", "check_ground_truth", "check_segmentation", "id_list"]
+
+# Per image field: (valid?, what is wrong otherwise).
+_IMAGE_FIELDS = {
+    "file_name": (lambda v: isinstance(v, str) and bool(v), "is missing or empty"),
+    "height": (lambda v: _is_int(v) and v > 0, "is not a positive integer"),
+    "width": (lambda v: _is_int(v) and v > 0, "is not a positive integer"),
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong. ``kind`` groups problems a caller may summarise (``"structure"``, ``"category"``,
+    ``"image"``, ``"annotation id"``, ``"id 0"``, ``"duplicate ids"``, ``"annotation"``, ``"orphan"``,
+    ``"unknown category"``); ``values`` holds the ids concerned (the orphan's image id, the unknown category id,
+    the duplicated annotation ids)."""
+
+    kind: str
+    message: str
+    values: tuple = ()
+
+
+@dataclass(frozen=True)
+class CheckedAnnotation:
+    """An annotation that passed: ``index`` in the file, ``id`` as in the file (for messages), ``new_id`` (its id,
+    or 1..N when renumbered), the annotation dict itself (not copied) and its ``bbox`` as floats ``(x, y, w, h)``."""
+
+    index: int
+    id: object
+    new_id: object
+    ann: dict
+    bbox: tuple[float, float, float, float]
+
+
+@dataclass
+class CheckedCoco:
+    """What :func:`check_ground_truth` found: the valid categories and images by id (file order), the annotations
+    that passed, and every problem. ``ok`` when there is none."""
+
+    source: str
+    categories: dict = field(default_factory=dict)
+    images: dict = field(default_factory=dict)
+    annotations: list[CheckedAnnotation] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def add(self, kind: str, message: str, values: tuple = ()) -> None:
+        self.problems.append(Problem(kind, f"{self.source}: {message}", values))
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def id_list(ids: Sequence, limit: int = 8) -> str:
+    """``3, 7, 9`` or ``3, 7, ... (25 in all)``: enough to find the problem without flooding the terminal."""
+    s = ", ".join(str(i) for i in ids[:limit])
+    return s + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")
+
+
+def check_ground_truth(data, source: str, *, renumber_ann_ids: bool = False,
+                       image_fields: Sequence[str] = ("file_name", "height", "width"),
+                       annotation_fields: Sequence[str] = ()) -> CheckedCoco:
+    """Validate a COCO instances dict (``images``, ``annotations``, ``categories``).
+
+    Args:
+        data: the loaded JSON (anything: a top level that is not an object is a problem too).
+        source: names the data at the start of every message (a file name, ``"ground truth"``).
+        renumber_ann_ids: give annotations the ids 1..N (file order, in ``CheckedAnnotation.new_id``) instead of
+            refusing id 0, duplicate or non-integer ids. Nothing else in COCO refers to annotation ids.
+        image_fields: image fields that must be valid besides ``id``: ``file_name`` (a non-empty string),
+            ``height`` and ``width`` (positive integers).
+        annotation_fields: annotation fields required besides ``image_id``, ``category_id`` and ``bbox``:
+            ``area`` (a finite number), ``segmentation`` (present; its content is :func:`check_segmentation`'s).
+    """
+    out = CheckedCoco(source)
+    if not isinstance(data, Mapping):
+        out.add("structure", f"top level is a {type(data).__name__}, expected a COCO object with 'images'")
+        return out
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            found = "missing or not a list" if key not in data else f"a {type(data[key]).__name__}, expected a list"
+            out.add("structure", f"field '{key}' is {found}")
+    if out.problems:
+        return out
+    _check_categories(data["categories"], out)
+    _check_images(data["images"], image_fields, out)
+    anns = data["annotations"]
+    ids = [a.get("id") if isinstance(a, Mapping) else None for a in anns]
+    new_ids = list(range(1, len(anns) + 1)) if renumber_ann_ids else ids
+    if not renumber_ann_ids:
+        _check_annotation_ids(anns, ids, out)
+    for i, a in enumerate(anns):
+        if not isinstance(a, Mapping):
+            out.add("annotation", f"annotations[{i}] is a {type(a).__name__}, expected an object")
+            continue
+        problem = _annotation_problem(a, annotation_fields, out)
+        if problem is None:
+            bbox = tuple(float(v) for v in a["bbox"])
+            out.annotations.append(CheckedAnnotation(i, ids[i], new_ids[i], a, bbox))
+        else:
+            kind, message, values = problem
+            out.add(kind, f"annotation id {ids[i]}: {message}", values)
+    return out
+
+
+def _check_categories(categories: list, out: CheckedCoco) -> None:
+    for i, c in enumerate(categories):
+        cid = c.get("id") if isinstance(c, Mapping) else None
+        if not _is_int(cid):
+            out.add("category", f"categories[{i}]: field 'id' = {cid!r} is not an integer")
+        elif cid in out.categories:
+            out.add("category", f"categories[{i}]: duplicate category id {cid}")
+        else:
+            out.categories[cid] = c
+
+
+def _check_images(images: list, fields: Sequence[str], out: CheckedCoco) -> None:
+    for i, im in enumerate(images):
+        if not isinstance(im, Mapping):
+            out.add("image", f"images[{i}] is a {type(im).__name__}, expected an object")
+            continue
+        iid = im.get("id")
+        if not _is_int(iid):
+            out.add("image", f"images[{i}]: field 'id' = {iid!r} is not an integer")
+            continue
+        if iid in out.images:
+            out.add("image", f"images[{i}]: duplicate image id {iid}", (iid,))
+            continue
+        bad = False
+        for k in fields:
+            valid, wrong = _IMAGE_FIELDS[k]
+            if not valid(im.get(k)):
+                out.add("image", f"image id {iid}: field '{k}' = {im.get(k)!r} {wrong}")
+                bad = True
+        if not bad:
+            out.images[iid] = im
+
+
+def _check_annotation_ids(anns: list, ids: list, out: CheckedCoco) -> None:
+    bad_type = [i for i, v in enumerate(ids) if not _is_int(v) and isinstance(anns[i], Mapping)]
+    for i in bad_type[:20]:
+        out.add("annotation id", f"annotations[{i}]: field 'id' = {ids[i]!r} is not an integer")
+    zero = [i for i, v in enumerate(ids) if _is_int(v) and v == 0]
+    if zero:
+        out.add("id 0", f"annotation id 0 (annotations[{id_list(zero)}]): pycocotools treats id 0 as 'unmatched' "
+                "and scores it wrong; renumber ids from 1 (renumber_ann_ids=True)", (0,))
+    seen: dict = {}
+    for v in ids:
+        if _is_int(v):
+            seen[v] = seen.get(v, 0) + 1
+    dups = sorted(v for v, n in seen.items() if n > 1)
+    if dups:
+        out.add("duplicate ids", f"duplicate annotation ids {id_list(dups)}: pycocotools keeps only one of each and "
+                "scores wrong; make ids unique (renumber_ann_ids=True)", tuple(dups))
+
+
+def _annotation_problem(a: Mapping, fields: Sequence[str], out: CheckedCoco) -> tuple | None:
+    """The first problem of one annotation as ``(kind, message, values)``, or None."""
+    iid, cid = a.get("image_id"), a.get("category_id")
+    if iid not in out.images:
+        return "orphan", f"field 'image_id' = {iid!r} is not in images", (iid,)
+    if cid not in out.categories:
+        known = id_list(sorted(out.categories))
+        return "unknown category", f"field 'category_id' = {cid!r} is not in categories (ids {known})", (cid,)
+    if "bbox" not in a:
+        return "annotation", "field 'bbox' is missing", ()
+    bbox = a["bbox"]
+    if not isinstance(bbox, list | tuple | np.ndarray) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+        return "annotation", f"field 'bbox' = {bbox!r} is not 4 finite numbers [x, y, w, h]", ()
+    if bbox[2] < 0 or bbox[3] < 0:
+        return "annotation", (f"field 'bbox' = {bbox!r} has a negative width or height "
+                              "(COCO boxes are [x, y, width, height])"), ()
+    crowd = a.get("iscrowd", 0)
+    if crowd not in (0, 1):
+        return "annotation", f"field 'iscrowd' = {crowd!r} is not 0 or 1", ()
+    if "area" in fields and not _is_number(a.get("area")):
+        return "annotation", f"field 'area' = {a.get('area')!r} is not a finite number", ()
+    if "segmentation" in fields and "segmentation" not in a:
+        return "annotation", "field 'segmentation' is missing", ()
+    return None
+
+
+def check_segmentation(segm, height: int, width: int):
+    """Check one annotation's ``segmentation`` against its image size.
+
+    Returns:
+        ``(segmentation, problem)``: ``problem`` is None or what is wrong (polygons of odd length or not of
+        numbers, an RLE without ``size`` / ``counts``, of another size, or whose counts do not cover the image);
+        polygons of fewer than 3 points are removed from the returned segmentation (``[]`` if none remain).
+    """
+    if isinstance(segm, list):
+        if not segm:
+            return [], None
+        if all(isinstance(v, int | float) for v in segm):  # a single flat polygon not wrapped in a list
+            segm = [segm]
+        polys = []
+        for j, poly in enumerate(segm):
+            if not isinstance(poly, list) or not all(isinstance(v, int | float) and not isinstance(v, bool)
+                                                     for v in poly):
+                return None, f"polygon {j} is not a list of numbers"
+            if len(poly) % 2:
+                return None, f"polygon {j} has an odd number of coordinates ({len(poly)}); expected x, y pairs"
+            if len(poly) >= 6:
+                polys.append(poly)
+        return polys, None
+    if isinstance(segm, dict):
+        return _check_rle(segm, height, width)
+    return None, f"is a {type(segm).__name__}, expected polygons (list) or RLE (dict)"
+
+
+def _check_rle(segm: dict, height: int, width: int):
+    size, counts = segm.get("size"), segm.get("counts")
+    if not isinstance(size, list) or len(size) != 2 or counts is None:
+        return None, "is an RLE without 'size' [h, w] and 'counts'"
+    if list(size) != [height, width]:
+        return None, f"RLE size {size} differs from the image size [{height}, {width}]"
+    if isinstance(counts, list):
+        if not all(_is_int(c) and c >= 0 for c in counts):
+            return None, "RLE 'counts' holds a value that is not a non-negative integer"
+        if sum(counts) != height * width:
+            return None, f"RLE 'counts' sum to {sum(counts)}, not height x width = {height * width}"
+    elif not isinstance(counts, str | bytes):
+        return None, f"RLE 'counts' is a {type(counts).__name__}, expected a list or a string"
+    return segm, None
