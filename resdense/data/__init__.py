@@ -6,15 +6,15 @@ Detection datasets yield ``(image float32 [3, H, W] in [0, 1], target)`` with th
 what it reads and names the file, field and value of whatever is wrong.
 """
 
+from resdense.backbones import IMAGENET_MEAN, IMAGENET_STD
 from resdense.coco.io import build_coco
 
-from ._common import DataWarning
-from ._constants import IMAGENET_MEAN, IMAGENET_STD
-from ._io import read_image, read_mask, to_image_tensor
 from .check import CheckReport, check_path
 from .coco import CocoDetection
 from .coco_semantic import CocoSemantic
+from .common import DataWarning
 from .image_folder import ImageFolder
+from .image_io import read_image, read_mask, to_image_tensor
 from .masks import MaskDataset
 from .shapes import SHAPES_CLASSES, ShapesDataset, ShapesSplit, make_shapes
 from .split import Split, make_split

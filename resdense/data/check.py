@@ -12,8 +12,8 @@ import numpy as np
 
 from resdense.errors import DataError
 
-from ._io import image_size, read_image, read_mask
 from .coco_parse import images_root_for, load_json, parse_coco
+from .image_io import image_size, read_image, read_mask
 from .masks import pair_by_stem
 from .voc import find_voc_image, parse_voc_xml
 

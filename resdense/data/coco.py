@@ -15,10 +15,10 @@ from resdense.coco.packing import pack_segms
 from resdense.coco.rle import decode_segms
 from resdense.errors import DataError
 
-from ._common import SkipBadImages, check_choice, warn
-from ._io import read_image, to_image_tensor
-from ._split_names import SplitArg, name_keys, select_split
 from .coco_parse import ImageRecord, ParsedCoco, load_json, parse_coco, raise_first
+from .common import SkipBadImages, check_choice, warn
+from .image_io import read_image, to_image_tensor
+from .split_names import SplitArg, name_keys, select_split
 from .transforms import DetectionTransform, as_detection_transform
 
 __all__ = ["CocoDetection", "CocoSource"]

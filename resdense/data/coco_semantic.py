@@ -10,10 +10,10 @@ import torch
 from resdense.coco.rle import decode_segms
 from resdense.errors import ConfigError, DataError
 
-from ._io import to_image_tensor
-from ._split_names import SplitArg
 from .coco import CocoSource
 from .coco_parse import load_json, parse_coco
+from .image_io import to_image_tensor
+from .split_names import SplitArg
 from .transforms import as_segmentation_transform
 
 __all__ = ["CocoSemantic"]

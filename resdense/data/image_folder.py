@@ -9,7 +9,7 @@ from typing import Any
 from torchvision import datasets
 from torchvision.datasets.folder import default_loader
 
-from ._split_names import SplitArg, name_keys, select_split
+from .split_names import SplitArg, name_keys, select_split
 
 __all__ = ["ImageFolder"]
 

@@ -12,9 +12,9 @@ from torch.utils.data import Dataset
 
 from resdense.errors import ConfigError, DataError
 
-from ._common import SkipBadImages, check_choice
-from ._io import IMAGE_EXTENSIONS, MASK_EXTENSIONS, read_image, read_mask, to_image_tensor
-from ._split_names import SplitArg, name_keys, select_split
+from .common import SkipBadImages, check_choice
+from .image_io import IMAGE_EXTENSIONS, MASK_EXTENSIONS, read_image, read_mask, to_image_tensor
+from .split_names import SplitArg, name_keys, select_split
 from .transforms import as_segmentation_transform
 
 __all__ = ["MaskDataset", "pair_by_stem"]

@@ -29,9 +29,9 @@ import numpy as np
 
 from resdense.errors import ConfigError, DataError
 
-from ._io import read_mask
 from .check import DataLayout, find_layouts
 from .coco_parse import load_json, parse_coco, raise_first
+from .image_io import read_mask
 from .masks import pair_by_stem
 from .voc import voc_to_coco
 

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
+from resdense.backbones import IMAGENET_MEAN, IMAGENET_STD
 from resdense.coco.packing import PackedMasks, pack_masks, unpack_masks
 from resdense.errors import ConfigError
 
-from ._constants import IMAGENET_MEAN, IMAGENET_STD
-from ._io import to_image_tensor
+from .image_io import to_image_tensor
 
 __all__ = [
     "DetectionTransform",

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from resdense.errors import ConfigError, DataError
 
-from ._io import IMAGE_EXTENSIONS, image_size
-from ._split_names import SplitArg
 from .coco import CocoDetection
 from .coco_parse import parse_coco
+from .image_io import IMAGE_EXTENSIONS, image_size
+from .split_names import SplitArg
 
 __all__ = ["VocDetection", "voc_to_coco", "parse_voc_xml", "find_voc_image"]
 
