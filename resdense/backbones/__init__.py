@@ -20,9 +20,11 @@ from .weights import (
     IMAGENET_STD,
     LoadReport,
     adapt_input_conv,
+    load_pretrained,
     load_weights,
     read_state_dict,
     read_weights,
+    torchvision_key_map,
 )
 
 __all__ = [
@@ -48,10 +50,12 @@ __all__ = [
     "get_norm_layer",
     "layer_summary",
     "list_backbones",
+    "load_pretrained",
     "load_weights",
     "optimize_for_inference",
     "quantize_backbone",
     "read_state_dict",
     "read_weights",
     "register_backbone",
+    "torchvision_key_map",
 ]
