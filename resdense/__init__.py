@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 # Public name -> (module, attribute), resolved by __getattr__ on first access.
 _EXPORTS = {
     "create_backbone": ("resdense.backbones", "create_backbone"),
-    "create_classifier": ("resdense.backbones", "create_classifier"),
+    "create_classifier": ("resdense.heads", "create_classifier"),
     "optimize_for_inference": ("resdense.backbones", "optimize_for_inference"),
     "build_detector": ("resdense.heads", "build_detector"),
     "UNet": ("resdense.heads", "UNet"),
@@ -52,12 +52,12 @@ __all__ = [  # = _EXPORTS and __version__ (tests/test_package.py)
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports these lazily
-    from resdense.backbones import create_backbone, create_classifier, optimize_for_inference
+    from resdense.backbones import create_backbone, optimize_for_inference
     from resdense.engine import TTA, Predictor, load_config
     from resdense.engine import run_evaluation as evaluate
     from resdense.engine import run_prediction as predict
     from resdense.engine import run_training as train
-    from resdense.heads import FPN, UNet, build_detector, smp_model
+    from resdense.heads import FPN, UNet, build_detector, create_classifier, smp_model
 
 
 def __getattr__(name: str) -> Any:

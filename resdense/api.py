@@ -15,7 +15,7 @@ from typing import Any
 
 from torchvision.models import get_model_weights
 
-from resdense.backbones import create_classifier, list_backbones
+from resdense.backbones import list_backbones
 from resdense.config import list_configs, read_yaml
 from resdense.data import IMAGENET_MEAN, IMAGENET_STD
 from resdense.engine import (
@@ -27,7 +27,7 @@ from resdense.engine import (
     run_training,
 )
 from resdense.errors import ConfigError
-from resdense.heads import KINDS, smp_architectures
+from resdense.heads import KINDS, create_classifier, smp_architectures
 
 __all__ = ["train", "evaluate", "predict", "classify", "available"]
 

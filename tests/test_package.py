@@ -69,7 +69,7 @@ def test_installed_cli_lists_and_trains_a_shipped_recipe_from_another_folder(ins
 
 
 EXPORTS = {
-    "create_backbone": "resdense.backbones", "create_classifier": "resdense.backbones",
+    "create_backbone": "resdense.backbones", "create_classifier": "resdense.heads",
     "optimize_for_inference": "resdense.backbones", "build_detector": "resdense.heads", "UNet": "resdense.heads",
     "FPN": "resdense.heads", "smp_model": "resdense.heads", "load_config": "resdense.engine",
     "Predictor": "resdense.engine", "TTA": "resdense.engine",

@@ -9,20 +9,22 @@
 from .blocks import BasicBlock, Bottleneck
 from .contract import FeatureExtractor, FeatureInfo
 from .export import export_onnx, trace_to_onnx
-from .factory import ARCHS, BACKBONES, create_backbone, create_classifier, list_backbones, register_backbone
+from .factory import ARCHS, BACKBONES, create_backbone, list_backbones, register_backbone
 from .inference import fold_batchnorm, optimize_for_inference
 from .norm import get_norm_layer
 from .quantize import quantize_backbone
-from .resnet import DEFAULT_OUT_FEATURES, STAGE_NAMES, ResNet, ResNetClassifier
+from .resnet import DEFAULT_OUT_FEATURES, STAGE_NAMES, ResNet
 from .summary import format_summary, layer_summary
 from .weights import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     LoadReport,
     adapt_input_conv,
+    load_pretrained,
     load_weights,
     read_state_dict,
     read_weights,
+    torchvision_key_map,
 )
 
 __all__ = [
@@ -37,22 +39,22 @@ __all__ = [
     "IMAGENET_STD",
     "LoadReport",
     "ResNet",
-    "ResNetClassifier",
     "STAGE_NAMES",
     "adapt_input_conv",
     "create_backbone",
-    "create_classifier",
     "export_onnx",
     "fold_batchnorm",
     "format_summary",
     "get_norm_layer",
     "layer_summary",
     "list_backbones",
+    "load_pretrained",
     "load_weights",
     "optimize_for_inference",
     "quantize_backbone",
     "read_state_dict",
     "read_weights",
     "register_backbone",
+    "torchvision_key_map",
     "trace_to_onnx",
 ]

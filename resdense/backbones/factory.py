@@ -13,10 +13,10 @@ from torch import Tensor
 from resdense.errors import ConfigError
 
 from .blocks import BasicBlock, Bottleneck
-from .resnet import DEFAULT_OUT_FEATURES, ResNet, ResNetClassifier
-from .weights import IMAGENET_MEAN, IMAGENET_STD, load_weights, resolve_weights
+from .resnet import DEFAULT_OUT_FEATURES, ResNet
+from .weights import load_pretrained
 
-__all__ = ["ARCHS", "BACKBONES", "create_backbone", "create_classifier", "list_backbones", "register_backbone"]
+__all__ = ["ARCHS", "BACKBONES", "create_backbone", "list_backbones", "register_backbone"]
 
 WeightsArg = str | os.PathLike | Mapping[str, Tensor] | None
 
@@ -35,19 +35,12 @@ ARCHS: dict[str, dict[str, Any]] = {
 }
 
 
-def _build(cls: type[ResNet], name: str, weights: WeightsArg, **kwargs: Any) -> ResNet:
-    model = cls(**dict(ARCHS[name], **kwargs), name=name)
-    model.pretrained_cfg = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "weights": None, "categories": None}
-    if weights is not None:
-        model.load_report = load_weights(model, weights, arch=name)
-        model.pretrained_cfg["weights"] = model.load_report.source
-        if isinstance(weights, str) and not os.path.exists(weights) and model.load_report.source.startswith("http"):
-            model.pretrained_cfg["categories"] = resolve_weights(name, weights).meta.get("categories")
-    return model
+def _build(name: str, weights: WeightsArg, **kwargs: Any) -> ResNet:
+    return load_pretrained(ResNet(**dict(ARCHS[name], **kwargs), name=name), weights, arch=name)
 
 
 # A name -> factory dict is the whole registry (torchvision-style keyword-only builders).
-BACKBONES: dict[str, Callable[..., ResNet]] = {name: partial(_build, ResNet, name) for name in ARCHS}
+BACKBONES: dict[str, Callable[..., ResNet]] = {name: partial(_build, name) for name in ARCHS}
 
 
 def register_backbone(name: str, factory: Callable[..., ResNet]) -> None:
@@ -105,14 +98,3 @@ def create_backbone(
         norm=norm, in_channels=in_channels, grad_checkpointing=grad_checkpointing, **kwargs,
     )
 
-
-def create_classifier(name: str, num_classes: int = 1000, *, weights: WeightsArg = None, **kwargs: Any) -> ResNetClassifier:
-    """Build the full ResNet classifier (torchvision's module layout: ``forward(x) -> logits[N, num_classes]``).
-
-    With ``weights`` for another ``num_classes`` the ``fc`` layer is left at its initialisation and reported.
-    Other arguments as :func:`create_backbone` (``out_features`` excepted).
-    """
-    _check_name(name)
-    if name not in ARCHS:
-        raise ConfigError(f"create_classifier supports the built-in architectures {sorted(ARCHS)}, not {name!r}")
-    return _build(ResNetClassifier, name, weights, num_classes=num_classes, **kwargs)

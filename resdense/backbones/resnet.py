@@ -21,7 +21,7 @@ from .contract import FeatureExtractor, FeatureInfo, select_features
 from .inference import optimize_for_inference
 from .norm import BATCH_NORMS, get_norm_layer
 
-__all__ = ["ResNet", "ResNetClassifier", "STAGE_NAMES", "DEFAULT_OUT_FEATURES", "VALID_OUTPUT_STRIDES"]
+__all__ = ["ResNet", "STAGE_NAMES", "DEFAULT_OUT_FEATURES", "VALID_OUTPUT_STRIDES"]
 
 STAGE_NAMES = ("c1", "c2", "c3", "c4", "c5")
 DEFAULT_OUT_FEATURES = ("c2", "c3", "c4", "c5")
@@ -225,27 +225,6 @@ class ResNet(FeatureExtractor):
 
     def extra_repr(self) -> str:
         return f"name={self.name}, out_features={self.out_features}, output_stride={self.output_stride}"
-
-
-class ResNetClassifier(ResNet):
-    """The full ResNet for image classification: features, global average pool, ``fc`` (torchvision key layout).
-
-    ``forward(x[N, C, H, W]) -> logits[N, num_classes]``; ``forward_features`` still gives the feature dict.
-    """
-
-    def __init__(self, block, layers, *, num_classes: int = 1000, dropout: float = 0.0, **kwargs) -> None:
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ConfigError(f"num_classes={num_classes!r} must be a positive int")
-        kwargs["out_features"] = ("c5",)
-        super().__init__(block, layers, **kwargs)
-        self.num_classes = num_classes
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
-        self.fc = nn.Linear(self.feature_info[-1].channels, num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.forward_features(x)["c5"]
-        return self.fc(self.dropout(torch.flatten(self.avgpool(x), 1)))
 
 
 @contextmanager

@@ -30,6 +30,8 @@ __all__ = [
     "resolve_weights",
     "read_state_dict",
     "load_weights",
+    "load_pretrained",
+    "torchvision_key_map",
     "adapt_input_conv",
     "weights_tags",
     "cache_path",
@@ -223,32 +225,29 @@ def adapt_input_conv(weight: Tensor, in_channels: int) -> Tensor:
     return weight.repeat(1, reps, 1, 1)[:, :in_channels] * (weight.shape[1] / in_channels)
 
 
-def load_weights(
-    model: nn.Module,
-    weights: str | os.PathLike | Mapping[str, Tensor],
-    *,
-    arch: str | None = None,
-    strict: bool = True,
-    progress: bool = True,
-) -> LoadReport:
-    """Load ``weights`` (tag, file path or state dict) into ``model`` and return a :class:`LoadReport`.
+def torchvision_key_map(model: nn.Module) -> dict[str, str]:
+    """The model's state-dict keys in torchvision's flat ResNet layout (``conv1.weight`` ... ``fc.bias``) -> its own.
 
-    Keys the model does not have are dropped when they belong to a part it does not build (the classifier ``fc``
-    for a feature extractor, stages after the last requested feature, norm statistics for GroupNorm); anything else
-    unexpected or missing is an error when ``strict``. A shape mismatch is always an error naming the first key and
-    both shapes, except ``conv1.weight`` for another ``in_channels`` (adapted) and ``fc`` of a classifier with
-    another ``num_classes`` (dropped, left at its initialisation).
+    A ResNet's keys are that layout. A model that holds its ResNet under one of the wrapper prefixes (the classifier of
+    :mod:`resdense.heads`: ``backbone.*`` beside its own ``fc.*``) is matched with that prefix removed: the one place
+    where a torchvision classifier checkpoint is mapped onto such a model, for :func:`load_weights` and for the
+    classifier's own ``load_state_dict``.
     """
-    arch = arch or getattr(model, "name", "model")
+    own = list(model.state_dict())
+    prefix = next((p for p in _PREFIXES if "conv1.weight" not in own and f"{p}conv1.weight" in own), "")
+    return {key.removeprefix(prefix): key for key in own}
 
-    def tag_url(tag: str) -> tuple[str, str]:
-        entry = resolve_weights(arch, tag)
-        return entry.url, f"{arch} {entry.name}"
 
-    source, sd = read_weights(weights, tag_url, progress)
-    own = model.state_dict()
-    sd, layout, outside = _strip_prefix(sd, set(own))
-    report = LoadReport(source=source, layout=layout, dropped=list(outside))
+def _from_own_layout(sd: dict[str, Tensor], names: dict[str, str]) -> dict[str, Tensor]:
+    """A state dict saved from a model of this kind (a classifier's ``backbone.*``, ``fc.*``) -> the flat layout."""
+    flat_of = {own: flat for flat, own in names.items() if own != flat}
+    if not any(k in flat_of for k in sd):
+        return sd
+    return {flat_of.get(k, k): v for k, v in sd.items()}
+
+
+def _match(sd: dict[str, Tensor], own: dict[str, Tensor], report: LoadReport, resizable_fc: bool) -> dict[str, Tensor]:
+    """Sort the file's keys into accepted (returned), adapted, dropped, unexpected and mismatched (on ``report``)."""
     built_layers = {k.split(".", 1)[0] for k in own}
     accepted: dict[str, Tensor] = {}
     for key, value in sd.items():
@@ -265,13 +264,49 @@ def load_weights(
         elif key == "conv1.weight" and value.ndim == 4 and value.shape[0] == target.shape[0] and value.shape[2:] == target.shape[2:]:
             accepted[key] = adapt_input_conv(value.to(target.dtype), target.shape[1])
             report.adapted.append(f"conv1.weight ({value.shape[1]} -> {target.shape[1]} input channels)")
-        elif key.startswith("fc.") and hasattr(model, "num_classes"):
+        elif key.startswith("fc.") and resizable_fc:
             report.dropped.append(f"{key} (num_classes {value.shape[0]} -> {target.shape[0]}, re-initialised)")
         else:
             report.mismatched.append((key, tuple(value.shape), tuple(target.shape)))
     report.missing = [k for k in own if k not in accepted and not k.endswith("num_batches_tracked")
                       and not (k.startswith("fc.") and any(d.startswith(k) for d in report.dropped))]
+    return accepted
 
+
+def load_weights(
+    model: nn.Module,
+    weights: str | os.PathLike | Mapping[str, Tensor],
+    *,
+    arch: str | None = None,
+    strict: bool = True,
+    progress: bool = True,
+) -> LoadReport:
+    """Load ``weights`` (tag, file path or state dict) into ``model`` and return a :class:`LoadReport`.
+
+    Keys the model does not have are dropped when they belong to a part it does not build (the classifier ``fc``
+    for a feature extractor, stages after the last requested feature, norm statistics for GroupNorm); anything else
+    unexpected or missing is an error when ``strict``. A shape mismatch is always an error naming the first key and
+    both shapes, except ``conv1.weight`` for another ``in_channels`` (adapted) and ``fc`` of a classifier with
+    another ``num_classes`` (dropped, left at its initialisation). The model is matched in torchvision's flat layout
+    (:func:`torchvision_key_map`), and the report names keys in that layout; a state dict of the model's own layout
+    (a saved classifier's ``backbone.*``) loads too.
+    """
+    arch = arch or getattr(model, "name", "model")
+
+    def tag_url(tag: str) -> tuple[str, str]:
+        entry = resolve_weights(arch, tag)
+        return entry.url, f"{arch} {entry.name}"
+
+    source, raw = read_weights(weights, tag_url, progress)
+    names = torchvision_key_map(model)
+    state = model.state_dict()
+    own = {flat: state[key] for flat, key in names.items()}
+    sd = _from_own_layout(raw, names)
+    own_layout = sd is not raw  # a state dict saved from a model of this kind (a classifier's backbone.*)
+    sd, layout, outside = _strip_prefix(sd, set(own))
+    layout = "resdense" if own_layout and layout == "torchvision" else layout
+    report = LoadReport(source=source, layout=layout, dropped=list(outside))
+    accepted = _match(sd, own, report, resizable_fc=hasattr(model, "num_classes"))
     if report.mismatched:
         key, got, want = report.mismatched[0]
         raise WeightsError(
@@ -285,7 +320,20 @@ def load_weights(
             f"{source}: does not fit {arch}: missing {len(report.missing)} keys ({_preview(report.missing)}), "
             f"unexpected {len(report.unexpected)} ({_preview(report.unexpected)})"
         )
-    model.load_state_dict(accepted, strict=False)
+    model.load_state_dict({names[k]: v for k, v in accepted.items()}, strict=False)
     report.loaded = list(accepted)
     log.info("%s: %s", arch, report)
     return report
+
+
+def load_pretrained(model: nn.Module, weights: str | os.PathLike | Mapping[str, Tensor] | None, *, arch: str) -> nn.Module:
+    """Give ``model`` its ``pretrained_cfg`` (ImageNet ``mean`` / ``std``, the ``weights`` source, torchvision's
+    ``categories`` for a tag) and, with ``weights``, load them (:func:`load_weights`) and keep ``model.load_report``.
+    What the builders of a ResNet and of a classifier share; returns ``model``."""
+    model.pretrained_cfg = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "weights": None, "categories": None}
+    if weights is not None:
+        model.load_report = load_weights(model, weights, arch=arch)
+        model.pretrained_cfg["weights"] = model.load_report.source
+        if isinstance(weights, str) and not os.path.exists(weights) and model.load_report.source.startswith("http"):
+            model.pretrained_cfg["categories"] = resolve_weights(arch, weights).meta.get("categories")
+    return model

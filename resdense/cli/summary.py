@@ -16,8 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # deferred: the library loads torch (seconds); `resdense --help` should not wait for it
-    from resdense.backbones import create_backbone, create_classifier, format_summary
+    from resdense.backbones import create_backbone, format_summary
     from resdense.backbones.summary import parse_input_size
+    from resdense.heads import create_classifier
 
     size = parse_input_size(args.input)
     model = (create_backbone(args.name, in_channels=size[0]) if args.features

@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from resdense.backbones import FeatureExtractor, ResNet, ResNetClassifier, create_backbone
+from resdense.backbones import FeatureExtractor, ResNet, create_backbone
 from resdense.errors import ConfigError
 
 __all__ = ["resolve_backbone", "ensure_features", "backbone_of"]
@@ -33,7 +33,7 @@ def resolve_backbone(
     """
     if isinstance(backbone, str):
         return create_backbone(backbone, weights=weights_backbone, out_features=tuple(needed), **create_kwargs)
-    if isinstance(backbone, ResNetClassifier) or not isinstance(backbone, nn.Module) or not hasattr(backbone, "feature_info"):
+    if not isinstance(backbone, nn.Module) or not hasattr(backbone, "feature_info"):
         raise ConfigError(
             f"{owner}: backbone={type(backbone).__name__} is not a feature extractor; pass a name such as 'resnet50' "
             "or a module from resdense.backbones.create_backbone(...)"

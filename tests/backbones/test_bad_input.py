@@ -7,8 +7,9 @@ import pytest
 import torch
 import torchvision
 
-from resdense.backbones import create_backbone, create_classifier
+from resdense.backbones import create_backbone
 from resdense.errors import ConfigError, WeightsError
+from resdense.heads import create_classifier
 
 
 def test_unknown_name_suggests_the_closest():

@@ -6,7 +6,8 @@ import torch
 from safetensors.torch import save_file
 from torch.testing import assert_close
 
-from resdense.backbones import create_backbone, create_classifier
+from resdense.backbones import create_backbone
+from resdense.heads import create_classifier
 from tests.backbones.reference import ALL_ARCHS, randomize_norm_stats, torchvision_features, torchvision_model
 
 ATOL = 1e-5

@@ -3,14 +3,15 @@ import sys
 
 import torchvision
 
-from resdense.backbones import create_classifier, layer_summary
+from resdense.backbones import layer_summary
 from resdense.cli import main
+from resdense.heads import create_classifier
 
 
 def test_summary_rows_and_totals_match_the_model(capsys):
-    rows = {r.name: r for r in layer_summary(create_classifier("resnet18"), (3, 224, 224), depth=1)}
-    assert rows["layer4"].output_shape == (1, 512, 7, 7) and rows["fc"].output_shape == (1, 1000)
-    assert rows["layer1"].params == sum(p.numel() for p in torchvision.models.resnet18().layer1.parameters())
+    rows = {r.name: r for r in layer_summary(create_classifier("resnet18"), (3, 224, 224), depth=2)}
+    assert rows["backbone.layer4"].output_shape == (1, 512, 7, 7) and rows["fc"].output_shape == (1, 1000)
+    assert rows["backbone.layer1"].params == sum(p.numel() for p in torchvision.models.resnet18().layer1.parameters())
     assert main(["summary", "resnet50", "--input", "3x128x160"]) == 0
     out = capsys.readouterr().out
     assert "layer4" in out and "1x2048x4x5" in out and "total params: 25,557,032" in out

@@ -8,7 +8,7 @@ from torchvision.models import resnet18
 
 from resdense.backbones import create_backbone
 from resdense.errors import ConfigError
-from resdense.heads import Classifier
+from resdense.heads import Classifier, create_classifier
 
 
 def test_equals_torchvision_resnet_with_the_same_weights():
@@ -59,3 +59,21 @@ def test_bad_arguments():
         Classifier("resnet18", 2, dropout=1.5)
     with pytest.raises(ConfigError, match="not a feature extractor"):
         Classifier(torch.nn.Linear(3, 3), 2)
+
+
+def test_create_classifier_is_a_classifier_with_torchvision_weights_fc_included(tmp_path):
+    ref = resnet18().eval()
+    torch.save({f"module.{k}": v for k, v in ref.state_dict().items()}, tmp_path / "ddp.pth")
+    model = create_classifier("resnet18", weights=tmp_path / "ddp.pth").eval()
+    assert isinstance(model, Classifier) and not model.load_report.missing and not model.load_report.dropped
+    assert all(p.requires_grad for p in model.parameters())  # the full model trains, as torchvision's
+    assert model.pretrained_cfg["weights"] == str(tmp_path / "ddp.pth") and model.pretrained_cfg["mean"]
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert_close(model(x), ref(x))
+        again = create_classifier("resnet18", weights=model.state_dict()).eval()  # our backbone.* / fc.* layout
+        assert again.load_report.layout == "resdense"
+        assert_close(again(x), ref(x))
+    other = create_classifier("resnet18", num_classes=3, weights=ref.state_dict())
+    assert [d.split(" ")[0] for d in other.load_report.dropped] == ["fc.weight", "fc.bias"]
+    assert other(x).shape == (2, 3) and torch.equal(other.backbone.conv1.weight, ref.conv1.weight)
