@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,10 @@ def one_thread(request):
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """``../shared/data``; tests that use it are skipped, with the reason, on a machine without it."""
+    """``../shared/data``; tests that use it are skipped, with the reason, on a machine without it, except where the
+    datasets are required (``RESDENSE_REQUIRE_DATA=1``, which ``.ci/run`` sets): there their absence fails."""
     if not SHARED_DATA.is_dir():
+        if os.environ.get("RESDENSE_REQUIRE_DATA") == "1":
+            pytest.fail(f"real datasets not found at {SHARED_DATA.resolve()} and RESDENSE_REQUIRE_DATA=1")
         pytest.skip(f"real datasets not found at {SHARED_DATA.resolve()} (see its README); these tests need them")
     return SHARED_DATA
