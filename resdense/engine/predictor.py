@@ -30,7 +30,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from resdense.config import Config
-from resdense.data import IMAGENET_MEAN, IMAGENET_STD, read_image, segmentation_transforms, to_image_tensor
+from resdense.data import read_image, segmentation_transforms, to_image_tensor
 from resdense.errors import ConfigError
 
 from .build import build_task, classification_transforms
@@ -144,8 +144,6 @@ class Predictor:
         kwargs["pad_divisor"] = 1  # the windows are padded to the model's divisor and cropped back
         if self.tile is not None:
             kwargs["size"] = None  # tiles see the image at its own resolution
-        kwargs.setdefault("mean", IMAGENET_MEAN)
-        kwargs.setdefault("std", IMAGENET_STD)
         x, _ = segmentation_transforms(train=False, **kwargs)(rgb, np.zeros(rgb.shape[:2], np.uint8))
         return x.to(self.device)
 

@@ -27,7 +27,7 @@ from torchvision.ops import batched_nms
 from resdense.errors import ConfigError
 
 __all__ = ["BLENDS", "window_starts", "windows", "blend_weight", "pad_to", "sliding_window_logits", "sliced_detection",
-           "merge_detections", "greedy_merge", "check_tiling", "tile_count"]
+           "merge_detections", "greedy_merge", "check_tiling"]
 
 BLENDS = ("gaussian", "uniform")
 
@@ -206,8 +206,3 @@ def _shift(out: dict[str, Tensor], y0: int, x0: int, height: int, width: int) ->
         full[..., y0:y0 + m.shape[-2], x0:x0 + m.shape[-1]] = m
         shifted["masks"] = full
     return shifted
-
-
-def tile_count(height: int, width: int, tile: int, overlap: float) -> int:
-    """How many windows cover an image."""
-    return math.prod(len(window_starts(n, tile, overlap)) for n in (height, width))
