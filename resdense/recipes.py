@@ -1,4 +1,5 @@
-"""Where recipes are found, and how a recipe file is read (one-line errors naming the file and the line).
+"""Where recipes are found, how a recipe file is read (one-line errors naming the file and the line), and how
+``--set key=value`` overrides apply to it.
 
 A recipe name such as ``demo_shapes_unet_r18`` is looked up in the working directory's ``configs/`` first, then
 among the recipes shipped with the package: the repository's top-level ``configs/`` folder, installed as the package
@@ -8,16 +9,19 @@ among the recipes shipped with the package: the repository's top-level ``configs
 
 from __future__ import annotations
 
+import copy
 import difflib
 import importlib.resources
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from resdense.errors import ConfigError
 
-__all__ = ["find_config", "list_configs", "read_yaml", "shipped_recipes_dir"]
+__all__ = ["apply_overrides", "find_config", "list_configs", "read_yaml", "shipped_recipes_dir"]
 
 
 def shipped_recipes_dir() -> Path | None:
@@ -82,3 +86,34 @@ def read_yaml(path: str | os.PathLike) -> dict:
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}:{where} not valid YAML ({getattr(err, 'problem', None) or err})") from None
     return raw if raw is not None else {}
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str], source: str = "<dict>") -> dict:
+    """Apply ``key.path=value`` overrides (values parsed as YAML) to a recipe dict; returns a new dict.
+
+    Keys must exist in the recipe or in the ``train``/``eval`` schema, or be keyword arguments of the constructor
+    that a ``model``/``data`` section feeds; the final recipe is re-validated, so a wrong type names the key.
+    """
+    out = copy.deepcopy(dict(raw))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.lr=0.01")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        parts = key.split(".")
+        if not all(parts):
+            raise ConfigError(f"--set {item!r}: empty key component in {key!r}")
+        node = out
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {'.'.join(parts[:depth + 1])} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return out

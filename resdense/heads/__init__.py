@@ -7,7 +7,7 @@
 >>> clf = create_classifier("resnet50", weights="imagenet")                         # torchvision's logits
 """
 
-from ._features import backbone_of
+from .backbone_features import backbone_of
 from .classifier import Classifier, create_classifier
 from .detection import KINDS, DetectionBackbone, anchor_generator_for, build_detector
 from .detection_weights import load_detection_weights, map_torchvision_detection_keys

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from resdense.backbones import FeatureExtractor, ResNet, create_backbone, load_pretrained, torchvision_key_map
 from resdense.errors import ConfigError
 
-from ._features import resolve_backbone
+from .backbone_features import resolve_backbone
 
 __all__ = ["Classifier", "create_classifier"]
 

@@ -29,7 +29,7 @@ from resdense.backbones import FeatureExtractor, ResNet
 from resdense.config import DETECTOR_ARCHS
 from resdense.errors import ConfigError
 
-from ._features import resolve_backbone
+from .backbone_features import resolve_backbone
 from .detection_weights import load_detection_weights
 from .fpn import FPN
 from .targets import install_target_check
@@ -191,6 +191,32 @@ def build_detector(
         labels out of range raise :class:`~resdense.errors.DataError`); an image with zero boxes trains as a
         negative. ``model.load_report`` tells what ``weights`` loaded.
     """
+    anchor_key = "rpn_anchor_generator" if kind in TWO_STAGE else "anchor_generator"
+    _check_arguments(kind, num_classes, trainable_stages, weights, weights_backbone, fpn_channels,
+                     representation_size, anchor_key, anchor_sizes is not None or aspect_ratios is not None, kwargs)
+    pretrained = weights is not None or weights_backbone is not None
+    if not isinstance(backbone, str):
+        pretrained = pretrained or bool((getattr(backbone, "pretrained_cfg", None) or {}).get("weights"))
+    trainable = _trainable(trainable_stages, pretrained)
+    in_features, extra = _RECIPE[kind]
+    body = _body(kind, backbone, in_features, weights_backbone, norm, pretrained, 4 - trainable if trainable < 5 else -1)
+    in_info = tuple(f for f in body.feature_info if f.name in in_features)
+    fpn = FPN(in_info, fpn_channels, extra, p6_from=p6_from)
+    detection_backbone = DetectionBackbone(body, fpn)
+    kwargs.setdefault(anchor_key, anchor_generator_for(kind, fpn.feature_info, anchor_sizes, aspect_ratios))
+    model = _assemble(kind, detection_backbone, num_classes, representation_size, kwargs)
+    model.resdense_cfg = {"kind": kind, "backbone": getattr(body, "name", type(body).__name__),
+                          "num_classes": num_classes, "trainable_stages": trainable}
+    if weights is not None:
+        model.load_report = load_detection_weights(model, weights, kind, getattr(body, "name", None))
+    install_target_check(model, num_classes, masks=kind == "mask_rcnn")
+    return model
+
+
+def _check_arguments(kind: str, num_classes: Any, trainable_stages: Any, weights: Any, weights_backbone: Any,
+                     fpn_channels: Any, representation_size: Any, anchor_key: str, anchors_given: bool,
+                     kwargs: dict[str, Any]) -> None:
+    """Refuse the arguments of :func:`build_detector` that cannot be honoured, each with a one-line reason."""
     if kind not in KINDS:
         close = difflib.get_close_matches(str(kind), KINDS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -217,16 +243,14 @@ def build_detector(
     if representation_size is not None and "box_head" in kwargs:
         raise ConfigError("build_detector: representation_size sets the width of the box head resdense builds; "
                           "with your own box_head, give its box_predictor instead")
-    anchor_key = "rpn_anchor_generator" if kind in TWO_STAGE else "anchor_generator"
-    if anchor_key in kwargs and (anchor_sizes is not None or aspect_ratios is not None):
+    if anchor_key in kwargs and anchors_given:
         raise ConfigError(f"build_detector: give {anchor_key} or anchor_sizes / aspect_ratios, not both")
 
-    pretrained = weights is not None or weights_backbone is not None
-    if not isinstance(backbone, str):
-        pretrained = pretrained or bool((getattr(backbone, "pretrained_cfg", None) or {}).get("weights"))
-    trainable = _trainable(trainable_stages, pretrained)
-    frozen_stages = 4 - trainable if trainable < 5 else -1
-    in_features, extra = _RECIPE[kind]
+
+def _body(kind: str, backbone: str | FeatureExtractor, in_features: tuple[str, ...], weights_backbone: Any,
+          norm: Any, pretrained: bool, frozen_stages: int) -> FeatureExtractor:
+    """The detector's feature extractor: built from a name (norm default: frozen BN with weights, BN without) or
+    the instance given, widened to the maps the FPN needs, with its stem and first stages frozen."""
     if isinstance(backbone, str):
         if norm is None:
             norm = "frozen_bn" if pretrained else "bn"
@@ -239,20 +263,9 @@ def build_detector(
     if not pretrained and any(isinstance(m, FrozenBatchNorm2d) for m in body.modules()):
         warnings.warn(
             f"{kind}: FrozenBatchNorm2d on a randomly initialised backbone keeps its statistics at 0/1 forever "
-            "(torchvision PR 5443); use norm='bn' or load weights", stacklevel=2,
+            "(torchvision PR 5443); use norm='bn' or load weights", stacklevel=3,
         )
-
-    in_info = tuple(f for f in body.feature_info if f.name in in_features)
-    fpn = FPN(in_info, fpn_channels, extra, p6_from=p6_from)
-    detection_backbone = DetectionBackbone(body, fpn)
-    kwargs.setdefault(anchor_key, anchor_generator_for(kind, fpn.feature_info, anchor_sizes, aspect_ratios))
-    model = _assemble(kind, detection_backbone, num_classes, representation_size, kwargs)
-    model.resdense_cfg = {"kind": kind, "backbone": getattr(body, "name", type(body).__name__),
-                          "num_classes": num_classes, "trainable_stages": trainable}
-    if weights is not None:
-        model.load_report = load_detection_weights(model, weights, kind, getattr(body, "name", None))
-    install_target_check(model, num_classes, masks=kind == "mask_rcnn")
-    return model
+    return body
 
 
 def _trainable(trainable_stages: int, pretrained: bool) -> int:

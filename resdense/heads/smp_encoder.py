@@ -33,7 +33,7 @@ from resdense.backbones import (
 )
 from resdense.errors import ConfigError
 
-from ._features import ensure_features
+from .backbone_features import ensure_features
 
 __all__ = ["SMP_PREFIX", "ResdenseEncoder", "register_smp_encoders", "smp_model", "smp_architectures"]
 

@@ -58,28 +58,33 @@ def validate_detection_targets(
                 f"target {i}: 'labels' must be an int64 tensor of shape [{boxes.shape[0]}] (one per box), "
                 f"got {_describe(labels)}"
             )
-        if not torch.isfinite(boxes).all():
-            j = int((~torch.isfinite(boxes)).any(dim=1).nonzero()[0])
-            raise DataError(f"target {i}: box {j} has non-finite coordinates {boxes[j].tolist()}")
-        degenerate = (boxes[:, 2:] <= boxes[:, :2]).any(dim=1)
-        if degenerate.any():
-            j = int(degenerate.nonzero()[0])
-            raise DataError(
-                f"target {i}: box {j} is degenerate (x1, y1, x2, y2) = {[round(v, 4) for v in boxes[j].tolist()]}: "
-                f"needs x2 > x1 and y2 > y1 ({int(degenerate.sum())} degenerate boxes in this image)"
-            )
-        if num_classes is not None and labels.numel():
-            bad = (labels < 1) | (labels >= num_classes)
-            if bad.any():
-                j = int(bad.nonzero()[0])
-                raise DataError(
-                    f"target {i}: box {j} has label {int(labels[j])}; labels must be in 1..{num_classes - 1} "
-                    f"(num_classes={num_classes} includes background 0)"
-                )
+        _check_values(i, boxes, labels, num_classes)
         if masks:
             _check_masks(i, t, boxes.shape[0], None if images is None else images[i])
         out.append(t)
     return out
+
+
+def _check_values(i: int, boxes: Tensor, labels: Tensor, num_classes: int | None) -> None:
+    """Target ``i``'s coordinates are finite and each box has x2 > x1, y2 > y1; labels are in range."""
+    if not torch.isfinite(boxes).all():
+        j = int((~torch.isfinite(boxes)).any(dim=1).nonzero()[0])
+        raise DataError(f"target {i}: box {j} has non-finite coordinates {boxes[j].tolist()}")
+    degenerate = (boxes[:, 2:] <= boxes[:, :2]).any(dim=1)
+    if degenerate.any():
+        j = int(degenerate.nonzero()[0])
+        raise DataError(
+            f"target {i}: box {j} is degenerate (x1, y1, x2, y2) = {[round(v, 4) for v in boxes[j].tolist()]}: "
+            f"needs x2 > x1 and y2 > y1 ({int(degenerate.sum())} degenerate boxes in this image)"
+        )
+    if num_classes is not None and labels.numel():
+        bad = (labels < 1) | (labels >= num_classes)
+        if bad.any():
+            j = int(bad.nonzero()[0])
+            raise DataError(
+                f"target {i}: box {j} has label {int(labels[j])}; labels must be in 1..{num_classes - 1} "
+                f"(num_classes={num_classes} includes background 0)"
+            )
 
 
 def _check_masks(i: int, t: dict[str, Tensor], n: int, image: Tensor | None) -> None:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from resdense.backbones import FeatureExtractor
 from resdense.errors import ConfigError
 
-from ._features import resolve_backbone
+from .backbone_features import resolve_backbone
 
 __all__ = ["UNet", "map_smp_unet_keys", "pad_to_multiple"]
 
