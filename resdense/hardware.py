@@ -17,13 +17,15 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from resdense._torch_private import cpu_has_bf16_instructions, onednn_bf16_supported
 from resdense.errors import ConfigError
 
-__all__ = ["cpu_capability", "native_bf16", "Precision", "choose_precision", "warn_emulated_bf16", "hardware_summary"]
+__all__ = ["cpu_capability", "native_bf16", "Precision", "choose_precision", "warn_emulated_bf16", "hardware_summary",
+           "MemoryFormat", "choose_memory_format"]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,44 @@ def choose_precision(amp: str, device: torch.device) -> Precision:
         return Precision(torch.bfloat16, "bf16", f"auto: CPU has native bf16 ({hardware_summary()})")
     return Precision(None, "fp32", f"auto: no native bf16 on this {device.type} ({hardware_summary()}); "
                                    "emulated bf16 would be several times slower than fp32")
+
+
+@dataclass(frozen=True)
+class MemoryFormat:
+    """Whether a run's model (and so its activations) is in ``channels_last`` (NHWC), and why."""
+
+    channels_last: bool
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return "channels_last" if self.channels_last else "contiguous"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"channels_last": self.channels_last, "reason": self.reason}
+
+
+def choose_memory_format(setting: bool | str, device: torch.device, precision: Precision,
+                         task: str) -> MemoryFormat:
+    """Resolve ``train.channels_last`` (``auto``, ``true``, ``false``).
+
+    ``auto``: channels_last for a segmentation or classification model trained in reduced precision, on CUDA
+    (fp16/bf16 tensor-core convolutions are NHWC) and on a CPU with native bf16 (oneDNN's bf16 convolutions run NHWC:
+    the membrane recipe's U-Net step 1.25x faster on a Zen 4 with AVX512-BF16, ``benchmarks/heads_speed.py``);
+    contiguous in fp32 on a CPU, where it did not pay reliably (0.83-0.95x for smp's U-Net on an AVX2-only Zen 3,
+    1.05x here with AVX2 forced), and for detectors, whose inputs torchvision batches itself.
+    """
+    if isinstance(setting, bool):
+        return MemoryFormat(setting, f"train.channels_last = {str(setting).lower()}")
+    if setting != "auto":
+        raise ConfigError(f"train.channels_last = {setting!r} is not one of 'auto', true, false")
+    device = torch.device(device)
+    if task == "detection":
+        return MemoryFormat(False, "auto: a detector (torchvision batches its images in NCHW)")
+    if precision.dtype is None:
+        return MemoryFormat(False, f"auto: fp32 on {device.type}, where NHWC does not reliably pay")
+    return MemoryFormat(True, f"auto: {precision.name} autocast on {device.type}, whose reduced-precision "
+                              "convolutions run NHWC")
 
 
 _WARNED: set[str] = set()  # the places already warned about in this process

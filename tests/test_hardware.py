@@ -124,6 +124,44 @@ def test_training_logs_and_records_the_precision(tmp_path, caplog):
     assert lines == [f"precision {expected.name} ({expected.reason})"]
 
 
+def test_channels_last_auto_follows_the_precision_and_the_task():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    fp32 = hardware.Precision(None, "fp32", "")
+    bf16 = hardware.Precision(torch.bfloat16, "bf16", "")
+    fp16 = hardware.Precision(torch.float16, "fp16", "")
+    choose = hardware.choose_memory_format
+    assert choose("auto", cpu, bf16, "segmentation").channels_last
+    assert choose("auto", cpu, bf16, "classification").channels_last
+    assert choose("auto", cuda, fp16, "segmentation").channels_last
+    assert not choose("auto", cpu, fp32, "segmentation").channels_last
+    assert not choose("auto", cuda, fp16, "detection").channels_last
+    assert choose(True, cpu, fp32, "detection").channels_last and not choose(False, cpu, bf16, "segmentation").channels_last
+    with pytest.raises(ConfigError, match="train.channels_last = 'yes'"):
+        choose("yes", cpu, fp32, "segmentation")
+
+
+def test_channels_last_changes_the_layout_not_the_training(tmp_path, caplog):
+    """Three fp32 SGD steps in NHWC end with the weights of three in NCHW (to rounding; SGD, since Adam's first steps
+    turn the rounding of near-zero gradients into steps of +-lr), and the run logs and records the memory format."""
+    weights = {}
+    for flag in (False, True):
+        raw = seg_recipe(tmp_path / "shapes", tmp_path / f"run_{flag}", iterations=3)
+        raw["train"].update(channels_last=flag, amp="none", optimizer="sgd", lr=0.01)
+        with caplog.at_level("INFO", logger="resdense.engine.trainer"):
+            assert main(["train", str(write(raw, tmp_path / f"seg_{flag}.yaml")), "--set", "eval.every_iters=0"]) == 0
+        recorded = json.loads((tmp_path / f"run_{flag}" / "metrics.json").read_text())["memory_format"]
+        assert recorded == {"channels_last": flag, "reason": f"train.channels_last = {str(flag).lower()}"}
+        weights[flag] = torch.load(tmp_path / f"run_{flag}" / "last.pt", weights_only=True)["model"]
+    conv = next(k for k, v in weights[True].items() if v.ndim == 4)
+    assert weights[True][conv].is_contiguous(memory_format=torch.channels_last)
+    assert not weights[False][conv].is_contiguous(memory_format=torch.channels_last)
+    for k, v in weights[False].items():
+        torch.testing.assert_close(weights[True][k], v, rtol=1e-3, atol=1e-4, msg=k)  # weights ~0.1-1
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("memory format ")]
+    assert lines == ["memory format contiguous (train.channels_last = false)",
+                     "memory format channels_last (train.channels_last = true)"]
+
+
 # ---- downloads that cannot happen --------------------------------------------------------------------------------
 _URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
 

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 from resdense.config import Config, save_config
 from resdense.data import read_image
-from resdense.hardware import choose_precision
+from resdense.hardware import choose_memory_format, choose_precision
 from resdense.visualize import draw_boxes, overlay_mask, save_image, side_by_side
 
 from .build import build_task, dataset_classes
@@ -90,7 +91,11 @@ def run_evaluation(config: Config | str | os.PathLike, checkpoint: str | os.Path
         run.task = build_task(config.task, run.class_names, config)
     # The loaded weights are already the evaluated ones (the average of an EMA run): no average to keep here.
     device = resolve_device(config.train.device)
-    dtype = choose_precision(config.train.amp, device).dtype
+    precision = choose_precision(config.train.amp, device)
+    # The precision and memory format of training's own evaluations, so that a checkpoint scores what it scored there
+    if choose_memory_format(config.train.channels_last, device, precision, config.task).channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    dtype = precision.dtype
     metrics = evaluate(model, run.task, val, config.eval, device, dtype=dtype, num_workers=config.train.num_workers,
                        report=out is not None)
     if out is not None:

@@ -27,7 +27,6 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -36,27 +35,21 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from resdense.config import EvalConfig, TrainConfig
-from resdense.errors import ConfigError, DataError, ResdenseError, TrainingInterrupted
-from resdense.hardware import choose_precision
+from resdense.errors import ConfigError, DataError, TrainingInterrupted
+from resdense.hardware import choose_memory_format, choose_precision
 from resdense.visualize import plot_curves
 
 from . import distributed
-from .checkpoint import (
-    CHECKPOINT_FORMAT,
-    atomic_save,
-    check_resumable,
-    load_checkpoint,
-    rng_state,
-    seed_everything,
-    set_rng_state,
-)
+from .checkpoint import seed_everything
 from .distributed import resolve_device
-from .ema import create_ema, ema_state, load_ema_state
+from .ema import create_ema
 from .evaluate import autocast, eval_loader, evaluate
 from .logger import NullLogger, RunLogger
 from .sampler import ResumableSampler, SeededDataset, groups
 from .schedule import BackboneFreeze, build_optimizer, build_scheduler
+from .step import NonFiniteLossError, forward_backward, nonfinite_error
 from .tasks.base import Batch, Task
+from .trainer_state import TrainerState
 
 __all__ = ["Trainer", "NonFiniteLossError"]
 
@@ -64,11 +57,7 @@ log = logging.getLogger(__name__)
 _now = time.perf_counter  # the clock of timings (a name of its own, so that tests can replace it)
 
 
-class NonFiniteLossError(ResdenseError, FloatingPointError):
-    """Training produced a NaN or infinite loss (the message names the iteration, the losses and the images)."""
-
-
-class Trainer:
+class Trainer(TrainerState):
     """Train ``model`` on ``train_set`` with ``task``'s loss, evaluating on ``val_set``.
 
     Args:
@@ -104,6 +93,9 @@ class Trainer:
         self.device = resolve_device(train.device)
         self.precision = choose_precision(train.amp, self.device)
         self.amp_dtype = self.precision.dtype
+        self.memory_format = choose_memory_format(train.channels_last, self.device, self.precision, task.name)
+        if self.memory_format.channels_last:  # the parameters in place, before the optimizer, DDP and EMA see them
+            model = model.to(memory_format=torch.channels_last)
         # SyncBatchNorm replaces modules: before the optimizer, the freeze and the EMA take theirs. While the freeze
         # holds the backbone its parameters get no gradients, which DDP must be told to expect.
         self.model, self.net = distributed.wrap_model(model.to(self.device), self.device, sync_bn=train.sync_bn,
@@ -167,75 +159,6 @@ class Trainer:
     def autocast(self):
         return autocast(self.device, self.amp_dtype)
 
-    # ---- checkpoints ----------------------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs (model, optimizer, schedule, generators, counters); under torch.distributed
-        a collective (it gathers every rank's generator states), so every rank calls it."""
-        w = self.world
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "iteration": self.iteration,
-            "epoch": self.iteration // self.iters_per_epoch,
-            "rng": rng_state(),
-            **({"rng_ranks": distributed.all_gather_object(rng_state())} if w.size > 1 else {}),
-            "world": {"size": w.size, "batch_size": self.cfg.batch_size, "accumulate": self.accumulate},
-            "best": dict(self.best),
-            "metrics": {k: v for k, v in self.task.summary(self.last_metrics).items()},
-            "timings": dict(self.timings),
-            "stale_evals": self.stale_evals,
-            "config": self.config,
-            **({"ema": ema_state(self.ema)} if self.ema is not None else {}),
-            **({"pending": self.pending} if self.pending is not None else {}),
-        }
-
-    def save(self, name: str = "last.pt") -> Path:
-        """Write ``run_dir/name`` atomically from rank 0 (every rank calls it); returns once the file is complete,
-        so no rank reads it half-written. A failed write stops every rank with the same one-line error."""
-        state = self.state_dict()
-        return distributed.on_main(lambda: atomic_save(state, self.run_dir / name))
-
-    def load_state(self, ckpt: dict[str, Any]) -> None:
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler"):
-            self.scaler.load_state_dict(ckpt["scaler"])
-        self.iteration = int(ckpt["iteration"])
-        self.best = dict(ckpt.get("best") or self.best)
-        self.timings = dict(ckpt.get("timings") or self.timings)
-        self.schedule_clock = self.timings["train_s"]
-        self.stale_evals = int(ckpt.get("stale_evals", 0))
-        self.last_metrics = dict(ckpt.get("metrics") or {})  # what metrics.json reports if no evaluation follows
-        if self.ema is not None:
-            if ckpt.get("ema") is not None:
-                load_ema_state(self.ema, ckpt["ema"])
-            else:
-                log.warning("the checkpoint holds no weight average; train.ema_decay starts one at iteration %d",
-                            int(ckpt["iteration"]))
-        self.pending = ckpt.get("pending")
-        stored = ckpt.get("rng_ranks") or [ckpt["rng"]]
-        if len(stored) == self.world.size:
-            set_rng_state(stored[self.world.rank])
-        else:  # the data order continues exactly (same global batch); the model's random draws cannot
-            seed_everything(self.cfg.seed + 1_000_003 * self.world.rank + self.iteration)
-            log.warning("resumed on %d processes from a run on %d: the data order continues exactly, the random "
-                        "draws of the model (dropout, detector sampling) do not", self.world.size, len(stored))
-
-    def maybe_resume(self, path: str | os.PathLike | None = None) -> bool:
-        """Resume from ``path`` or, when ``train.resume``, from ``run_dir/last.pt`` if present."""
-        path = Path(path) if path else self.run_dir / "last.pt"
-        if not path.exists() or (path == self.run_dir / "last.pt" and not self.cfg.resume):
-            return False
-        ckpt = load_checkpoint(path, map_location=self.device)
-        check_resumable(ckpt, path, self.config, self.global_batch, self._batch_words())
-        self.load_state(ckpt)
-        log.info("resumed from %s at iteration %d of %d", path, self.iteration, self.total_iters)
-        return True
-
     # ---- the loop -------------------------------------------------------------------------------------------------
     def fit(self, resume: str | os.PathLike | None = None) -> dict[str, Any]:
         """Train to ``total_iters``, or until ``eval.patience`` or ``train.max_minutes`` stops it, evaluate and
@@ -244,6 +167,7 @@ class Trainer:
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         log.info("precision %s (%s)", self.precision.name, self.precision.reason)
+        log.info("memory format %s (%s)", self.memory_format.name, self.memory_format.reason)
         log.info("global batch %d (%s)", self.global_batch, self._batch_words())
         self.maybe_resume(resume)
         logger = RunLogger(self.run_dir) if main else NullLogger()
@@ -318,40 +242,20 @@ class Trainer:
 
     def _step(self, micro: list[Batch]) -> dict[str, float]:
         """One optimizer step over ``train.accumulate`` micro-batches; returns the losses to log (means over the
-        micro-batches and, under DDP, over the ranks)."""
+        micro-batches and, under DDP, over the ranks). A non-finite loss skips the step (the schedule still
+        advances) until ``train.max_nonfinite`` such steps, then stops training."""
         if self.freeze is not None:
             self.freeze.apply(self.iteration)
         self.optimizer.zero_grad(set_to_none=True)
-        k, several = len(micro), self.world.size > 1
-        sums: dict[str, float] = {}
-        bad: list[Batch] = []
-        for j, batch in enumerate(micro):
-            batch = self.task.to_device(batch, self.device)
-            # DDP all-reduces the gradients in the last micro-batch's backward pass only
-            with self.net.no_sync() if several and j < k - 1 else nullcontext():
-                with self.autocast():
-                    losses = self.task.losses(self.net, batch)
-                loss = sum(losses.values())
-                terms = {**{name: float(v.detach()) for name, v in losses.items()}, "loss": float(loss.detach())}
-                if not math.isfinite(terms["loss"]):
-                    bad.append(batch)
-                if several or not bad:  # under DDP every rank takes part in every backward pass's all-reduce
-                    # mean-reduced losses: k micro-batches of b, each divided by k, give the gradient of one batch of kb
-                    self.scaler.scale(loss / k).backward()
-            for name, v in terms.items():
-                sums[name] = sums.get(name, 0.0) + v
-        values = {name: v / k for name, v in sums.items()}
-        nonfinite = len(bad)
-        stop = self.stop_request.signum
-        if several:  # one all-reduce: the logged losses, any rank's non-finite loss, any rank's stop request
-            reduced = distributed.sum_floats([*values.values(), nonfinite, stop or 0])
-            values = {name: v / self.world.size for name, v in zip(values, reduced, strict=False)}
-            nonfinite, stop = int(reduced[-2]), (signal.SIGTERM if reduced[-1] else None)
-        self.stop_signal = stop
-        if nonfinite:
+        result = forward_backward(self.net, self.task, micro, self.device, self.autocast, self.scaler,
+                                  world_size=self.world.size, stop=self.stop_request.signum)
+        values, self.stop_signal = result.losses, result.stop
+        if result.nonfinite:
             self.nonfinite += 1
             if self.nonfinite > self.cfg.max_nonfinite:
-                self._raise_nonfinite(values, bad)
+                ids = [i for batch in result.bad for i in self.task.image_ids(batch, self.train_set.dataset)]
+                ids = [i for rank_ids in distributed.all_gather_object(ids) for i in rank_ids]  # every rank's
+                raise nonfinite_error(self.iteration + 1, values, ids, self.run_dir / "last.pt")
             log.warning("iteration %d: non-finite loss %s, step skipped", self.iteration + 1, values)
             self.optimizer.zero_grad(set_to_none=True)
             with warnings.catch_warnings():  # the schedule advances even though this step was skipped
@@ -367,17 +271,6 @@ class Trainer:
         if self.ema is not None:
             self.ema.update_parameters(self.model)
         return values
-
-    def _raise_nonfinite(self, values: dict[str, float], bad: list[Batch]) -> None:
-        ids = [i for batch in bad for i in self.task.image_ids(batch, self.train_set.dataset)]
-        ids = [i for rank_ids in distributed.all_gather_object(ids) for i in rank_ids]  # every rank's bad batches
-        last = self.run_dir / "last.pt"
-        kept = f"the last good checkpoint {last} is untouched" if last.exists() else "no checkpoint was written"
-        terms = ", ".join(f"{k}={v:.6g}" for k, v in values.items())
-        err = NonFiniteLossError(f"iteration {self.iteration + 1}: non-finite loss ({terms}) on the batch with "
-                                 f"image ids {ids}; training stopped, {kept}")
-        err.every_rank = True  # all ranks agreed on it and name the same images: rank 0 alone reports it
-        raise err
 
     def _after_step(self, losses: dict[str, float], logger: RunLogger, progress) -> None:
         it = self.iteration
@@ -471,6 +364,7 @@ class Trainer:
             "evaluated_weights": "ema" if self.ema is not None else "model",
             "device": str(self.device),
             "precision": self.precision.as_dict(),
+            "memory_format": self.memory_format.as_dict(),
         }
         if self.world.main:
             (self.run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
