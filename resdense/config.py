@@ -34,7 +34,12 @@ from typing import Any
 import yaml
 
 from resdense.errors import ConfigError
-from resdense.recipes import find_config, list_configs, read_yaml  # re-exported: part of this module's API
+from resdense.recipes import (  # re-exported: this module's API
+    apply_overrides,
+    find_config,
+    list_configs,
+    read_yaml,
+)
 from resdense.typecheck import (  # re-exported
     NOT_SET,
     check_type,
@@ -66,6 +71,7 @@ __all__ = [
 ]
 
 TASKS = ("segmentation", "detection", "classification")
+SEGMENTATION_LOSSES = ("ce", "dice", "ce+dice", "focal", "focal+dice", "lovasz", "ce+lovasz")
 SECTIONS = ("task", "name", "model", "data", "train", "eval")
 # model.arch -> the task it serves (the constructor behind each arch is resdense.engine.build's business).
 DETECTOR_ARCHS = ("faster_rcnn", "mask_rcnn", "retinanet", "fcos")
@@ -116,8 +122,12 @@ class TrainConfig:
         amp: ``auto`` (the default: fp16 on CUDA, bf16 on a CPU with native bf16 - AVX512-BF16 or AMX as oneDNN
             reports it - and fp32 on every other CPU; see :mod:`resdense.hardware`), ``fp16`` (CUDA), ``bf16`` (CUDA,
             or a CPU: without native bf16 it is emulated, several times slower, and warns) or ``none`` (fp32).
-        loss: segmentation loss: ``ce``, ``dice``, ``ce+dice``, ``focal`` or ``focal+dice`` (smp's ``DiceLoss`` and
-            ``FocalLoss``; all of them leave out the pixels whose target is the dataset's ``ignore_index``, and average
+        channels_last: train the model in the NHWC memory format: ``auto`` (the default: on for segmentation and
+            classification under fp16/bf16 autocast, off in fp32 and for detectors; see
+            :func:`resdense.hardware.choose_memory_format`), ``true`` or ``false``. Logged and recorded like ``amp``.
+        loss: segmentation loss: ``ce``, ``dice``, ``ce+dice``, ``focal``, ``focal+dice``, ``lovasz`` or
+            ``ce+lovasz`` (smp's ``DiceLoss``, ``FocalLoss`` and ``LovaszLoss``, the Lovasz-softmax surrogate of the
+            IoU, Berman et al. 2018, per image; all of them leave out the pixels whose target is the dataset's ``ignore_index``, and average
             over the remaining ones). smp's multiclass focal loss is the sigmoid focal loss of Lin et al. (2017) of
             each class against the rest, summed over the classes. Ignored by detection, whose models compute their
             own losses.
@@ -181,6 +191,7 @@ class TrainConfig:
     gamma: float = 0.1
     grad_clip: float | None = None
     amp: str = "auto"
+    channels_last: bool | str = "auto"
     loss: str = "ce"
     class_weights: list[float] | None = None
     focal_gamma: float = 2.0
@@ -199,7 +210,9 @@ class TrainConfig:
         _choice("train.optimizer", self.optimizer, ("adamw", "sgd"))
         _choice("train.schedule", self.schedule, ("cosine", "step", "constant"))
         _choice("train.amp", self.amp, ("auto", "fp16", "bf16", "none"))
-        _choice("train.loss", self.loss, ("ce", "dice", "ce+dice", "focal", "focal+dice"))
+        if isinstance(self.channels_last, str):
+            _choice("train.channels_last", self.channels_last, ("auto",))
+        _choice("train.loss", self.loss, SEGMENTATION_LOSSES)
         _choice("train.dist_backend", self.dist_backend, ("auto", "nccl", "gloo"))
         if self.epochs is None and self.iterations is None:
             raise ConfigError("train: set either 'epochs' or 'iterations'")
@@ -298,7 +311,8 @@ def _choice(key: str, value: Any, allowed: Sequence[str]) -> None:
 
 def _plain(obj: Any) -> Any:
     if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
+        # int keys stay ints (a mask dataset's value_map {0: 0, 255: 1}); YAML and checkpoints keep them
+        return {(k if isinstance(k, int) and not isinstance(k, bool) else str(k)): _plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_plain(v) for v in obj]
     if isinstance(obj, os.PathLike):
@@ -351,37 +365,6 @@ def config_from_dict(raw: Mapping[str, Any], source: str = "<dict>") -> Config:
     )
 
 
-def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str], source: str = "<dict>") -> dict:
-    """Apply ``key.path=value`` overrides (values parsed as YAML) to a recipe dict; returns a new dict.
-
-    Keys must exist in the recipe or in the ``train``/``eval`` schema, or be keyword arguments of the constructor
-    that a ``model``/``data`` section feeds; the final recipe is re-validated, so a wrong type names the key.
-    """
-    out = copy.deepcopy(dict(raw))
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.lr=0.01")
-        key, text = item.split("=", 1)
-        key = key.strip()
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
-            value = text
-        parts = key.split(".")
-        if not all(parts):
-            raise ConfigError(f"--set {item!r}: empty key component in {key!r}")
-        node = out
-        for depth, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {item!r}: {'.'.join(parts[:depth + 1])} is a value, not a section")
-            node = child
-        node[parts[-1]] = value
-    return out
-
-
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
     """Read a recipe (a path, or the name of a shipped recipe such as ``demo_shapes_unet_r18``) and validate it,
     all but the keys of ``model`` / ``data`` (which :func:`resdense.engine.load_config` checks as well).
@@ -393,9 +376,14 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Confi
     Raises:
         ConfigError: missing file, bad YAML, unknown section / ``train`` / ``eval`` key (naming file and key), wrong
             type or value, unknown ``model.arch``.
+
+    A relative ``data.<part>.split`` file in the recipe is read relative to the recipe's folder, as the recipe's
+    own part (``split: splits/membrane/train.txt`` beside ``configs/unet_r18_membrane_cpu.yaml``, installed with it),
+    while data folders stay relative to the working directory, and so does a ``--set`` value typed on the command
+    line.
     """
     path = find_config(path)
-    raw = read_yaml(path)
+    raw = _splits_beside_recipe(read_yaml(path), Path(path).parent)
     source = str(path)
     if overrides:
         raw = apply_overrides(raw, overrides, source)
@@ -404,6 +392,18 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Confi
     if not (read_yaml(path) or {}).get("name"):
         config.name = Path(path).stem
     return config
+
+
+def _splits_beside_recipe(raw: Any, folder: Path) -> Any:
+    data = raw.get("data") if isinstance(raw, Mapping) else None
+    if not isinstance(data, Mapping):
+        return raw
+    raw = copy.deepcopy(dict(raw))
+    for part in raw["data"].values():
+        split = part.get("split") if isinstance(part, dict) else None
+        if isinstance(split, str) and split and not Path(split).is_absolute():
+            part["split"] = str(folder / split)
+    return raw
 
 
 def save_config(config: Config, path: str | os.PathLike) -> None:

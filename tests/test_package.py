@@ -43,8 +43,10 @@ def test_wheel_holds_every_module_and_recipe(installed):
     names = set(zipfile.ZipFile(next((installed / "dist").glob("resdense-*.whl"))).namelist())
     modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "resdense").rglob("*.py")}
     recipes = {f"resdense/configs/{p.name}" for p in (ROOT / "configs").glob("*.yaml")}
+    splits = {f"resdense/configs/{p.relative_to(ROOT / 'configs').as_posix()}" for p in (ROOT / "configs").rglob("*.txt")}
     assert len(recipes) >= 8 and "resdense/configs/demo_shapes_unet_r18.yaml" in recipes
-    assert modules - names == set() and recipes - names == set()
+    assert "resdense/configs/splits/membrane/val.txt" in splits
+    assert modules - names == set() and recipes - names == set() and splits - names == set()
     import resdense
 
     assert f"resdense-{resdense.__version__}.dist-info/METADATA" in names  # the version has one source
@@ -66,6 +68,11 @@ def test_installed_cli_lists_and_trains_a_shipped_recipe_from_another_folder(ins
           "--set", "eval.batch_size=4", "--out", "run"], cwd=work, env=env)
     for name in ("config.yaml", "last.pt", "metrics.json"):
         assert (work / "run" / name).exists(), name
+    # a real-data recipe's split files are found beside the installed recipe, not in the working directory
+    split = _run([sys.executable, "-c", "import resdense.config as c; "
+                  "print(c.load_config('unet_r18_membrane_cpu').data['val']['split'])"], cwd=work, env=env).strip()
+    assert Path(split).is_relative_to(installed / "site") and Path(split).read_text().split() == [
+        line for line in (ROOT / "configs/splits/membrane/val.txt").read_text().split()]
 
 
 EXPORTS = {

@@ -107,7 +107,9 @@ class MaskDataset(SkipBadImages, Dataset):
                               "use a value outside it, e.g. 255")
         self.ignore_index = ignore_index
         self.bad_images = bad_images
-        self.value_map = dict(value_map) if value_map is not None else None
+        # keys written as strings ('255': 1 in YAML or JSON) are the same mask values
+        self.value_map = ({int(k) if isinstance(k, str) and k.isdigit() else k: v for k, v in value_map.items()}
+                          if value_map is not None else None)
         self._lut = None
         if self.value_map is not None:
             for raw, cls in self.value_map.items():

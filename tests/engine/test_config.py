@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
+import resdense.config as resdense_config
 from resdense.config import Config, TrainConfig, check_type, list_configs
 from resdense.engine import load_config
 from resdense.errors import ConfigError
@@ -160,3 +161,28 @@ def test_recipes_are_found_from_any_folder_and_the_working_directory_comes_first
     own = write(seg_recipe(tmp_path / "shapes", tmp_path / "run"), tmp_path / "configs" / "demo_shapes_unet_r18.yaml")
     assert find_config("demo_shapes_unet_r18").resolve() == own.resolve()
     assert load_config("demo_shapes_unet_r18").model["decoder_channels"] == [16] * 5
+
+
+def test_a_recipes_split_files_are_read_beside_it_and_set_values_from_the_working_directory(tmp_path):
+    raw = seg_recipe(tmp_path / "shapes", tmp_path / "run")
+    raw["data"]["train"] = {"split": "splits/train.txt"}
+    raw["data"]["val"] = {"split": str(tmp_path / "abs.txt")}
+    (tmp_path / "recipes").mkdir()
+    path = write(raw, tmp_path / "recipes" / "x.yaml")
+    cfg = resdense_config.load_config(path)
+    assert cfg.data["train"]["split"] == str(tmp_path / "recipes" / "splits" / "train.txt")
+    assert cfg.data["val"]["split"] == str(tmp_path / "abs.txt")  # absolute: as written
+    cfg = resdense_config.load_config(path, ["data.train.split=mine.txt"])
+    assert cfg.data["train"]["split"] == "mine.txt"  # typed on the command line: the working directory's
+
+
+def test_a_value_map_keeps_its_integer_keys_through_checkpoints_and_saved_recipes(tmp_path):
+    """The recipe a checkpoint stores rebuilds its datasets: mask values stay ints (they were once made strings,
+    which MaskDataset then refused when a checkpoint's recipe was loaded)."""
+    raw = seg_recipe(tmp_path / "shapes", tmp_path / "run")
+    raw["data"]["train"] = {"value_map": {0: 0, 255: 1}}
+    cfg = resdense_config.config_from_dict(raw)
+    assert cfg.to_dict()["data"]["train"]["value_map"] == {0: 0, 255: 1}
+    resdense_config.save_config(cfg, tmp_path / "saved.yaml")
+    again = resdense_config.load_config(tmp_path / "saved.yaml")
+    assert again.data["train"]["value_map"] == {0: 0, 255: 1}

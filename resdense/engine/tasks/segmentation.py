@@ -26,10 +26,12 @@ class SegmentationTask(Task):
     Args:
         num_classes: K (logit channels).
         ignore_index: target value left out of losses and metrics.
-        loss: ``"ce"``, ``"dice"``, ``"ce+dice"``, ``"focal"`` or ``"focal+dice"``: torch's ``cross_entropy``, smp's
-            multiclass ``DiceLoss`` and ``FocalLoss`` (per class against the rest, summed over classes), each of
-            which leaves out the ``ignore_index`` pixels and averages over the others. Each term is a loss entry
-            (``loss_ce``, ``loss_focal``, ``loss_dice``), summed by the trainer.
+        loss: ``"ce"``, ``"dice"``, ``"ce+dice"``, ``"focal"``, ``"focal+dice"``, ``"lovasz"`` or ``"ce+lovasz"``:
+            torch's ``cross_entropy``, smp's multiclass ``DiceLoss`` and ``FocalLoss`` (per class against the rest,
+            summed over classes) and ``LovaszLoss`` (the Lovasz-softmax surrogate of the IoU, Berman et al. 2018,
+            computed per image), each of which leaves out the ``ignore_index`` pixels and averages over the others.
+            Each term is a loss entry (``loss_ce``, ``loss_focal``, ``loss_dice``, ``loss_lovasz``), summed by the
+            trainer.
         class_weights: per-class cross-entropy weights ``[K]`` (``None``: uniform); they weight the ``ce`` term only.
         focal_gamma: focusing exponent of the focal loss.
         class_names: names for tables and legends.
@@ -52,7 +54,7 @@ class SegmentationTask(Task):
             _check_class_weights(list(class_weights), num_classes, loss)
         self.class_weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
-        self._dice = self._focal = None
+        self._dice = self._focal = self._lovasz = None
         if "dice" in self.terms:
             from segmentation_models_pytorch.losses import DiceLoss
 
@@ -61,6 +63,10 @@ class SegmentationTask(Task):
             from segmentation_models_pytorch.losses import FocalLoss
 
             self._focal = FocalLoss("multiclass", gamma=focal_gamma, ignore_index=ignore_index)
+        if "lovasz" in self.terms:
+            from segmentation_models_pytorch.losses import LovaszLoss
+
+            self._lovasz = LovaszLoss("multiclass", per_image=True, ignore_index=ignore_index)
 
     def collate(self, items: list[tuple[int, Any]]) -> Batch:
         indices = [i for i, _ in items]
@@ -81,6 +87,8 @@ class SegmentationTask(Task):
             out["loss_focal"] = self._focal(logits, target)
         if self._dice is not None:
             out["loss_dice"] = self._dice(logits, target)
+        if self._lovasz is not None:
+            out["loss_lovasz"] = self._lovasz(logits, target)
         return out
 
     @torch.no_grad()
