@@ -1,5 +1,5 @@
 """Segmentation losses against direct computations: class-weighted cross-entropy (alone and with Dice) and smp's
-focal loss (alone and with Dice), all leaving out the ignore_index pixels."""
+focal loss (alone and with Dice) and per-image Lovasz-softmax, all leaving out the ignore_index pixels."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
-from segmentation_models_pytorch.losses import DiceLoss, FocalLoss
+from segmentation_models_pytorch.losses import DiceLoss, FocalLoss, LovaszLoss
 from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
@@ -92,10 +92,29 @@ def test_ignored_pixels_do_not_count(batch):
     # changing the logits of ignored pixels changes no loss term
     other = Batch(batch.indices, batch.inputs.clone(), batch.targets)
     other.inputs.permute(0, 2, 3, 1)[batch.targets == IGNORE] = 100.0
-    for loss in ("ce", "focal", "focal+dice", "ce+dice"):
+    for loss in ("ce", "focal", "focal+dice", "ce+dice", "lovasz", "ce+lovasz"):
         a, b = _losses(batch, loss=loss), _losses(other, loss=loss)
         for k in a:
             torch.testing.assert_close(a[k], b[k], msg=f"{loss}: {k}")
+
+
+def test_lovasz_is_smps_per_image_lovasz_softmax(batch):
+    out = _losses(batch, loss="ce+lovasz")
+    assert out.keys() == {"loss_ce", "loss_lovasz"}
+    x, y = batch.inputs, batch.targets
+    torch.testing.assert_close(out["loss_lovasz"], LovaszLoss("multiclass", per_image=True, ignore_index=IGNORE)(x, y))
+    # per image: the batch's loss is the mean of its images' losses
+    one = [_losses(Batch([i], x[i:i + 1], y[i:i + 1]), loss="lovasz")["loss_lovasz"] for i in range(2)]
+    torch.testing.assert_close(out["loss_lovasz"], torch.stack(one).mean())
+    # a surrogate of 1 - IoU: zero for confident correct logits, positive otherwise
+    perfect = F.one_hot(y.clamp(max=K - 1), K).permute(0, 3, 1, 2).float() * 50
+    assert float(_losses(Batch([0, 1], perfect, y), loss="lovasz")["loss_lovasz"]) < 1e-6
+    assert float(out["loss_lovasz"]) > 0.1
+
+
+def test_lovasz_loss_trains(tmp_path):
+    result = make(tmp_path, Stripes(32), loss="ce+lovasz").fit()
+    assert result["final"]["mIoU"] > 0.9
 
 
 def test_focal_loss_trains(tmp_path):
