@@ -237,6 +237,24 @@ def _check_size(size) -> None:
         raise ConfigError(f"size = {size!r} is not a positive integer (or None)")
 
 
+# The ops both presets share, in the order they run (the order fixes which random draws each op takes).
+def _crop_and_flip(size: int | None, scale: tuple[float, float], hflip: float) -> list:
+    ops: list = []
+    if size is not None:
+        ops.append(A.RandomResizedCrop(size=(size, size), scale=scale, ratio=(3 / 4, 4 / 3)))
+    if hflip:
+        ops.append(A.HorizontalFlip(p=hflip))
+    return ops
+
+
+def _jitter(amount: float) -> list:
+    return [A.ColorJitter(brightness=amount, contrast=amount, saturation=amount, hue=0.0, p=0.5)] if amount else []
+
+
+def _eval_resize(size: int | None) -> list:
+    return [A.LongestMaxSize(max_size=size)] if size is not None else []
+
+
 def detection_transforms(
     train: bool = True,
     size: int | None = 512,
@@ -264,19 +282,13 @@ def detection_transforms(
     ``normalize=True`` applies ``mean``/``std``.
     """
     _check_size(size)
-    ops: list = []
     if train:
-        if size is not None:
-            ops.append(A.RandomResizedCrop(size=(size, size), scale=scale, ratio=(3 / 4, 4 / 3)))
-        if hflip:
-            ops.append(A.HorizontalFlip(p=hflip))
+        ops = _crop_and_flip(size, scale, hflip)
         if rotate:
             ops.append(A.Rotate(limit=rotate, border_mode=cv2.BORDER_CONSTANT, p=0.5))
-        if color_jitter:
-            ops.append(A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter,
-                                     hue=0.0, p=0.5))
-    elif size is not None:
-        ops.append(A.LongestMaxSize(max_size=size))
+        ops += _jitter(color_jitter)
+    else:
+        ops = _eval_resize(size)
     return DetectionTransform(ops, min_area=min_area if train else 0.0, min_visibility=min_visibility if train else 0.0,
                               boxes_from_masks=bool(train and rotate), normalize=normalize, mean=mean, std=std,
                               seed=seed)
@@ -311,12 +323,8 @@ def segmentation_transforms(
     sides divisible by its output stride) with mask value ``ignore_index``, so padding never counts in metrics.
     """
     _check_size(size)
-    ops: list = []
     if train:
-        if size is not None:
-            ops.append(A.RandomResizedCrop(size=(size, size), scale=scale, ratio=(3 / 4, 4 / 3)))
-        if hflip:
-            ops.append(A.HorizontalFlip(p=hflip))
+        ops = _crop_and_flip(size, scale, hflip)
         if vflip:
             ops.append(A.VerticalFlip(p=vflip))
         if rot90:
@@ -325,11 +333,9 @@ def segmentation_transforms(
             ops.append(A.ElasticTransform(alpha=120, sigma=6, border_mode=cv2.BORDER_REFLECT_101, p=elastic))
         if rotate:
             ops.append(A.Rotate(limit=rotate, border_mode=cv2.BORDER_CONSTANT, fill_mask=ignore_index, p=0.5))
-        if color_jitter:
-            ops.append(A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter,
-                                     hue=0.0, p=0.5))
-    elif size is not None:
-        ops.append(A.LongestMaxSize(max_size=size))
+        ops += _jitter(color_jitter)
+    else:
+        ops = _eval_resize(size)
     if pad_divisor and pad_divisor > 1 and (not train or size is None):
         ops.append(A.PadIfNeeded(min_height=None, min_width=None, pad_height_divisor=pad_divisor,
                                  pad_width_divisor=pad_divisor, position="top_left",
