@@ -39,6 +39,7 @@ from resdense.recipes import (  # re-exported: this module's API
     find_config,
     list_configs,
     read_yaml,
+    splits_beside_recipe,
 )
 from resdense.typecheck import (  # re-exported
     NOT_SET,
@@ -383,7 +384,7 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Confi
     line.
     """
     path = find_config(path)
-    raw = _splits_beside_recipe(read_yaml(path), Path(path).parent)
+    raw = splits_beside_recipe(read_yaml(path), Path(path).parent)
     source = str(path)
     if overrides:
         raw = apply_overrides(raw, overrides, source)
@@ -392,18 +393,6 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Confi
     if not (read_yaml(path) or {}).get("name"):
         config.name = Path(path).stem
     return config
-
-
-def _splits_beside_recipe(raw: Any, folder: Path) -> Any:
-    data = raw.get("data") if isinstance(raw, Mapping) else None
-    if not isinstance(data, Mapping):
-        return raw
-    raw = copy.deepcopy(dict(raw))
-    for part in raw["data"].values():
-        split = part.get("split") if isinstance(part, dict) else None
-        if isinstance(split, str) and split and not Path(split).is_absolute():
-            part["split"] = str(folder / split)
-    return raw
 
 
 def save_config(config: Config, path: str | os.PathLike) -> None:

@@ -21,7 +21,7 @@ import yaml
 
 from resdense.errors import ConfigError
 
-__all__ = ["apply_overrides", "find_config", "list_configs", "read_yaml", "shipped_recipes_dir"]
+__all__ = ["apply_overrides", "find_config", "list_configs", "read_yaml", "shipped_recipes_dir", "splits_beside_recipe"]
 
 
 def shipped_recipes_dir() -> Path | None:
@@ -117,3 +117,16 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str], source: st
             node = child
         node[parts[-1]] = value
     return out
+
+
+def splits_beside_recipe(raw: Any, folder: Path) -> Any:
+    """``raw`` with each relative ``data.<part>.split`` file made relative to ``folder`` (the recipe's own)."""
+    data = raw.get("data") if isinstance(raw, Mapping) else None
+    if not isinstance(data, Mapping):
+        return raw
+    raw = copy.deepcopy(dict(raw))
+    for part in raw["data"].values():
+        split = part.get("split") if isinstance(part, dict) else None
+        if isinstance(split, str) and split and not Path(split).is_absolute():
+            part["split"] = str(folder / split)
+    return raw
