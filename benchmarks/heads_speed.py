@@ -4,8 +4,8 @@
   (batch 4, 320x320 images, ``min_size=max_size=320`` so neither model resizes to 800 px).
 - ``UNet("resnet34")`` vs ``smp.Unet("resnet34")`` (batch 8, 256x256).
 - the membrane CPU recipe's train step (``configs/unet_r18_membrane_cpu.yaml``: U-Net R18 with its narrow decoder,
-  its ``ce+dice`` loss and optimizer, in the autocast precision ``train.amp: auto`` picks here, see
-  :func:`resdense.hardware.choose_precision`) vs the plain ``smp.Unet("resnet18")`` loop of
+  its ``ce+dice`` loss and optimizer, in the autocast precision ``train.amp: auto`` picks here and the memory
+  format ``train.channels_last: auto`` picks with it, see :mod:`resdense.hardware`) vs the plain ``smp.Unet("resnet18")`` loop of
   ``benchmarks/quality.py`` (default decoder, cross-entropy, AdamW, fp32), at the recipe's batch and crop size. The
   models differ, so this row has no shared weights: it is the per-iteration cost behind the iteration counts that
   ``quality.py`` reports for the same budget.
@@ -28,7 +28,7 @@ from contextlib import nullcontext
 
 import torch
 
-from resdense.hardware import choose_precision, cpu_capability
+from resdense.hardware import choose_memory_format, choose_precision, cpu_capability
 
 RECIPE = "configs/unet_r18_membrane_cpu.yaml"
 
@@ -159,21 +159,9 @@ def compare(name: str, ours_step, ref_step, n_images: int, iters: int, warmup: i
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iters", type=int, default=6, help="timed iterations per model (median taken)")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--quick", action="store_true", help="smaller inputs, for a smoke run")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-
-    det_size, det_batch = (160, 2) if args.quick else (320, 4)
-    seg_size, seg_batch = (128, 2) if args.quick else (256, 8)
+def _library_rows(args, det_size: int, det_batch: int, seg_size: int, seg_batch: int) -> list[dict]:
+    """The two same-weights rows: our detector and U-Net against torchvision's and smp's."""
     rows = []
-
     ours, ref = _detection_pair(det_size)
     det = _detection_batch(det_batch, det_size)
     rows.append(compare(f"Faster R-CNN R50-FPN train step, batch {det_batch}, {det_size}x{det_size}",
@@ -189,9 +177,32 @@ def main() -> None:
                         _step_fn(ref, "seg", seg), seg_batch, args.iters, args.warmup))
     rows[-1]["ref_name"] = "smp.Unet('resnet34')"
     del ours, ref
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iters", type=int, default=6, help="timed iterations per model (median taken)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--quick", action="store_true", help="smaller inputs, for a smoke run")
+    parser.add_argument("--only-recipe", action="store_true", help="the membrane recipe row alone")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    det_size, det_batch = (160, 2) if args.quick else (320, 4)
+    seg_size, seg_batch = (128, 2) if args.quick else (256, 8)
+    rows = []
+    if not args.only_recipe:
+        rows += _library_rows(args, det_size, det_batch, seg_size, seg_batch)
 
     precision = choose_precision("auto", torch.device("cpu"))
     ours, task, opt, ref, rec_batch, rec_size = _recipe_pair(args.quick)
+    layout = choose_memory_format("auto", torch.device("cpu"), precision, "segmentation")  # what the Trainer picks
+    if layout.channels_last:
+        ours = ours.to(memory_format=torch.channels_last)  # in place: the optimizer keeps the same parameters
     g = torch.Generator().manual_seed(0)
     rec = (torch.randn(rec_batch, 3, rec_size, rec_size, generator=g),
            torch.randint(0, 2, (rec_batch, rec_size, rec_size), generator=g))
@@ -205,7 +216,8 @@ def main() -> None:
     print(f"|{'-' * 54}|{'-' * 38}|---------------:|----------------:|------:|")
     for r in rows:
         print(f"| {r['name']:<52} | {r['ref_name']:<36} | {r['ours']:14.2f} | {r['ref']:15.2f} | {r['ratio']:5.2f} |")
-    print(f"membrane recipe row: {RECIPE} in {precision.name} ({precision.reason}); reference fp32; "
+    print(f"membrane recipe row: {RECIPE} in {precision.name} ({precision.reason}), {layout.name} ({layout.reason}); "
+          "reference fp32, contiguous; "
           f"CPU capability {cpu_capability()}, oneDNN bf16 {torch.ops.mkldnn._is_mkldnn_bf16_supported()}")
     for r in rows:
         spread = ", ".join(f"{k} {lo:.2f}-{hi:.2f} s" for k, (lo, hi) in r["spread"].items())
