@@ -191,6 +191,7 @@ def build_detector(
         labels out of range raise :class:`~resdense.errors.DataError`); an image with zero boxes trains as a
         negative. ``model.load_report`` tells what ``weights`` loaded.
     """
+    # (Long only by its docstring, the public reference of every argument; the steps are the helpers below.)
     anchor_key = "rpn_anchor_generator" if kind in TWO_STAGE else "anchor_generator"
     _check_arguments(kind, num_classes, trainable_stages, weights, weights_backbone, fpn_channels,
                      representation_size, anchor_key, anchor_sizes is not None or aspect_ratios is not None, kwargs)
