@@ -201,8 +201,7 @@ def main() -> None:
     precision = choose_precision("auto", torch.device("cpu"))
     ours, task, opt, ref, rec_batch, rec_size = _recipe_pair(args.quick)
     layout = choose_memory_format("auto", torch.device("cpu"), precision, "segmentation")  # what the Trainer picks
-    if layout.channels_last:
-        ours = ours.to(memory_format=torch.channels_last)  # in place: the optimizer keeps the same parameters
+    ours = layout.apply(ours)  # in place: the optimizer keeps the same parameters
     g = torch.Generator().manual_seed(0)
     rec = (torch.randn(rec_batch, 3, rec_size, rec_size, generator=g),
            torch.randint(0, 2, (rec_batch, rec_size, rec_size), generator=g))

@@ -384,13 +384,14 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Confi
     line.
     """
     path = find_config(path)
-    raw = splits_beside_recipe(read_yaml(path), Path(path).parent)
+    written = read_yaml(path)
+    raw = splits_beside_recipe(written, Path(path).parent)
     source = str(path)
     if overrides:
         raw = apply_overrides(raw, overrides, source)
         source = f"{source} (with --set {' '.join(overrides)})"
     config = config_from_dict(raw, source)
-    if not (read_yaml(path) or {}).get("name"):
+    if not (written or {}).get("name"):
         config.name = Path(path).stem
     return config
 

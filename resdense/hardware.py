@@ -107,6 +107,10 @@ class MemoryFormat:
     def as_dict(self) -> dict[str, Any]:
         return {"channels_last": self.channels_last, "reason": self.reason}
 
+    def apply(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` in this format, its parameters converted in place (an optimizer built on them keeps them)."""
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
 
 def choose_memory_format(setting: bool | str, device: torch.device, precision: Precision,
                          task: str) -> MemoryFormat:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
 from resdense.config import Config, save_config
@@ -93,8 +92,7 @@ def run_evaluation(config: Config | str | os.PathLike, checkpoint: str | os.Path
     device = resolve_device(config.train.device)
     precision = choose_precision(config.train.amp, device)
     # The precision and memory format of training's own evaluations, so that a checkpoint scores what it scored there
-    if choose_memory_format(config.train.channels_last, device, precision, config.task).channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = choose_memory_format(config.train.channels_last, device, precision, config.task).apply(model)
     dtype = precision.dtype
     metrics = evaluate(model, run.task, val, config.eval, device, dtype=dtype, num_workers=config.train.num_workers,
                        report=out is not None)

@@ -94,8 +94,7 @@ class Trainer(TrainerState):
         self.precision = choose_precision(train.amp, self.device)
         self.amp_dtype = self.precision.dtype
         self.memory_format = choose_memory_format(train.channels_last, self.device, self.precision, task.name)
-        if self.memory_format.channels_last:  # the parameters in place, before the optimizer, DDP and EMA see them
-            model = model.to(memory_format=torch.channels_last)
+        model = self.memory_format.apply(model)  # before the optimizer, DDP and the EMA take the parameters
         # SyncBatchNorm replaces modules: before the optimizer, the freeze and the EMA take theirs. While the freeze
         # holds the backbone its parameters get no gradients, which DDP must be told to expect.
         self.model, self.net = distributed.wrap_model(model.to(self.device), self.device, sync_bn=train.sync_bn,

@@ -27,7 +27,7 @@ from .ema import ema_state, load_ema_state
 
 __all__ = ["TrainerState"]
 
-log = logging.getLogger("resdense.engine.trainer")
+log = logging.getLogger("resdense.engine.trainer")  # the trainer's messages, under the trainer's logger name
 
 
 class TrainerState:
