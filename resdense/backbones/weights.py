@@ -152,7 +152,11 @@ def read_weights(weights: str | os.PathLike | Mapping[str, Tensor], tag_url: Cal
 
 # ---- files -------------------------------------------------------------------------------------------------------
 def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Read a ``.safetensors`` or ``.pth/.pt`` file safely; unwrap ``{"state_dict": ...}`` / ``{"model": ...}``."""
+    """Read a ``.safetensors`` or ``.pth/.pt`` file safely; unwrap ``{"state_dict": ...}`` / ``{"model": ...}``.
+
+    A checkpoint that holds a weight average is read as that average, as timm's ``load_checkpoint(use_ema=True)``
+    does: a resdense run's ``{"ema": {"weights": ...}}`` (the weights it evaluated, see ``train.ema_decay``) and
+    timm's ``state_dict_ema``."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: weight file not found")
@@ -186,6 +190,12 @@ def _first_line(err: object) -> str:
 
 
 def _unwrap(obj: object, source: str) -> dict[str, Tensor]:
+    if isinstance(obj, Mapping):
+        ema = obj.get("ema")
+        if isinstance(ema, Mapping) and isinstance(ema.get("weights"), Mapping):
+            obj = ema["weights"]
+        elif isinstance(obj.get("state_dict_ema"), Mapping):
+            obj = obj["state_dict_ema"]
     for _ in range(3):  # {"model": {"state_dict": ...}} and similar nestings
         if isinstance(obj, Mapping):
             inner = next((obj[k] for k in ("state_dict", "model", "model_state", "module") if isinstance(obj.get(k), Mapping)), None)

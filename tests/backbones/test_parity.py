@@ -52,6 +52,19 @@ def test_safetensors_and_wrapped_checkpoints(tmp_path, image):
             assert_close(ours(image)["c5"], want["c5"], atol=ATOL, rtol=1e-5)
 
 
+def test_checkpoint_with_weight_average_loads_the_average(tmp_path, image):
+    """A checkpoint holding an EMA is read as the EMA (timm's use_ema=True): a resdense run's {"ema": {"weights"}}
+    (the weights it evaluated) and timm's state_dict_ema, never the raw trained weights beside them."""
+    avg, raw = torchvision_model("resnet18", seed=3), torchvision_model("resnet18", seed=4)
+    want = torchvision_features(avg, image)["c5"]
+    torch.save({"model": raw.state_dict(), "ema": {"weights": avg.state_dict(), "updates": 7}}, tmp_path / "run.pt")
+    torch.save({"state_dict": raw.state_dict(), "state_dict_ema": avg.state_dict()}, tmp_path / "timm.pth")
+    for fname in ("run.pt", "timm.pth"):
+        ours = create_backbone("resnet18", weights=tmp_path / fname).eval()
+        with torch.no_grad():
+            assert_close(ours(image)["c5"], want, atol=ATOL, rtol=1e-5)
+
+
 def test_timm_resnet50_state_dict(tmp_path, image):
     torch.manual_seed(0)
     ref = randomize_norm_stats(timm.create_model("resnet50", pretrained=False))
