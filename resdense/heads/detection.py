@@ -150,6 +150,7 @@ def build_detector(
     trainable_stages: int = 3,
     norm: str | Callable[[int], nn.Module] | None = None,
     p6_from: str = "p5",
+    returned_layers: Sequence[int] | None = None,
     fpn_channels: int = 256,
     anchor_sizes: Sequence[Sequence[float] | float] | None = None,
     aspect_ratios: Sequence[Sequence[float] | float] | float | None = None,
@@ -175,6 +176,10 @@ def build_detector(
             else ``"bn"``: frozen statistics of a random backbone are never learnt (torchvision PR 5443); asking
             for ``"frozen_bn"`` without weights warns.
         p6_from: RetinaNet/FCOS input of P6: ``"p5"`` (torchvision's v1 recipes; default) or ``"c5"`` (v2 / paper).
+        returned_layers: which of ``layer1..layer4`` (``c2..c5``) feed the FPN, as in torchvision's
+            ``resnet_fpn_backbone``: default ``[1, 2, 3, 4]`` for the two-stage detectors, ``[2, 3, 4]`` for the
+            one-stage ones. Consecutive; the backbone is built up to the last one, so ``[1, 2, 3]`` drops
+            ``layer4`` (small objects on a CPU: a cheaper step, and backbone weights without ``layer4`` load).
         fpn_channels: width of every pyramid level; the RPN, box, mask and one-stage heads follow it. torchvision's
             256 is sized for 800 px images on a GPU; small images on a CPU train faster with 64-128.
         anchor_sizes, aspect_ratios: anchors per pyramid level (see :func:`anchor_generator_for`); default
@@ -195,11 +200,13 @@ def build_detector(
     anchor_key = "rpn_anchor_generator" if kind in TWO_STAGE else "anchor_generator"
     _check_arguments(kind, num_classes, trainable_stages, weights, weights_backbone, fpn_channels,
                      representation_size, anchor_key, anchor_sizes is not None or aspect_ratios is not None, kwargs)
+    in_features, extra = _RECIPE[kind]
+    if returned_layers is not None:
+        in_features = _returned_features(kind, returned_layers, p6_from)
     pretrained = weights is not None or weights_backbone is not None
     if not isinstance(backbone, str):
         pretrained = pretrained or bool((getattr(backbone, "pretrained_cfg", None) or {}).get("weights"))
     trainable = _trainable(trainable_stages, pretrained)
-    in_features, extra = _RECIPE[kind]
     body = _body(kind, backbone, in_features, weights_backbone, norm, pretrained, 4 - trainable if trainable < 5 else -1)
     in_info = tuple(f for f in body.feature_info if f.name in in_features)
     fpn = FPN(in_info, fpn_channels, extra, p6_from=p6_from)
@@ -246,6 +253,19 @@ def _check_arguments(kind: str, num_classes: Any, trainable_stages: Any, weights
                           "with your own box_head, give its box_predictor instead")
     if anchor_key in kwargs and anchors_given:
         raise ConfigError(f"build_detector: give {anchor_key} or anchor_sizes / aspect_ratios, not both")
+
+
+def _returned_features(kind: str, returned_layers: Any, p6_from: str) -> tuple[str, ...]:
+    """torchvision's ``returned_layers`` (indices of layer1..layer4) as the FPN's input names ``c2..c5``."""
+    layers = list(returned_layers) if isinstance(returned_layers, (list, tuple)) else None
+    if (not layers or any(isinstance(i, bool) or not isinstance(i, int) or not 1 <= i <= 4 for i in layers)
+            or layers != list(range(layers[0], layers[0] + len(layers)))):
+        raise ConfigError(f"build_detector: returned_layers={returned_layers!r} must be consecutive layer indices "
+                          "in 1..4 (torchvision's: [1, 2, 3, 4] = c2..c5), e.g. [1, 2, 3]")
+    if kind not in TWO_STAGE and p6_from == "c5" and layers[-1] != 4:
+        raise ConfigError(f"build_detector: p6_from='c5' needs layer4; returned_layers={layers} ends at layer"
+                          f"{layers[-1]} (use p6_from='p5')")
+    return tuple(f"c{i + 1}" for i in layers)
 
 
 def _body(kind: str, backbone: str | FeatureExtractor, in_features: tuple[str, ...], weights_backbone: Any,

@@ -153,6 +153,44 @@ def test_fpn_width_and_anchors_are_arguments(kind):
     sum(losses.values()).backward()
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_returned_layers_choose_the_fpn_inputs(kind, tmp_path):
+    """torchvision's returned_layers: the backbone is built only up to the last layer asked for, the pyramid and
+    the anchors follow, a step trains, and the encoder of a U-Net of the same depth loads strictly as its weights."""
+    from resdense.heads import UNet
+
+    one_stage = kind in ("retinanet", "fcos")
+    layers = [2, 3] if one_stage else [1, 2, 3]
+    torch.manual_seed(0)
+    unet = UNet("resnet18", num_classes=2, decoder_channels=(64, 32, 16, 16))
+    torch.save({"model": unet.state_dict()}, tmp_path / "unet.pt")
+    model = build_detector(kind, backbone="resnet18", num_classes=3, returned_layers=layers,
+                           weights_backbone=tmp_path / "unet.pt", trainable_stages=5, **FAST[kind])
+    body = model.backbone.body
+    assert not hasattr(body, "layer4") and model.backbone.fpn.in_features == tuple(f"c{i + 1}" for i in layers)
+    assert_close = torch.testing.assert_close
+    assert_close(body.layer3[1].conv2.weight, unet.backbone.layer3[1].conv2.weight)
+    levels = [(f.name, f.stride) for f in model.backbone.feature_info]
+    if one_stage:
+        assert levels == [("p3", 8), ("p4", 16), ("p5", 32), ("p6", 64)]
+    else:
+        assert levels == [("p2", 4), ("p3", 8), ("p4", 16), ("p5", 32)]
+        assert model.roi_heads.box_roi_pool.featmap_names == ["p2", "p3", "p4"]
+    gen = model.anchor_generator if one_stage else model.rpn.anchor_generator
+    assert len(gen.sizes) == len(levels)
+    images, targets = batch()
+    losses = model.train()(images, targets)
+    assert set(losses) == LOSSES[kind] and all(torch.isfinite(v) for v in losses.values())
+
+
+@pytest.mark.parametrize("layers", [[1, 3], [0, 1, 2], [2, 3, 4, 5], [], "c2", [True, 2]])
+def test_bad_returned_layers_are_refused(layers):
+    with pytest.raises(ConfigError, match=r"returned_layers=.* must be consecutive layer indices in 1\.\.4"):
+        build_detector("faster_rcnn", backbone="resnet18", num_classes=3, returned_layers=layers)
+    with pytest.raises(ConfigError, match="p6_from='c5' needs layer4; returned_layers=\\[2, 3\\]"):
+        build_detector("retinanet", backbone="resnet18", num_classes=3, returned_layers=[2, 3], p6_from="c5")
+
+
 def test_anchor_and_width_arguments_are_checked():
     with pytest.raises(ConfigError, match=r"anchor_sizes has 3 levels but the pyramid has 5 \(p2, p3, p4, p5, p6\)"):
         build_detector("faster_rcnn", backbone="resnet18", num_classes=3, anchor_sizes=[[32], [64], [128]])
