@@ -107,7 +107,7 @@ def test_detector_arguments_refused_at_build_name_the_recipe():
     from resdense.engine.build import build_model
 
     for override, message in [("model.fpn_channels=0", "fpn_channels=0 must be a positive int"),
-                              ("model.anchor_sizes=[[32], [64]]", "anchor_sizes has 2 levels but the pyramid has 5")]:
+                              ("model.anchor_sizes=[[32], [64]]", "anchor_sizes has 2 levels but the pyramid has 4")]:
         cfg = load_config("demo_shapes_frcnn_r18_fpn", [override, "model.num_classes=4", "model.weights_backbone=null"])
         with pytest.raises(ConfigError) as err:
             build_model(cfg.model, cfg.source)
@@ -119,7 +119,7 @@ def test_detector_arguments_refused_at_build_name_the_recipe():
 def test_detector_anchor_forms_that_build_detector_takes_pass_the_recipe_check():
     for anchors in ("model.aspect_ratios=1.0", "model.anchor_sizes=[16, 32.0, [64], 128, 256]",
                     "model.aspect_ratios=[[0.5, 1.0], [1.0, 2.0], [0.5, 2.0], [1.0, 3.0], [1.0, 2.0]]"):
-        load_config("demo_shapes_frcnn_r18_fpn", [anchors])  # validates the model section against build_detector
+        load_config("demo_shapes_frcnn_r18_fpn", [anchors, "model.returned_layers=[1, 2, 3, 4]"])  # validates the model section against build_detector
     with pytest.raises(ConfigError, match=r"model\.aspect_ratios = \[\[1\.0\], 'wide'\] is not a Sequence"):
         load_config("demo_shapes_frcnn_r18_fpn", ["model.aspect_ratios=[[1.0], 'wide']"])
 
