@@ -384,8 +384,7 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Confi
     line.
     """
     path = find_config(path)
-    written = read_yaml(path)
-    raw = splits_beside_recipe(written, Path(path).parent)
+    raw = splits_beside_recipe(written := read_yaml(path), Path(path).parent)
     source = str(path)
     if overrides:
         raw = apply_overrides(raw, overrides, source)

@@ -189,13 +189,20 @@ def _first_line(err: object) -> str:
     return text[0].strip() if text else type(err).__name__
 
 
+def weight_average(obj: object) -> Mapping[str, Tensor] | None:
+    """The weight average a checkpoint holds, else None: a resdense run's ``{"ema": {"weights": ...}}`` (what the
+    run evaluated) or timm's ``state_dict_ema``."""
+    if not isinstance(obj, Mapping):
+        return None
+    ema = obj.get("ema")
+    if isinstance(ema, Mapping) and isinstance(ema.get("weights"), Mapping):
+        return ema["weights"]
+    return obj["state_dict_ema"] if isinstance(obj.get("state_dict_ema"), Mapping) else None
+
+
 def _unwrap(obj: object, source: str) -> dict[str, Tensor]:
-    if isinstance(obj, Mapping):
-        ema = obj.get("ema")
-        if isinstance(ema, Mapping) and isinstance(ema.get("weights"), Mapping):
-            obj = ema["weights"]
-        elif isinstance(obj.get("state_dict_ema"), Mapping):
-            obj = obj["state_dict_ema"]
+    average = weight_average(obj)
+    obj = average if average is not None else obj
     for _ in range(3):  # {"model": {"state_dict": ...}} and similar nestings
         if isinstance(obj, Mapping):
             inner = next((obj[k] for k in ("state_dict", "model", "model_state", "module") if isinstance(obj.get(k), Mapping)), None)

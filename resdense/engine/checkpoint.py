@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from resdense.backbones.weights import weight_average
 from resdense.errors import CheckpointError, ConfigError, WeightsError
 from resdense.typecheck import NOT_SET, first_difference
 
@@ -109,8 +110,8 @@ def evaluated_weights(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The state dict that the run evaluated: the weight average (``ckpt["ema"]``) when the run kept one
     (``train.ema_decay``), else the trained weights (``ckpt["model"]``). Both have the model's keys; ``model`` is
     what resuming continues from, this is what evaluation, ``best.pt`` selection and deployment use."""
-    ema = ckpt.get("ema")
-    return ema["weights"] if ema is not None else ckpt["model"]
+    average = weight_average(ckpt)
+    return average if average is not None else ckpt["model"]  # type: ignore[return-value]
 
 
 # ---- random number generator states ------------------------------------------------------------------------------
