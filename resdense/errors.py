@@ -7,8 +7,8 @@ and exit with code 2 (or the error's ``exit_code``). Each also derives from the 
 
 from __future__ import annotations
 
-__all__ = ["ResdenseError", "ConfigError", "WeightsError", "DataError", "EvaluationError", "CheckpointError",
-           "TrainingInterrupted"]
+__all__ = ["ResdenseError", "ConfigError", "WeightsError", "DataError", "EvaluationError", "WriteError", "MissingDependency",
+           "CheckpointError", "TrainingInterrupted"]
 
 
 class ResdenseError(Exception):
@@ -31,9 +31,20 @@ class EvaluationError(ResdenseError, ValueError):
     """Inputs to a metric that cannot be scored correctly (names what was found)."""
 
 
-class CheckpointError(ResdenseError, OSError):
-    """A checkpoint that could not be written (disk full, read-only directory): names the file and the OS error,
-    and says that the previous file is intact."""
+class WriteError(ResdenseError, OSError):
+    """A file that could not be written (disk full, read-only file system, a path below a regular file): names the
+    file and the OS error, and says whether the previous file is intact. Not bad input: the CLI exits with 1."""
+
+    exit_code = 1
+
+
+class CheckpointError(WriteError):
+    """A checkpoint that could not be written (see :class:`WriteError`)."""
+
+
+class MissingDependency(ResdenseError, ImportError):
+    """An optional package that a feature needs is not installed: names the feature and the ``resdense[extra]``
+    that installs it."""
 
 
 class TrainingInterrupted(ResdenseError):

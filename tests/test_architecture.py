@@ -27,6 +27,8 @@ LAYERS = {
     "resdense._torch_private": 0,  # the one module that calls private torch APIs
     "resdense.recipes": 1,  # finding recipe files (working directory, shipped resdense.configs) and reading YAML
     "resdense.hardware": 1,
+    "resdense.files": 1,
+    "resdense.optional": 1,  # optional dependencies: require(module, extra) -> module or a one-line error  # the one writer of every file: atomic, OS failures as one-line WriteErrors
     "resdense.typecheck": 1,  # YAML values against type annotations; comparing recipes  # CPU/GPU probes and the precision chosen from them
     "resdense.config": 2,  # the recipe schema: dataclasses, type checks, --set
     "resdense.backbones": 3,  # ResNet feature extractors, weights, inference mode, export

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 import warnings
+from functools import partial
 
 import torch
 from torch import nn
+
+from resdense.files import write_with
+from resdense.optional import require
 
 __all__ = ["export_onnx", "trace_to_onnx"]
 
@@ -34,13 +38,15 @@ def trace_to_onnx(model: nn.Module, args: tuple, path: str | os.PathLike, *, inp
     """``torch.onnx.export`` of ``model`` in eval mode with the TorchScript-based exporter (``dynamo=False``, the
     route torchvision's own ONNX tests take), its tracer warnings silenced; the train/eval mode is restored after.
     Shared by :func:`export_onnx` and the whole-model export of :mod:`resdense.engine.export`."""
+    require("onnx", "export", "ONNX export")  # torch.onnx's TorchScript exporter writes through the onnx package
     was_training = model.training
     model.eval()
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", category=DeprecationWarning)
-            torch.onnx.export(model, args, str(path), input_names=input_names, output_names=output_names,
-                              dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False)
+            write_with(path, partial(torch.onnx.export, model, args, input_names=input_names,
+                                     output_names=output_names, dynamic_axes=dynamic_axes, opset_version=opset,
+                                     dynamo=False), "ONNX model")
     finally:
         model.train(was_training)

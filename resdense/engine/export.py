@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +42,8 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from resdense import _torch_private as tp
 from resdense.backbones import trace_to_onnx
 from resdense.errors import ConfigError, ResdenseError
+from resdense.files import make_dir, write_with
+from resdense.optional import require
 
 from .runner import load_model
 from .tasks.segmentation import model_divisor
@@ -136,7 +140,7 @@ def export_model(model_or_checkpoint: nn.Module | str | os.PathLike, path: str |
         raise ConfigError("export: format='pt2' is not available for detectors (torchvision's post-processing does "
                           "not torch.export with dynamic sizes); use onnx or torchscript")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(path.parent)
     writer = _DETECTOR_WRITERS[format] if detector else _DENSE_WRITERS[format]
     run = writer(model, path, size, opset)
     result = ExportResult(path, format, detector, size)
@@ -187,14 +191,14 @@ def _dense_onnx(model: nn.Module, path: Path, size: tuple[int, int], opset: int)
     with _quiet():
         trace_to_onnx(model, (x,), path, input_names=["image"], output_names=["logits"],
                       dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "logits": out_axes}, opset=opset)
-    session = _ort_session(path)
-    return lambda t: torch.from_numpy(session.run(None, {"image": t.numpy()})[0])
+    session = functools.cache(lambda: _ort_session(path))  # opened when verified, never without verify
+    return lambda t: torch.from_numpy(session().run(None, {"image": t.numpy()})[0])
 
 
 def _dense_torchscript(model: nn.Module, path: Path, size: tuple[int, int], opset: int) -> Callable:
     with torch.no_grad(), _quiet():
         traced = torch.jit.trace(model, _dense_example(model, _trace_size(model, size)), check_trace=False)
-    traced.save(str(path))
+    write_with(path, partial(torch.jit.save, traced), "TorchScript model")
     loaded = torch.jit.load(str(path))
     return lambda t: loaded(t)
 
@@ -208,7 +212,7 @@ def _dense_pt2(model: nn.Module, path: Path, size: tuple[int, int], opset: int) 
             3: d * torch.export.Dim("width_blocks", min=1, max=4096 // d)}
     with torch.no_grad(), _quiet():
         program = torch.export.export(model, (_dense_example(model, size, batch=2),), dynamic_shapes=(dims,))
-    torch.export.save(program, str(path))
+    write_with(path, partial(torch.export.save, program), "pt2 program")
     loaded = torch.export.load(str(path)).module()
     return lambda t: loaded(t)
 
@@ -244,10 +248,10 @@ def _detector_onnx(model: nn.Module, path: Path, size: tuple[int, int], opset: i
     with _quiet():  # torchvision's tracer and shape-inference warnings
         trace_to_onnx(model, ([x],), path, input_names=["image"], output_names=names, dynamic_axes=axes,
                       opset=opset)
-    session = _ort_session(path)
+    session = functools.cache(lambda: _ort_session(path))  # opened when verified, never without verify
 
     def run(image: Tensor) -> dict[str, Tensor]:
-        outs = session.run(None, {"image": image.numpy()})
+        outs = session().run(None, {"image": image.numpy()})
         return {n: torch.from_numpy(np.asarray(o)) for n, o in zip(names, outs, strict=True)}
 
     return run
@@ -262,7 +266,7 @@ def _detector_torchscript(model: nn.Module, path: Path, size: tuple[int, int], o
         scripted.backbone = torch.jit.trace(scripted.backbone, _detector_example(size)[None], strict=False,
                                             check_trace=False)
         scripted = torch.jit.script(scripted)
-    scripted.save(str(path))
+    write_with(path, partial(torch.jit.save, scripted), "TorchScript model")
     loaded = torch.jit.load(str(path))
     return lambda image: loaded([image])[1][0]
 
@@ -307,7 +311,7 @@ _DETECTOR_WRITERS = {"onnx": _detector_onnx, "torchscript": _detector_torchscrip
 
 # ---- shared ---------------------------------------------------------------------------------------------------------
 def _ort_session(path: Path):
-    import onnxruntime as ort  # heavy optional dependency (dev extra): loaded only for verification
+    ort = require("onnxruntime", "export", "verifying an ONNX export (verify=False skips it)")
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # no warnings about initializers in the graph inputs
@@ -317,6 +321,8 @@ def _ort_session(path: Path):
 def _run_exported(run: Callable, x: Tensor, shape: tuple[int, ...]):
     try:
         return run(x)
+    except ResdenseError:  # already one line (e.g. onnxruntime not installed)
+        raise
     except Exception as err:  # onnxruntime / TorchScript errors: one line, with the input that failed
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ExportError(f"the exported model failed on an input of shape {list(shape)}: {first[:300]}") from None
