@@ -9,6 +9,7 @@ check that a kernel exists and agrees with the public op (``backbones/inference.
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import torch
 from torch import Tensor, nn
@@ -39,10 +40,24 @@ def onednn_bf16_supported() -> bool:
     """oneDNN's bf16 support: True from AVX512-core up (emulated there without AVX512-BF16), capped by
     ``ONEDNN_MAX_CPU_ISA``. Guarded: older or non-x86 builds may lack the probe."""
     fn = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    try:
-        return bool(fn()) if fn is not None and torch.backends.mkldnn.is_available() else False
-    except (RuntimeError, AttributeError):
+    if fn is None or not torch.backends.mkldnn.is_available():
+        _log_once("oneDNN bf16 probe: taken as unsupported (this torch build has %s)",
+                  "no probe" if fn is None else "no oneDNN")
         return False
+    try:
+        return bool(fn())
+    except (RuntimeError, AttributeError) as err:
+        _log_once("oneDNN bf16 probe: taken as unsupported (the probe failed: %s)", err)
+        return False
+
+
+_logged: set[str] = set()
+
+
+def _log_once(message: str, *args: object) -> None:
+    if message not in _logged:
+        _logged.add(message)
+        logging.getLogger("resdense.hardware").info(message, *args)
 
 
 def cpu_has_bf16_instructions() -> bool:

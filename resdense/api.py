@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,8 @@ from resdense.engine import (
 )
 from resdense.errors import ConfigError
 from resdense.heads import KINDS, create_classifier, smp_architectures
+
+log = logging.getLogger(__name__)
 
 __all__ = ["train", "evaluate", "predict", "classify", "available"]
 
@@ -77,7 +80,9 @@ def classify(image: str | os.PathLike, *, checkpoint: str | os.PathLike | None =
 def _imagenet_categories(arch: str) -> list[str] | None:
     try:
         return list(get_model_weights(arch).DEFAULT.meta["categories"])
-    except Exception:  # an architecture torchvision does not know: indices are printed instead
+    except Exception as err:  # an architecture torchvision does not know: indices are printed instead
+        log.info("classify: no ImageNet class names for %r (%s: %s); class indices are printed",
+                 arch, type(err).__name__, err)
         return None
 
 

@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from resdense.errors import ConfigError
+from resdense.files import write_text
 from resdense.recipes import (  # re-exported: this module's API
     apply_overrides,
     find_config,
@@ -251,6 +252,9 @@ class EvalConfig:
         every_epochs: evaluate every N epochs (0: only at the end).
         metric: the metric that selects ``best.pt`` (default: ``mIoU`` for segmentation, ``bbox/AP`` for detection,
             ``top1`` for classification); any key of the task's metrics dict.
+        mode: ``max`` or ``min``: whether a higher or a lower ``metric`` is better (``None``: from its name: a
+            loss or an error, e.g. ``val_loss``, is minimised, any other metric maximised). ``best.pt``,
+            ``patience`` and the logs follow it (mmengine's ``rule``, detectron2's ``BestCheckpointer(mode=)``).
         batch_size: evaluation batch size.
         score_threshold: detections below this score are not drawn by ``predict`` (evaluation uses all of them).
         backend: COCO evaluation backend, ``faster`` (faster-coco-eval) or ``pycocotools``.
@@ -265,6 +269,7 @@ class EvalConfig:
     every_iters: int = 0
     every_epochs: int = 1
     metric: str | None = None
+    mode: str | None = None
     batch_size: int = 8
     score_threshold: float = 0.5
     backend: str = "faster"
@@ -273,6 +278,8 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         _choice("eval.backend", self.backend, ("faster", "pycocotools"))
+        if self.mode is not None:
+            _choice("eval.mode", self.mode, ("max", "min"))
         if self.patience is not None and self.patience < 1:
             raise ConfigError(f"eval.patience = {self.patience!r} must be at least 1 (or null for no early stopping)")
 
@@ -397,4 +404,4 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Confi
 
 def save_config(config: Config, path: str | os.PathLike) -> None:
     """Write the resolved recipe (every default filled in) as YAML."""
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None))
+    write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None), "recipe")

@@ -7,7 +7,6 @@ The two recipes are the shipped ``configs/demo_shapes_unet_r18.yaml`` and ``conf
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -24,6 +23,7 @@ from resdense.data import read_image
 from resdense.engine import Predictor, load_config, run_evaluation, run_training
 from resdense.engine.build import build_dataset
 from resdense.errors import ConfigError
+from resdense.files import make_dir, write_json, write_text
 from resdense.hardware import cpu_capability, hardware_summary, native_bf16
 from resdense.visualize import draw_boxes, overlay_mask, save_image, side_by_side
 
@@ -61,7 +61,7 @@ def run_demo(out: str | os.PathLike = "demo_out", *, only: str | None = None,
         overrides: ``key=value`` overrides applied to both recipes (e.g. ``train.iterations=20`` for a smoke run).
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
     tasks = [only] if only else ["segmentation", "detection"]
     results: dict[str, Any] = {}
     start = time.perf_counter()
@@ -84,9 +84,9 @@ def run_demo(out: str | os.PathLike = "demo_out", *, only: str | None = None,
         "total_s": round(total, 1),
         "tasks": results,
     }
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "metrics.json", summary)
     report = _report(summary, out)
-    (out / "report.md").write_text(report)
+    write_text(out / "report.md", report)
     return {"metrics": summary, "report": report}
 
 

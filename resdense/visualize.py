@@ -12,12 +12,14 @@ import csv
 import math
 import os
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from resdense.errors import EvaluationError
+from resdense.files import write_with
 
 __all__ = ["palette", "overlay_mask", "draw_boxes", "plot_curves", "plot_confusion_matrix", "plot_pr_curves",
            "read_csv", "save_image", "side_by_side"]
@@ -175,8 +177,8 @@ def side_by_side(images: Sequence[np.ndarray], titles: Sequence[str] | None = No
 
 def save_image(image: np.ndarray, path: str | os.PathLike) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
+    write_with(path, partial(Image.fromarray(image).save, format=fmt), "picture")
     return path
 
 
@@ -248,8 +250,7 @@ def _pyplot():
 def _save(fig, out: str | os.PathLike) -> Path:
     out = Path(out)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    write_with(out, partial(fig.savefig, dpi=110, format=out.suffix.lstrip(".").lower() or "png"), "picture")
     _pyplot().close(fig)
     return out
 

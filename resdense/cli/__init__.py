@@ -4,7 +4,9 @@ Each subcommand is a module in this package exposing ``register(subparsers)``; i
 subcommand modules import only argparse at the top and the library inside ``run``: importing it loads torch,
 torchvision and smp (about 5 s on a 2-core machine), which ``resdense --help`` and argument errors need not wait for
 (0.06 s). tests/test_architecture.py lists where such function-level imports of resdense's own modules are allowed.
-Errors derived from :class:`resdense.errors.ResdenseError` are printed as one line and exit with code 2.
+Errors derived from :class:`resdense.errors.ResdenseError` are printed as one line and exit with code 2 (bad
+input), 1 (a file that could not be written) or 128 + N (training stopped by signal N: 130 for Ctrl-C, 143 for
+SIGTERM).
 """
 
 from __future__ import annotations
@@ -48,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as err:
         print(f"resdense {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the OS refused something outside resdense's own writer: still one line
+        print(f"resdense {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C outside training (which stops after its step): one line, as a shell reports it
+        print(f"resdense {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 __all__ = ["main", "build_parser"]

@@ -7,9 +7,9 @@ derived from ``seed``, so the JSON and masks are byte-identical between runs (th
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -18,6 +18,7 @@ from PIL import Image
 
 from resdense.coco.rle import decode_segms
 from resdense.errors import ConfigError
+from resdense.files import make_dir, write_json, write_with
 
 __all__ = ["make_shapes", "ShapesDataset", "ShapesSplit", "SHAPES_CLASSES"]
 
@@ -116,8 +117,8 @@ def _render(rng: np.random.Generator, size: int, image_id: int, ann_id: int):
 
 def _write_split(root: Path, n: int, size: int, seed: int, split_index: int) -> ShapesSplit:
     images, masks = root / "images", root / "masks"
-    images.mkdir(parents=True, exist_ok=True)
-    masks.mkdir(parents=True, exist_ok=True)
+    make_dir(images)
+    make_dir(masks)
     rng = np.random.default_rng([seed, split_index])
     coco = {"info": {"description": f"resdense shapes, seed {seed}"}, "images": [], "annotations": [],
             "categories": [{"id": i + 1, "name": name, "supercategory": "shape"}
@@ -125,12 +126,12 @@ def _write_split(root: Path, n: int, size: int, seed: int, split_index: int) -> 
     for i in range(n):
         name = f"{i:05d}"
         img, sem, anns = _render(rng, size, i + 1, len(coco["annotations"]) + 1)
-        Image.fromarray(img).save(images / f"{name}.jpg", quality=92)
-        Image.fromarray(sem, mode="L").save(masks / f"{name}.png")
+        write_with(images / f"{name}.jpg", partial(Image.fromarray(img).save, format="JPEG", quality=92))
+        write_with(masks / f"{name}.png", partial(Image.fromarray(sem, mode="L").save, format="PNG"))
         coco["images"].append({"id": i + 1, "file_name": f"{name}.jpg", "height": size, "width": size})
         coco["annotations"].extend(anns)
     instances = root / "instances.json"
-    instances.write_text(json.dumps(coco, separators=(",", ":")))
+    write_json(instances, coco, separators=(",", ":"), indent=None)
     return ShapesSplit(root=root, images=images, masks=masks, instances=instances, num_images=n)
 
 

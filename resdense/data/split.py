@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from resdense.errors import ConfigError, DataError
+from resdense.files import make_dir, write_text
 
 from .check import DataLayout, find_layouts
 from .coco_parse import load_json, parse_coco, raise_first
@@ -59,14 +60,14 @@ class Split:
     def write(self, out: str | os.PathLike) -> list[Path]:
         """Write ``train.txt``, ``val.txt`` (and ``test.txt``) into ``out``; returns their paths."""
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
+        make_dir(out)
         total = sum(len(v) for v in self.subsets.values())
         written = []
         for name, names in self.subsets.items():
             path = out / f"{name}.txt"
             header = (f"# {name}: {len(names)} of {total} samples of {self.layout.path} ({self.layout.kind}), "
                       f"written by `resdense data split` {self.options}\n")
-            path.write_text(header + "".join(f"{n}\n" for n in names))
+            write_text(path, header + "".join(f"{n}\n" for n in names), "split file")
             written.append(path)
         return written
 

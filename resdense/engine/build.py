@@ -70,6 +70,7 @@ from resdense.data import (
     segmentation_transforms,
 )
 from resdense.errors import ConfigError
+from resdense.files import write_text
 from resdense.heads import Classifier, UNet, build_detector, smp_architectures, smp_model
 
 from .tasks import ClassificationTask, DetectionTask, SegmentationTask
@@ -261,7 +262,7 @@ def _shapes(kwargs: Mapping[str, Any]):
             return ShapesDataset(root=root, **splits)
     marker.unlink(missing_ok=True)
     made = make_shapes(**kwargs)
-    marker.write_text(key)
+    write_text(marker, key)
     return made
 
 

@@ -1,14 +1,12 @@
 """Checkpoints that survive a kill at any instant and load with ``torch.load(weights_only=True)``.
 
 A checkpoint is a dict of tensors and plain Python values only (no pickled classes), so loading never executes
-code from the file. It is written to a temporary file in the target's directory, flushed and fsynced, then
-``os.replace``d over the target and the directory fsynced: a reader sees either the old file or the new one,
-never a torn one (POSIX rename is atomic within a file system).
+code from the file. It is written by :mod:`resdense.files`, atomically: a reader sees either the old file or the
+new one, never a torn one.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import pickle
 import random
@@ -20,7 +18,8 @@ import numpy as np
 import torch
 
 from resdense.backbones.weights import weight_average
-from resdense.errors import CheckpointError, ConfigError, WeightsError
+from resdense.errors import CheckpointError, ConfigError, WeightsError, WriteError
+from resdense.files import save_torch
 from resdense.typecheck import NOT_SET, first_difference
 
 __all__ = ["check_resumable", "atomic_save", "load_checkpoint", "evaluated_weights", "rng_state", "set_rng_state", "seed_everything",
@@ -30,55 +29,17 @@ CHECKPOINT_FORMAT = 1
 
 
 def atomic_save(obj: dict[str, Any], path: str | os.PathLike) -> Path:
-    """``torch.save(obj, path)`` so that ``path`` is never left half-written.
-
-    The temporary file ``.<name>.<pid>.tmp`` lives in the same directory (``os.replace`` is atomic only within one
-    file system); a crash leaves at most that file behind, which the next save overwrites.
+    """``torch.save(obj, path)`` so that ``path`` is never left half-written (:func:`resdense.files.save_torch`).
 
     Raises:
-        CheckpointError: the file could not be written (disk full, read-only directory, ...): one line naming
-            ``path`` and the OS error; ``path`` keeps its previous contents and no temporary file is left.
+        CheckpointError: the file could not be written (disk full, read-only file system, a path below a regular
+            file): one line naming ``path`` and the OS error; ``path`` keeps its previous contents and no temporary
+            file is left.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:  # e.g. a directory that cannot be written to: then there is no temporary file either
-            pass
-        if isinstance(err, OSError):
-            raise CheckpointError(_write_failure(path, err)) from None
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _write_failure(path: Path, err: OSError) -> str:
-    code = errno.errorcode.get(err.errno or -1)
-    why = f"{code}: {err.strerror}" if code and err.strerror else str(err)
-    kept = f"the previous {path.name} is intact" if path.exists() else f"there is no earlier {path.name}"
-    return f"{path}: checkpoint not written ({why}); {kept}"
-
-
-def _fsync_dir(directory: Path) -> None:
-    # The rename itself is durable only once the directory entry is on disk.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. platforms without directory file descriptors
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        return save_torch(obj, path, "checkpoint")
+    except WriteError as err:
+        raise CheckpointError(str(err)) from None
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

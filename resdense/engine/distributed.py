@@ -39,7 +39,7 @@ from resdense.errors import ConfigError, ResdenseError
 
 __all__ = ["World", "world", "main_process", "launched", "init_from_env", "resolve_device", "barrier", "broadcast_object",
            "all_gather_object", "sum_floats", "broadcast_buffers", "on_main", "main_first", "shard", "wrap_model",
-           "StopRequest", "ignore_sigterm"]
+           "StopRequest", "ignore_stop_signals"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -288,21 +288,26 @@ def wrap_model(model: nn.Module, device: torch.device, *, sync_bn: bool = False,
 
 # ---- preemption ---------------------------------------------------------------------------------------------------
 class StopRequest:
-    """A context in which SIGTERM does not kill the process but sets :attr:`signum`.
+    """A context in which SIGTERM and SIGINT (Ctrl-C) do not kill the process but set :attr:`signum`.
 
     SIGTERM is what ``torchrun`` sends every worker when it is itself terminated or when another worker died, and
-    what SLURM and Kubernetes send before they kill a job. The training loop reads the flag after each step (all
-    ranks agree on it), writes ``last.pt`` and stops. Installed only in the main thread (Python's rule); the
-    previous handler comes back on exit.
+    what SLURM and Kubernetes send before they kill a job; SIGINT is a user's Ctrl-C. The training loop reads the
+    flag after each step (all ranks agree on it), writes ``last.pt`` and stops. A second SIGINT while the step
+    finishes is the user insisting: it raises ``KeyboardInterrupt`` at once (``last.pt`` then holds the previous
+    checkpoint). Installed only in the main thread (Python's rule); the previous handlers come back on exit.
     """
 
-    def __init__(self, signals: Sequence[int] = (signal.SIGTERM,)) -> None:
+    def __init__(self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)) -> None:
         self.signals = tuple(signals)
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.signum = signum
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.signum is None and signum == signal.SIGINT and main_process():  # os.write: no lock in a handler
+            os.write(2, b"Ctrl-C: finishing this step, then writing last.pt (Ctrl-C again to stop at once)\n")
+        self.signum = self.signum or signum
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
@@ -316,8 +321,9 @@ class StopRequest:
         self._previous = {}
 
 
-def ignore_sigterm(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: loader workers ignore SIGTERM. ``torchrun`` signals each worker's whole process
-    group, and a loader worker killed by it would abort the step its parent is finishing; workers end when their
-    parent does."""
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: loader workers ignore SIGTERM and SIGINT. ``torchrun`` signals each worker's
+    whole process group, and a terminal's Ctrl-C reaches the whole foreground group: a loader worker killed by
+    either would abort the step its parent is finishing; workers end when their parent does."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

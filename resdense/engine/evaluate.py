@@ -42,7 +42,7 @@ def eval_loader(task: Task, dataset: Dataset, eval_cfg: EvalConfig, num_workers:
         ds = Subset(ds, distributed.shard(len(ds)))
     return DataLoader(SeededDataset(ds), batch_size=eval_cfg.batch_size, shuffle=False, num_workers=num_workers,
                       collate_fn=task.collate, generator=torch.Generator(),
-                      worker_init_fn=distributed.ignore_sigterm if num_workers else None)
+                      worker_init_fn=distributed.ignore_stop_signals if num_workers else None)
 
 
 def evaluate(model: nn.Module, task: Task, dataset: Dataset, eval_cfg: EvalConfig, device: torch.device, *,

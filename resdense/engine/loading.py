@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from collections.abc import Sequence
@@ -47,12 +48,13 @@ class Run:
 
 
 def as_config(config: Config | str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
-    """A checked :class:`Config` from a recipe path / name, or the given one (checked too: one made with
-    :mod:`resdense.config` alone has not had its ``model`` / ``data`` keys checked)."""
+    """A checked :class:`Config` from a recipe path / name, or a checked copy of the given one (one made with
+    :mod:`resdense.config` alone has not had its ``model`` / ``data`` keys checked; the caller's object is never
+    changed by what the run does with its copy)."""
     if isinstance(config, Config):
         if overrides:
             raise ConfigError("overrides apply to a recipe file; edit the Config object instead")
-        return check_config(config)
+        return check_config(copy.deepcopy(config))
     return load_config(config, overrides)
 
 

@@ -7,12 +7,14 @@ iteration are dropped first, so the resumed log reads like an uninterrupted one.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
 # The reader of the files written here lives one floor down, where plot_curves needs it; re-exported.
+from resdense.files import append_text, write_text
 from resdense.visualize import read_csv
 
 __all__ = ["NullLogger", "RunLogger", "read_csv"]
@@ -36,10 +38,7 @@ class _CsvFile:
             rows = list(csv.DictReader(f))
         keep = [r for r in rows if float(r.get("iteration", 0) or 0) <= iteration]
         if len(keep) != len(rows):
-            with open(self.path, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=self.fields or [])
-                writer.writeheader()
-                writer.writerows(keep)
+            write_text(self.path, _csv_text(self.fields or [], keep, header=True), "log")
 
     def write(self, row: dict[str, Any]) -> None:
         new_keys = [k for k in row if self.fields is None or k not in self.fields]
@@ -50,13 +49,17 @@ class _CsvFile:
                 with open(self.path, newline="") as f:
                     old = list(csv.DictReader(f))
             self.fields = (self.fields or []) + new_keys
-            with open(self.path, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=self.fields)
-                writer.writeheader()
-                writer.writerows(old)
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=self.fields, restval="").writerow(
-                {k: _fmt(v) for k, v in row.items()})
+            write_text(self.path, _csv_text(self.fields, old, header=True), "log")
+        append_text(self.path, _csv_text(self.fields, [{k: _fmt(v) for k, v in row.items()}]), "log")
+
+
+def _csv_text(fields: list[str], rows: list[dict[str, Any]], header: bool = False) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, restval="")
+    if header:
+        writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 def _fmt(v: Any) -> Any:
@@ -106,6 +109,8 @@ class RunLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # tensorboard is not installed: CSV only
+                log.info("TensorBoard logging off: the tensorboard package is not installed "
+                         "(pip install 'resdense[tensorboard]'); log.csv and eval.csv are written")
                 self._tensorboard = False
                 return None
             tb_dir = self.run_dir / "tb"

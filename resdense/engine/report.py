@@ -18,7 +18,6 @@ empty cell there.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -29,6 +28,7 @@ import numpy as np
 
 from resdense.errors import EvaluationError
 from resdense.evaluation import CocoEvaluation
+from resdense.files import atomic_open, make_dir, write_json, write_text
 from resdense.visualize import plot_confusion_matrix, plot_pr_curves
 
 __all__ = ["check_report_folder", "scalar_metrics", "write_report"]
@@ -65,9 +65,9 @@ def write_report(metrics: Mapping[str, Any], class_names: Sequence[str], out_dir
         title: the heading of ``report.md`` (e.g. the recipe and checkpoint).
     """
     out = check_report_folder(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out, "report folder")
     scalars = scalar_metrics(metrics)
-    (out / "metrics.json").write_text(json.dumps(scalars, indent=2))
+    write_json(out / "metrics.json", scalars)
     written, sections = [out / "metrics.json"], []
     if "confusion_matrix" in metrics:
         files, section = _segmentation(metrics, list(class_names), out)
@@ -80,7 +80,7 @@ def write_report(metrics: Mapping[str, Any], class_names: Sequence[str], out_dir
     summary = _table(["metric", "value"], [[k, f"{v:.4f}"] for k, v in scalars.items() if "/" not in k or
                                             k.rsplit("/", 1)[1] in ("AP", "AP50", "AP75", "AR100")])
     page = [f"# {title}", "", summary, "", *sections]
-    (out / "report.md").write_text("\n".join(page).rstrip() + "\n")
+    write_text(out / "report.md", "\n".join(page).rstrip() + "\n")
     return [*written, out / "report.md"]
 
 
@@ -95,7 +95,7 @@ def _segmentation(metrics: Mapping[str, Any], names: list[str], out: Path) -> tu
              f"{_pct(metrics.get('mean_accuracy'))} %, pixel accuracy {_pct(metrics.get('pixel_accuracy'))} %. `-`: left "
              "out of the means (a class in neither ground truth nor prediction, or the ignored class).")
     md = _write_table(rows, _SEG_COLUMNS, out / "per_class_iou", means)
-    with open(out / "confusion_matrix.csv", "w", newline="") as f:
+    with atomic_open(out / "confusion_matrix.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["true \\ predicted", *names])
         writer.writerows([name, *(int(v) for v in cm[i])] for i, name in enumerate(names))
@@ -143,12 +143,12 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def _write_table(rows: list[dict[str, Any]], columns: Sequence[tuple[str, str, str]], stem: Path, note: str) -> str:
     """``stem.csv`` (fractions, empty where undefined) and ``stem.md`` (percent, ``-``); returns the Markdown."""
-    with open(stem.with_suffix(".csv"), "w", newline="") as f:
+    with atomic_open(stem.with_suffix(".csv"), "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow([key for key, _, _ in columns])
         writer.writerows([row[key] if kind != "pct" or _defined(row[key]) else "" for key, _, kind in columns]
                          for row in rows)
     md = _table([header for _, header, _ in columns],
                 [[_cell(row[key], kind) for key, _, kind in columns] for row in rows]) + "\n\n" + note
-    stem.with_suffix(".md").write_text(md + "\n")
+    write_text(stem.with_suffix(".md"), md + "\n")
     return md

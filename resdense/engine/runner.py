@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 
 from resdense.config import Config, save_config
 from resdense.data import read_image
+from resdense.files import make_dir
 from resdense.hardware import choose_memory_format, choose_precision
 from resdense.visualize import draw_boxes, overlay_mask, save_image, side_by_side
 
@@ -55,7 +56,7 @@ def run_training(config: Config | str | os.PathLike, overrides: Sequence[str] = 
     run_dir = config.output_dir
     world = init_from_env(config.train.dist_backend, config.train.device)
     if world.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_dir(run_dir, "run directory")
     run = build_run(config)
     if world.main:
         save_config(config, run_dir / "config.yaml")

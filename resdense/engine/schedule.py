@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 
@@ -12,6 +13,8 @@ from resdense._torch_private import NormBase
 from resdense.config import TrainConfig
 from resdense.errors import ConfigError
 from resdense.heads import backbone_of
+
+log = logging.getLogger(__name__)
 
 __all__ = ["BackboneFreeze", "build_optimizer", "build_scheduler", "lr_factor", "param_groups"]
 
@@ -44,7 +47,9 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
                    else (torch.optim.AdamW, {"betas": tuple(cfg.betas)}))
     try:
         return cls(groups, lr=cfg.lr, fused=True, **kwargs)
-    except (RuntimeError, TypeError, ValueError):  # older torch or a device without fused kernels
+    except (RuntimeError, TypeError, ValueError) as err:  # older torch or a device without fused kernels
+        log.info("optimizer %s: the per-tensor loop, not the fused kernel (%s)", cls.__name__,
+                 str(err).splitlines()[0] if str(err) else type(err).__name__)
         return cls(groups, lr=cfg.lr, **kwargs)
 
 

@@ -18,7 +18,6 @@ every rank's random generator states, so a job killed and launched again resumes
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -36,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from resdense.config import EvalConfig, TrainConfig
 from resdense.errors import ConfigError, DataError, TrainingInterrupted
+from resdense.files import make_dir, write_json
 from resdense.hardware import choose_memory_format, choose_precision
 from resdense.visualize import plot_curves
 
@@ -48,7 +48,7 @@ from .logger import NullLogger, RunLogger
 from .sampler import ResumableSampler, SeededDataset, groups
 from .schedule import BackboneFreeze, build_optimizer, build_scheduler
 from .step import NonFiniteLossError, forward_backward, nonfinite_error
-from .tasks.base import Batch, Task
+from .tasks.base import Batch, Task, metric_mode
 from .trainer_state import TrainerState
 
 __all__ = ["Trainer", "NonFiniteLossError"]
@@ -129,7 +129,9 @@ class Trainer(TrainerState):
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
         self.iteration = 0
         self.metric_name = self.eval_cfg.metric or task.default_metric
-        self.best: dict[str, Any] = {"metric": self.metric_name, "value": None, "iteration": None}
+        self.metric_mode = metric_mode(self.metric_name, self.eval_cfg.mode)
+        self.best: dict[str, Any] = {"metric": self.metric_name, "mode": self.metric_mode, "value": None,
+                                     "iteration": None}
         self.last_metrics: dict[str, Any] = {}
         self.timings = {"train_s": 0.0, "eval_s": 0.0}
         self.nonfinite = 0
@@ -148,7 +150,7 @@ class Trainer(TrainerState):
         return DataLoader(self.train_set, batch_size=self.cfg.batch_size, sampler=self.sampler,
                           num_workers=self.cfg.num_workers, collate_fn=self.task.collate, drop_last=self.drop_last,
                           pin_memory=self.device.type == "cuda", generator=torch.Generator(),
-                          worker_init_fn=distributed.ignore_sigterm if self.cfg.num_workers else None)
+                          worker_init_fn=distributed.ignore_stop_signals if self.cfg.num_workers else None)
 
     def val_loader(self) -> DataLoader | None:
         if self.val_set is None:
@@ -164,10 +166,12 @@ class Trainer(TrainerState):
         return the final metrics (also in ``run_dir/metrics.json``)."""
         main = self.world.main
         if main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            make_dir(self.run_dir, "run directory")
         log.info("precision %s (%s)", self.precision.name, self.precision.reason)
         log.info("memory format %s (%s)", self.memory_format.name, self.memory_format.reason)
         log.info("global batch %d (%s)", self.global_batch, self._batch_words())
+        if self.val_set is not None:
+            log.info("best.pt: the %s %s", "highest" if self.metric_mode == "max" else "lowest", self.metric_name)
         self.maybe_resume(resume)
         logger = RunLogger(self.run_dir) if main else NullLogger()
         logger.resume_at(self.iteration)
@@ -341,7 +345,7 @@ class Trainer(TrainerState):
                  ", ".join(f"{k}={v:.4f}" for k, v in summary.items() if "/" not in k or k.endswith("AP50")
                            or k.endswith("/AP")))
         self.best["evaluated_at"] = self.iteration
-        better = self.best["value"] is None or (value > self.best["value"] if self.task.higher_is_better
+        better = self.best["value"] is None or (value > self.best["value"] if self.metric_mode == "max"
                                                 else value < self.best["value"])
         if better and math.isfinite(value):
             self.best.update(value=value, iteration=self.iteration)
@@ -366,7 +370,7 @@ class Trainer(TrainerState):
             "memory_format": self.memory_format.as_dict(),
         }
         if self.world.main:
-            (self.run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+            write_json(self.run_dir / "metrics.json", result)
             try:
                 plot_curves(self.run_dir, self.run_dir / "curves.png")
             except Exception as err:  # a plotting problem must never lose a finished run

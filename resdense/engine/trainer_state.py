@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from resdense.errors import WeightsError
+
 from . import distributed
 from .checkpoint import (
     CHECKPOINT_FORMAT,
@@ -96,7 +98,14 @@ class TrainerState:
         path = Path(path) if path else self.run_dir / "last.pt"
         if not path.exists() or (path == self.run_dir / "last.pt" and not self.cfg.resume):
             return False
-        ckpt = load_checkpoint(path, map_location=self.device)
+        try:
+            ckpt = load_checkpoint(path, map_location=self.device)
+        except WeightsError as err:
+            if path != self.run_dir / "last.pt":
+                raise
+            best = self.run_dir / "best.pt"
+            other = f", or resume from {best} with --resume {best}" if best.exists() else ""
+            raise WeightsError(f"{err}; cannot resume: --set train.resume=false starts afresh{other}") from None
         check_resumable(ckpt, path, self.config, self.global_batch, self._batch_words())
         self.load_state(ckpt)
         log.info("resumed from %s at iteration %d of %d", path, self.iteration, self.total_iters)

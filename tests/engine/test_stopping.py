@@ -20,14 +20,15 @@ from .test_ema import make
 class ScriptedTask(SegmentationTask):
     """Segmentation whose evaluations report the scripted mIoU values in turn."""
 
-    def __init__(self, values) -> None:
+    def __init__(self, values, key: str = "mIoU") -> None:
         super().__init__(2, class_names=["bg", "red"])
         self.values = list(values)
+        self.key = key
         self.calls = 0
 
     def evaluate(self, model, loader, device, **kwargs):
         metrics = super().evaluate(model, loader, device, **kwargs)
-        metrics["mIoU"] = self.values[self.calls]
+        metrics[self.key] = self.values[self.calls]
         self.calls += 1
         return metrics
 
@@ -81,6 +82,51 @@ def test_patience_stops_after_n_evaluations_without_improvement(tmp_path):
     more.task = ScriptedTask([0.58])
     steps = _steps(more)
     assert more.fit()["stopped"] == {"reason": "patience", "iteration": 20} and steps == [17, 18, 19, 20]
+
+
+def test_val_loss_selects_the_lowest_validation_loss(tmp_path):
+    # real training and evaluation: best.pt holds the evaluation with the lowest val_loss that eval.csv shows
+    run = tmp_path / "run"
+    result = make(run, iterations=16, eval_kw={"metric": "val_loss"}).fit()
+    rows = [r.split(",") for r in (run / "eval.csv").read_text().splitlines()]
+    column = rows[0].index("val_loss")
+    losses = {int(r[0]): float(r[column]) for r in rows[1:]}
+    lowest = min(losses, key=losses.get)
+    assert len(set(losses.values())) == len(losses) == 4 and lowest != min(losses)  # it learns: not the first
+    assert result["best"]["mode"] == "min" and result["best"]["iteration"] == lowest
+    assert result["best"]["value"] == pytest.approx(losses[lowest], rel=1e-5)
+    assert load_checkpoint(run / "best.pt")["iteration"] == lowest
+
+
+@pytest.mark.parametrize("eval_kw,best,stop", [
+    # lower is better: 0.9, 0.5 (best), 0.5 (equal: no improvement), 0.7 -> patience 2 stops at 16
+    ({"metric": "val_loss", "patience": 2}, (8, 0.5), 16),
+    # eval.mode overrides the name: the highest loss is kept, and the two lower ones are stalls
+    ({"metric": "val_loss", "mode": "max", "patience": 2}, (4, 0.9), 12),
+])
+def test_metric_direction_drives_best_and_patience(tmp_path, eval_kw, best, stop):
+    run = tmp_path / "run"
+    trainer = make(run, iterations=40, eval_kw=eval_kw)
+    trainer.task = ScriptedTask([0.9, 0.5, 0.5, 0.7], key="val_loss")
+    result = trainer.fit()
+    assert result["stopped"] == {"reason": "patience", "iteration": stop}
+    assert (result["best"]["iteration"], result["best"]["value"]) == best
+    assert load_checkpoint(run / "best.pt")["iteration"] == best[0]
+
+
+@pytest.mark.parametrize("metric,mode", [("val_loss", "min"), ("loss", "min"), ("top1_error", "min"),
+                                         ("mae", "min"), ("mIoU", "max"), ("bbox/AP", "max"), ("top1", "max"),
+                                         ("segm/AR100", "max")])
+def test_metric_mode_from_the_name(metric, mode):
+    from resdense.engine.tasks import metric_mode
+
+    assert metric_mode(metric) == mode
+    assert metric_mode(metric, "max") == "max" and metric_mode(metric, "min") == "min"
+
+
+def test_eval_mode_is_checked():
+    with pytest.raises(ConfigError, match=r"eval.mode = 'lowest' is not one of 'max', 'min'"):
+        EvalConfig(mode="lowest")
 
 
 def test_budget_stops_after_the_step_that_exceeds_it(tmp_path, monkeypatch):

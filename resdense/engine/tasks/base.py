@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["Batch", "Task"]
+__all__ = ["Batch", "Task", "metric_mode"]
 
 
 @dataclass
@@ -29,13 +29,12 @@ class Task:
 
     Attributes:
         name: the task's name.
-        default_metric: key of :meth:`evaluate`'s dict that selects the best checkpoint.
-        higher_is_better: direction of ``default_metric``.
+        default_metric: key of :meth:`evaluate`'s dict that selects the best checkpoint (its direction comes from
+            its name: :func:`metric_mode`).
     """
 
     name = "task"
     default_metric = "loss"
-    higher_is_better = True
 
     # ---- batching -------------------------------------------------------------------------------------------------
     def collate(self, items: list[tuple[int, Any]]) -> Batch:
@@ -79,3 +78,18 @@ class Task:
     def summary(self, metrics: dict[str, Any]) -> dict[str, float]:
         """The scalar metrics worth a CSV column / report line."""
         return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+# A metric whose name has one of these words is minimised (mmengine's rule, less_keys = ["loss"], widened to errors).
+_LOWER_IS_BETTER = ("loss", "error", "err", "mse", "mae", "rmse", "nll")
+
+
+def metric_mode(metric: str, mode: str | None = None) -> str:
+    """``"max"`` or ``"min"``: whether a higher or a lower ``metric`` is better. ``mode`` (``eval.mode``) wins;
+    else a name holding a loss or an error word (``val_loss``, ``top1_err``, ``mae``) is minimised, any other
+    (``mIoU``, ``bbox/AP``, ``top1``) maximised."""
+    if mode is not None:
+        return mode
+    words = metric.lower().replace("/", "_").replace("-", "_").split("_")
+    return "min" if any(w in _LOWER_IS_BETTER for w in words) or "loss" in metric.lower() else "max"
+
