@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 
 import numpy as np
 import pytest
@@ -161,7 +163,32 @@ def test_bad_config_file_names_the_file(tmp_path, capsys):
     assert f"{cfg}: unknown key 'model.decoder_chanels' (did you mean 'decoder_channels'?)" in err
 
 
-def test_training_stopped_by_sigterm_exits_143_with_one_line(tmp_path, capsys, monkeypatch):
+def test_training_stopped_by_sigterm_exits_143_with_one_line(tmp_path):
+    """A real SIGTERM to a real ``resdense train`` (test_faults.py does Ctrl-C and the exact resume)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg = write(seg_recipe(tmp_path / "shapes", tmp_path / "run", iterations=40), tmp_path / "x.yaml")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "resdense", "train", str(cfg)], stderr=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env)
+    log_csv, deadline = tmp_path / "run" / "log.csv", time.monotonic() + 300
+    while (not log_csv.exists() or len(log_csv.read_text().splitlines()) < 3) and proc.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-2000:]  # 128 + SIGTERM, as a shell reports a signal
+    last = tmp_path / "run" / "last.pt"
+    assert re.fullmatch(rf"resdense train: error: SIGTERM received: stopped after iteration \d+ of 40, "
+                        rf"{re.escape(str(last))} holds it; the same command resumes from there",
+                        err.strip().splitlines()[-1])
+    assert "Traceback" not in err
+
+
+def test_a_stop_raised_on_every_rank_is_printed_by_rank_0_alone(capsys, monkeypatch):
     import resdense.engine
     from resdense.errors import TrainingInterrupted
 
@@ -169,10 +196,6 @@ def test_training_stopped_by_sigterm_exits_143_with_one_line(tmp_path, capsys, m
         raise TrainingInterrupted("SIGTERM received: stopped after iteration 4 of 8, runs/x/last.pt holds it")
 
     monkeypatch.setattr(resdense.engine, "run_training", preempted)
-    assert main(["train", "anything.yaml"]) == 143  # 128 + SIGTERM, as a shell reports a signal
-    err = capsys.readouterr().err.strip()
-    assert err == "resdense train: error: SIGTERM received: stopped after iteration 4 of 8, runs/x/last.pt holds it"
-    # under torchrun every rank raises it: rank 0 alone prints it
     monkeypatch.setenv("RANK", "1")
     assert main(["train", "anything.yaml"]) == 143
     assert capsys.readouterr().err == ""
