@@ -1,12 +1,13 @@
 """The COCO format, shared by ``resdense.data`` and ``resdense.evaluation`` (one layer below both).
 
-``io.py``: the one JSON reader, the pycocotools print suppressor, a ``COCO`` index from a dict.
+``io.py``: the one JSON reader (and the walk that decodes a file's annotations a piece at a time), the pycocotools
+print suppressor, a ``COCO`` index from a dict. ``table.py``: an annotations list as numpy columns.
 ``validate.py``: the one ground-truth validation (problems as one-line messages; each caller raises its own type).
 ``rle.py``: segmentations <-> compressed RLE and masks. ``packing.py``: the one bit-packed layout of masks.
 Imports nothing of resdense but ``errors``.
 """
 
-from .io import CocoFileError, build_coco, quiet, read_json
+from .io import CocoFileError, build_coco, gc_paused, quiet, read_json, walk_instances
 from .packing import PackedMasks, pack_masks, pack_segms, unpack_masks
 from .rle import decode_segms, rle_counts, segm_to_rle
 from .validate import CheckedCoco, Problem, check_ground_truth, check_segmentation
@@ -16,6 +17,8 @@ __all__ = [
     "read_json",
     "quiet",
     "build_coco",
+    "gc_paused",
+    "walk_instances",
     "check_ground_truth",
     "check_segmentation",
     "CheckedCoco",
