@@ -110,9 +110,9 @@ def _polygon_lists_of(values: list, ok: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 class Blocks:
-    """An append-only 1-D array held as blocks of ``block`` elements or more. Each block is its own memory mapping,
-    so nothing is copied as the array grows, and nothing is resident that was not written; a run appended in one
-    call is one slice of one block (:meth:`slice`)."""
+    """An append-only 1-D array held as blocks (of 64k elements, then 4 times more each, up to ``block``), so that
+    nothing is copied as it grows, and little is reserved that is not written; a run appended in one call is one
+    slice of one block (:meth:`slice`)."""
 
     def __init__(self, dtype, block: int = 1 << 22) -> None:
         self.dtype, self.block = dtype, block
@@ -125,7 +125,7 @@ class Blocks:
         n = len(values)
         if not self.blocks or self._used + n > len(self.blocks[-1]):
             self.bases.append(self.bases[-1] + len(self.blocks[-1]) if self.blocks else 0)
-            self.blocks.append(np.empty(max(self.block, n), self.dtype))
+            self.blocks.append(np.empty(max(min(self.block, 1 << (16 + 2 * len(self.blocks))), n), self.dtype))
             self._used = 0
         self.blocks[-1][self._used:self._used + n] = values
         self._used += n
