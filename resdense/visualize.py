@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 from resdense.errors import EvaluationError
 from resdense.files import write_with
 
-__all__ = ["palette", "overlay_mask", "draw_boxes", "plot_curves", "plot_confusion_matrix", "plot_pr_curves",
+__all__ = ["palette", "overlay_mask", "is_background", "BACKGROUND_NAMES", "draw_boxes", "plot_curves", "plot_confusion_matrix", "plot_pr_curves",
            "read_csv", "save_image", "side_by_side"]
 
 #: Up to this many classes a confusion matrix shows its values and a PR plot has a legend entry per class.
@@ -49,8 +49,17 @@ def _font(size: int = 11):
         return ImageFont.load_default()
 
 
+BACKGROUND_NAMES = ("background", "_background_", "__background__", "bg")
+
+
+def is_background(class_names: Sequence[str]) -> bool:
+    """Whether class 0 is a declared background class: its name is one of :data:`BACKGROUND_NAMES` (the COCO /
+    VOC / torchvision convention). Any other class 0 (CamVid's ``Sky``, the membrane's ``membrane``) is a class."""
+    return bool(class_names) and str(class_names[0]).strip().lower() in BACKGROUND_NAMES
+
+
 def overlay_mask(image: np.ndarray, mask: np.ndarray, class_names: Sequence[str], alpha: float = 0.5,
-                 ignore_index: int | None = 255, legend: bool = True, background: bool = True) -> np.ndarray:
+                 ignore_index: int | None = 255, legend: bool = True, background: bool | None = None) -> np.ndarray:
     """Blend a class map over an image and add a legend of the classes present.
 
     Args:
@@ -58,11 +67,14 @@ def overlay_mask(image: np.ndarray, mask: np.ndarray, class_names: Sequence[str]
         mask: integer ``[H, W]`` class indices (``ignore_index`` pixels are drawn grey).
         class_names: names by index.
         alpha: opacity of the class colours.
-        background: class 0 is background (left uncoloured).
+        background: class 0 is background, left uncoloured and out of the legend. ``None``: when class 0 is named
+            as one (:func:`is_background`); else class 0 is drawn and listed like any class.
 
     Returns:
         ``uint8 [H, W + legend width, 3]``.
     """
+    if background is None:
+        background = is_background(class_names)
     mask = np.asarray(mask)
     colours = palette(len(class_names), background=background)
     out = image.astype(np.float32).copy()
