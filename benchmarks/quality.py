@@ -1,4 +1,4 @@
-"""Learning quality at equal budget (issue 14): our CPU recipe against a user's plain loop, in one run.
+"""Learning quality at equal budget: our CPU recipe against a user's plain loop, over seeds.
 
 Both sides train from scratch on the CPU (nothing is downloaded) on the same split files, for the same wall-clock
 training budget, and are scored by the same resdense metric code on the same validation images:
@@ -26,17 +26,27 @@ Wall-clock budgets make the results depend on the machine and its load: read the
 printed above it. On a machine where bf16 is native (AVX512-BF16/AMX) our recipe runs bf16 autocast, elsewhere fp32;
 ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2`` shows what an AVX2-only CPU gets.
 
-Usage: ``python benchmarks/quality.py [--task membrane|camvid|raccoon|all] [--minutes M] [--out DIR] [--threads N]``
-(default: membrane, 5 min; CamVid and raccoon 10 min each). Run it from the repository root: the recipes read
-``../shared/data``.
+One run's margin is not a result (single runs moved by up to 0.06 mIoU): ``--seeds N`` trains both sides N times
+(``train.seed`` and the peer's seed = seed0 .. seed0 + N - 1). Every finished (task, seed) run appends one line to
+``benchmarks/results/quality.jsonl`` (task, seed, both scores, iterations, precision, machine, commit, and the
+recipe's version: a hash of the recipe file and its split files), so the seeds of a task can be run hours apart;
+``--summary`` prints the mean ± std of each side and the per-seed margins over the runs of the current recipe
+versions and budgets only.
+
+Usage: ``python benchmarks/quality.py [--task membrane|camvid|raccoon|all] [--seeds N] [--seed0 S] [--minutes M]
+[--out DIR] [--threads N]`` (default: membrane, 5 min; CamVid and raccoon 10 min each), or ``--summary``. Run it
+from the repository root: the recipes read ``../shared/data``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
+import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,6 +64,7 @@ from resdense.data import DetectionTransform, MaskDataset, SegmentationTransform
 from resdense.engine import load_model, run_training
 from resdense.engine.build import build_dataset
 from resdense.evaluation import DetectionEvaluator, SegmentationMetrics
+from resdense.files import append_text, make_dir, write_json
 from resdense.hardware import cpu_capability, native_bf16
 
 
@@ -118,9 +129,9 @@ def evaluate_detection(model: nn.Module, dataset: VocDetection) -> dict:
 
 
 # ---- ours -----------------------------------------------------------------------------------------------------------
-def ours(recipe: str, minutes: float, run_dir: Path) -> dict:
+def ours(recipe: str, minutes: float, run_dir: Path, seed: int) -> dict:
     overrides = [f"train.max_minutes={minutes}", f"train.output_dir={run_dir}", "train.resume=false",
-                 "train.progress=false"]
+                 "train.progress=false", f"train.seed={seed}"]
     result = run_training(recipe, overrides)
     return {"final": result["final"], "iterations": result["iterations"], "train_s": result["timings"]["train_s"],
             "precision": result["precision"]["amp"], "stopped": result["stopped"], "run_dir": str(run_dir)}
@@ -138,11 +149,11 @@ def rescore(cfg: Config, run_dir: Path) -> dict:
 
 
 # ---- peers: a user's plain loops ----------------------------------------------------------------------------------
-def peer_segmentation(cfg: Config, budget_s: float) -> dict:
-    """The plain smp loop of issue 14, on the recipe's train split, scored on the recipe's val set."""
+def peer_segmentation(cfg: Config, budget_s: float, seed: int) -> dict:
+    """The plain smp loop, on the recipe's training set, scored on the recipe's validation set."""
     import segmentation_models_pytorch as smp
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     ignore = cfg.data["train"].get("ignore_index", 255)
     size = (cfg.data.get("val_transforms") or {}).get("size")
     aug = [A.LongestMaxSize(max_size=size)] if size else []  # train at the scale we evaluate at
@@ -150,7 +161,7 @@ def peer_segmentation(cfg: Config, budget_s: float) -> dict:
             A.RandomCrop(256, 256), A.HorizontalFlip()]
     if "membrane" in cfg.name:  # microscopy has no up and down: any orientation
         aug += [A.VerticalFlip(), A.RandomRotate90()]
-    train_set = MaskDataset(**cfg.data["train"], transforms=SegmentationTransform(aug, seed=0))
+    train_set = MaskDataset(**cfg.data["train"], transforms=SegmentationTransform(aug, seed=seed))
     loader = DataLoader(train_set, batch_size=8, shuffle=True, drop_last=True, num_workers=cfg.train.num_workers)
     model = smp.Unet("resnet18", encoder_weights=None, classes=train_set.num_classes, in_channels=3)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -170,13 +181,13 @@ def peer_segmentation(cfg: Config, budget_s: float) -> dict:
     return {**run, "split": [len(train_set), len(val_set)]}
 
 
-def peer_detection(cfg: Config, budget_s: float) -> dict:
+def peer_detection(cfg: Config, budget_s: float, seed: int) -> dict:
     """A plain torchvision loop in the style of references/detection, scored with resdense's COCO evaluation."""
     from torchvision.models.detection import FasterRCNN
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
-    torch.manual_seed(0)
-    train_set = VocDetection(**cfg.data["train"], transforms=DetectionTransform([A.HorizontalFlip()], seed=0))
+    torch.manual_seed(seed)
+    train_set = VocDetection(**cfg.data["train"], transforms=DetectionTransform([A.HorizontalFlip()], seed=seed))
     loader = DataLoader(train_set, batch_size=4, shuffle=True, drop_last=True, collate_fn=_lists,
                         num_workers=cfg.train.num_workers)
     backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5,
@@ -206,25 +217,102 @@ def peer_detection(cfg: Config, budget_s: float) -> dict:
 
 
 # ---- one benchmark, and the report -----------------------------------------------------------------------------
-def run_task(name: str, minutes: float, out: Path) -> dict:
+def run_task(name: str, minutes: float, out: Path, seed: int) -> dict:
     bench = TASKS[name]
     cfg = load_config(bench.recipe)
     data_dir = Path(cfg.data["train"]["images_dir"])
     if not data_dir.is_dir():
         print(f"{name}: skipped, {data_dir} not found (run from the repository root, next to ../shared/data)")
         return {"task": name, "skipped": f"{data_dir} not found"}
-    print(f"\n{name}: ours ({bench.recipe}), budget {minutes:g} min of training ...", flush=True)
-    mine = ours(bench.recipe, minutes, out / name / "ours")
-    mine["fp32_rescore"] = rescore(cfg, out / name / "ours")
+    print(f"\n{name}, seed {seed}: ours ({bench.recipe}), budget {minutes:g} min of training ...", flush=True)
+    mine = ours(bench.recipe, minutes, out / name / f"ours_seed{seed}", seed)
+    mine["fp32_rescore"] = rescore(cfg, out / name / f"ours_seed{seed}")
     print(f"{name}: ours done, {mine['iterations']} iterations in {mine['train_s']:.1f} s ({mine['precision']}); "
           f"peer, same budget ...", flush=True)
-    peer = (peer_detection if cfg.task == "detection" else peer_segmentation)(cfg, 60.0 * minutes)
+    peer = (peer_detection if cfg.task == "detection" else peer_segmentation)(cfg, 60.0 * minutes, seed)
     print(f"{name}: peer done, {peer['iterations']} iterations in {peer['train_s']:.1f} s", flush=True)
-    result = {"task": name, "recipe": bench.recipe, "budget_min": minutes, "split": peer["split"], "ours": mine,
-              "peer": peer, "metrics": list(bench.metrics)}
-    if name == "camvid":
+    result = {"task": name, "seed": seed, "recipe": bench.recipe, "budget_min": minutes, "split": peer["split"],
+              "ours": mine, "peer": peer, "metrics": list(bench.metrics)}
+    if cfg.task == "segmentation":
         print(_class_table(result))
     return result
+
+
+# ---- the results file: one line per (task, seed) run, and the distribution over seeds ---------------------------
+RESULTS = Path(__file__).resolve().parent / "results" / "quality.jsonl"
+
+
+def recipe_version(recipe: str) -> str:
+    """sha256 of the recipe file and the split files it names: runs of another version of a recipe do not count."""
+    cfg = load_config(recipe)
+    digest = hashlib.sha256(Path(recipe).read_bytes())
+    for section in ("train", "val"):
+        split = (cfg.data.get(section) or {}).get("split")
+        if split:
+            digest.update(Path(split).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _commit() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True).stdout.strip()
+        return rev.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def record(result: dict, info: dict) -> dict:
+    """The line appended to :data:`RESULTS` for one finished (task, seed) run."""
+    return {
+        "task": result["task"], "seed": result["seed"], "recipe": result["recipe"],
+        "recipe_version": recipe_version(result["recipe"]), "budget_min": result["budget_min"],
+        "scores": {k: {"ours": _value(result["ours"], k), "peer": _value(result["peer"], k)}
+                   for k in result["metrics"]},
+        "iterations": {"ours": result["ours"]["iterations"], "peer": result["peer"]["iterations"]},
+        "ours_precision": result["ours"]["precision"], "machine": info, "commit": _commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+    }
+
+
+def summary(path: Path = RESULTS) -> str:
+    """Mean ± std per side and the per-seed margins of every task, over the recorded runs of the current recipe
+    versions and budgets (runs of older recipe versions are counted and left out)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    lines = [f"{len(rows)} runs recorded in {path}"]
+    for name, bench in TASKS.items():
+        version = recipe_version(bench.recipe) if Path(bench.recipe).is_file() else None
+        runs = [r for r in rows if r["task"] == name and r["recipe_version"] == version
+                and r["budget_min"] == bench.minutes]
+        stale = sum(r["task"] == name for r in rows) - len(runs)
+        if not runs:
+            lines.append(f"{name}: no run of the current recipe ({version}, {bench.minutes:g} min)"
+                         + (f"; {stale} of other versions or budgets left out" if stale else ""))
+            continue
+        machines = sorted({_machine_line(r["machine"]) for r in runs})
+        lines.append(f"{name} ({bench.recipe}, version {version}, {bench.minutes:g} min, seeds "
+                     f"{sorted(r['seed'] for r in runs)}; {stale} runs of other versions left out)")
+        for key in bench.metrics:
+            ours_v = [r["scores"][key]["ours"] for r in runs]
+            peer_v = [r["scores"][key]["peer"] for r in runs]
+            margins = [a - b for a, b in zip(ours_v, peer_v, strict=True)]
+            lines.append(f"  {key:<9} ours {_mean_std(ours_v)}  peer {_mean_std(peer_v)}  ours - peer "
+                         f"{_mean_std(margins, signed=True)}  per seed: "
+                         + ", ".join(f"{m:+.3f}" for m in margins))
+        lines += [f"  machine: {m}" for m in machines]
+    return "\n".join(lines)
+
+
+def _mean_std(values: list[float], signed: bool = False) -> str:
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return f"{mean:{'+' if signed else ''}.3f} ± {std:.3f} (n={len(values)})"
+
+
+def _machine_line(info: dict) -> str:
+    return (f"CPU capability {info['cpu_capability']}, mkldnn bf16 {info['mkldnn_bf16']}, native bf16 "
+            f"{info['native_bf16']}, torch {info['torch']}, {info['threads']} threads")
 
 
 def _value(side: dict, key: str) -> float:
@@ -279,6 +367,11 @@ def print_report(results: list[dict], info: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", choices=[*TASKS, "all"], default="membrane")
+    parser.add_argument("--seeds", type=int, default=1, help="train both sides this many times (seeds seed0..)")
+    parser.add_argument("--seed0", type=int, default=0, help="the first seed")
+    parser.add_argument("--summary", action="store_true",
+                        help=f"print mean ± std and margins over the runs recorded in {RESULTS.name}, train nothing")
+    parser.add_argument("--no-record", action="store_true", help=f"do not append the runs to {RESULTS.name}")
     parser.add_argument("--minutes", type=float, default=None,
                         help="training budget per side (default: 5 for membrane, 10 for camvid and raccoon)")
     parser.add_argument("--out", default="runs/quality", help="run directories and quality.json go here")
@@ -286,17 +379,27 @@ def main() -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="show the engine's log")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if args.summary:
+        print(summary())
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     info = machine()
     names = list(TASKS) if args.task == "all" else [args.task]
-    results = [run_task(n, args.minutes or TASKS[n].minutes, out) for n in names]
+    results = []
+    make_dir(RESULTS.parent)
+    for name in names:
+        for seed in range(args.seed0, args.seed0 + args.seeds):
+            result = run_task(name, args.minutes or TASKS[name].minutes, out, seed)
+            results.append(result)
+            if "skipped" not in result and not args.no_record:
+                append_text(RESULTS, json.dumps(record(result, info)) + "\n", "results file")
     print_report(results, info)
-    path = out / "quality.json"
-    path.write_text(json.dumps({"machine": info, "results": results}, indent=2))
-    print(f"written {path}")
+    path = write_json(out / "quality.json", {"machine": info, "results": results})
+    print(f"written {path}" + ("" if args.no_record else f"; runs appended to {RESULTS}"))
+    if not args.no_record:
+        print(summary())
 
 
 if __name__ == "__main__":
