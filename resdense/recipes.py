@@ -120,13 +120,19 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str], source: st
 
 
 def splits_beside_recipe(raw: Any, folder: Path) -> Any:
-    """``raw`` with each relative ``data.<part>.split`` file made relative to ``folder`` (the recipe's own)."""
+    """``raw`` with each relative ``data.<part>.split`` file resolved: relative to ``folder`` (the recipe's own)
+    where it exists there, else relative to the shipped recipes' folder where it exists there (a shipped recipe
+    copied elsewhere keeps its split files), else relative to ``folder`` (the error then names that path)."""
     data = raw.get("data") if isinstance(raw, Mapping) else None
     if not isinstance(data, Mapping):
         return raw
     raw = copy.deepcopy(dict(raw))
+    shipped = shipped_recipes_dir()
     for part in raw["data"].values():
         split = part.get("split") if isinstance(part, dict) else None
         if isinstance(split, str) and split and not Path(split).is_absolute():
-            part["split"] = str(folder / split)
+            beside = folder / split
+            if not beside.is_file() and shipped is not None and (shipped / split).is_file():
+                beside = shipped / split
+            part["split"] = str(beside)
     return raw

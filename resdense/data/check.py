@@ -39,21 +39,27 @@ class CheckReport:
         return not self.problems
 
 
-def check_path(path, *, images_dir=None, num_classes: int | None = None, ignore_index: int = 255,
-               decode: bool = False) -> CheckReport:
+def check_path(path, *, images_dir=None, masks_dir=None, num_classes: int | None = None,
+               ignore_index: int = 255, decode: bool = False) -> CheckReport:
     """Detect what ``path`` holds and validate it.
 
     ``path`` may be a COCO JSON file, a folder with ``*.json`` (COCO), ``Annotations``/``annotations`` of XML (VOC),
     ``images`` + ``masks`` (mask folder), or a folder of such folders (e.g. ``train``/``val``, one level down).
 
     Args:
-        images_dir: image folder of a COCO file (guessed from the file's location when omitted).
+        images_dir: image folder of a COCO file (guessed from the file's location when omitted), or of the mask
+            folder ``masks_dir``.
+        masks_dir: check this mask folder (with ``images_dir``) instead of looking into ``path``.
         num_classes: check mask values against ``0..num_classes-1`` / ``ignore_index`` (else only report them).
         ignore_index: the mask value allowed besides the classes.
         decode: decode every image fully (slower; finds corrupt data past the header).
     """
-    path = Path(path)
     report = CheckReport()
+    if masks_dir is not None:
+        layout = mask_layout(images_dir, masks_dir)
+        _check_masks(layout.images, layout.path, num_classes, ignore_index, decode, report)
+        return report
+    path = Path(path)
     if not path.exists():
         report.problems.append(f"{path}: no such file or folder")
         return report
@@ -90,8 +96,10 @@ class DataLayout:
 
 def find_layouts(folder) -> list[DataLayout]:
     """The datasets directly in ``folder``: every ``*.json`` (COCO), an ``Annotations``/``annotations`` folder of
-    XML (VOC; images in ``JPEGImages``, ``images`` or ``folder`` itself), ``images`` + ``masks`` or ``JPEGImages`` +
-    ``SegmentationClass`` (mask folders). Used by ``resdense data check`` and ``resdense data split``."""
+    XML (VOC; images in ``JPEGImages``, ``images`` or ``folder`` itself), ``images`` + ``masks``, ``JPEGImages`` +
+    ``SegmentationClass``, or a folder ``X`` beside ``X`` + one of :data:`MASK_FOLDER_SUFFIXES` (``train`` +
+    ``trainannot``: mask folders). Used by ``resdense data check``, ``data split`` and ``resdense new``; folders
+    named otherwise are given with ``--images DIR --masks DIR``."""
     folder = Path(folder)
     found = [DataLayout("coco", js) for js in sorted(folder.glob("*.json"))]
     for ann in ("Annotations", "annotations"):
@@ -102,7 +110,25 @@ def find_layouts(folder) -> list[DataLayout]:
     for imgs, masks in (("images", "masks"), ("JPEGImages", "SegmentationClass")):
         if (folder / imgs).is_dir() and (folder / masks).is_dir():
             found.append(DataLayout("masks", folder / masks, folder / imgs))
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []:
+        for suffix in MASK_FOLDER_SUFFIXES:  # SegNet's train/ + trainannot/, test/ + testannot/, ...
+            if (folder / f"{sub.name}{suffix}").is_dir():
+                found.append(DataLayout("masks", folder / f"{sub.name}{suffix}", sub))
+                break
     return found
+
+
+# A folder X of images beside a folder X<suffix> of its masks (SegNet's CamVid: train/ + trainannot/).
+MASK_FOLDER_SUFFIXES = ("annot", "_annot", "_masks", "_labels", "labels")
+
+
+def mask_layout(images_dir, masks_dir) -> DataLayout:
+    """The mask folder a user names (``--images DIR --masks DIR``), both checked to be folders."""
+    for name, d in (("images", images_dir), ("masks", masks_dir)):
+        if d is None or not Path(d).is_dir():
+            raise DataError(f"{d}: no such folder (--{name})" if d is not None else
+                            "--images and --masks go together: give both folders")
+    return DataLayout("masks", Path(masks_dir), Path(images_dir))
 
 
 def _check_folder(folder: Path, images_dir, num_classes, ignore_index, decode, report) -> bool:

@@ -30,7 +30,7 @@ import numpy as np
 from resdense.errors import ConfigError, DataError
 from resdense.files import make_dir, write_text
 
-from .check import DataLayout, find_layouts
+from .check import DataLayout, find_layouts, mask_layout
 from .coco_parse import load_json, parse_coco, raise_first
 from .image_io import read_mask
 from .masks import pair_by_stem
@@ -178,8 +178,9 @@ def _samples(layout: DataLayout) -> tuple[list[str], list[frozenset[str]], str]:
             [frozenset(parsed.class_names[k - 1] for k in r.labels.tolist()) for r in parsed.records], "category")
 
 
-def make_split(path: str | os.PathLike, val: float = 0.2, test: float = 0.0, seed: int = 0, *,
-               block: int = 1, kind: str | None = None) -> Split:
+def make_split(path: str | os.PathLike | None, val: float = 0.2, test: float = 0.0, seed: int = 0, *,
+               block: int = 1, kind: str | None = None, images: str | os.PathLike | None = None,
+               masks: str | os.PathLike | None = None) -> Split:
     """Split a dataset into train / val (/ test) name lists, stratified by the labels of each sample.
 
     Args:
@@ -190,6 +191,7 @@ def make_split(path: str | os.PathLike, val: float = 0.2, test: float = 0.0, see
         block: keep runs of ``block`` consecutive samples (dataset order) in one subset, for video frames, whose
             neighbours are near copies of each other (a frame in val next to its twin in train is not held out).
         kind: ``"masks"``, ``"coco"`` or ``"voc"`` when ``path`` holds several datasets.
+        images, masks: a mask folder named otherwise (``path`` is then not looked into).
 
     Returns:
         a :class:`Split`; ``Split.write(out)`` writes the files that every dataset's ``split=`` reads.
@@ -199,7 +201,7 @@ def make_split(path: str | os.PathLike, val: float = 0.2, test: float = 0.0, see
         raise ConfigError(f"kind = {kind!r} is not one of 'masks', 'coco', 'voc'")
     if isinstance(block, bool) or not isinstance(block, int) or block < 1:
         raise ConfigError(f"block = {block!r} must be a positive integer")
-    layout = _layout(Path(path), kind)
+    layout = mask_layout(images, masks) if masks is not None or images is not None else _layout(Path(path), kind)
     names, labels, label_kind = _samples(layout)
     sizes = _sizes(len(names), {"val": val, "test": test}, layout.path)
     starts = range(0, len(names), block)
