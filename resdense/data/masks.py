@@ -17,7 +17,7 @@ from .image_io import IMAGE_EXTENSIONS, MASK_EXTENSIONS, read_image, read_mask, 
 from .split_names import SplitArg, name_keys, select_split
 from .transforms import as_segmentation_transform
 
-__all__ = ["MaskDataset", "pair_by_stem"]
+__all__ = ["MaskDataset", "pair_by_stem", "find_mask_suffix"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,35 @@ def pair_by_stem(images_dir, masks_dir, mask_suffix: str = "") -> tuple[list[tup
     pairs = [(images[s], masks[s]) for s in sorted(images) if s in masks]
     return pairs, [images[s] for s in sorted(images) if s not in masks], [masks[s] for s in sorted(masks)
                                                                             if s not in images]
+
+
+def find_mask_suffix(images_dir, masks_dir) -> str:
+    """The suffix that mask stems add to image stems (``""``, ``"_mask"`` for ``a.jpg`` / ``a_mask.png``, ...).
+
+    Every way of reading a mask stem as an image stem plus a suffix is a candidate; the one that pairs the most
+    masks with images wins.
+
+    Raises:
+        DataError: no mask is named after an image, or several suffixes pair equally many (e.g. a folder holding
+            ``a_color.png`` and ``a_instanceIds.png`` for ``a.png``): the message lists them; pass the suffix.
+    """
+    images = set(_files(Path(images_dir), IMAGE_EXTENSIONS, "image"))
+    masks = _files(Path(masks_dir), MASK_EXTENSIONS, "mask")
+    score: dict[str, int] = {}
+    for stem in masks:
+        for cut in range(len(stem), 0, -1):
+            if stem[:cut] in images:
+                score[stem[cut:]] = score.get(stem[cut:], 0) + 1
+    if not score:
+        example = f" (e.g. image {min(images)!r}, mask {min(masks)!r})" if images and masks else ""
+        raise DataError(f"{masks_dir}: no mask is named like an image of {images_dir}, with or without a suffix"
+                        f"{example}")
+    best = max(score.values())
+    tops = sorted(s for s, n in score.items() if n == best)
+    if len(tops) > 1:
+        raise DataError(f"{masks_dir}: the mask names fit several suffixes ({', '.join(map(repr, tops))}, each "
+                        f"pairing {best} image(s)); give mask_suffix")
+    return tops[0]
 
 
 def _select(pairs, lonely_images, split: SplitArg, images_dir) -> tuple[list[tuple[Path, Path]], list[Path]]:
