@@ -18,6 +18,8 @@ every rank's random generator states, so a job killed and launched again resumes
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.metadata
 import logging
 import math
 import os
@@ -45,6 +47,7 @@ from .distributed import resolve_device
 from .ema import create_ema
 from .evaluate import autocast, eval_loader, evaluate
 from .logger import NullLogger, RunLogger
+from .mlflow_logger import MlflowLogger
 from .sampler import ResumableSampler, SeededDataset, groups
 from .schedule import BackboneFreeze, build_optimizer, build_scheduler
 from .step import NonFiniteLossError, forward_backward, nonfinite_error
@@ -57,6 +60,14 @@ log = logging.getLogger(__name__)
 _now = time.perf_counter  # the clock of timings (a name of its own, so that tests can replace it)
 
 
+def _version() -> str:
+    """The installed resdense's version (the package facade, which holds ``__version__``, lies above the engine)."""
+    try:
+        return importlib.metadata.version("resdense")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 class Trainer(TrainerState):
     """Train ``model`` on ``train_set`` with ``task``'s loss, evaluating on ``val_set``.
 
@@ -66,7 +77,7 @@ class Trainer(TrainerState):
         train_set / val_set: datasets returning ``(input, target)``; ``val_set`` may be ``None`` (no evaluation).
         train: :class:`TrainConfig`; eval: :class:`EvalConfig`.
         run_dir: where ``log.csv``, ``eval.csv``, ``last.pt``, ``best.pt``, ``metrics.json`` and ``curves.png`` go
-            (and ``tb/`` when ``train.loggers`` lists ``tensorboard``).
+            (and ``tb/`` and ``mlflow.json``, as ``train.loggers`` asks).
         config: the resolved recipe as plain types, stored in every checkpoint.
         hooks: optional ``{"after_step": fn(trainer, iteration, losses)}`` callbacks (used by tests and the demo).
 
@@ -209,7 +220,15 @@ class Trainer(TrainerState):
         opened: list[RunLogger] = []
 
         def open_on_main() -> None:
-            sinks: list = []
+            sinks = []
+            if "mlflow" in self.cfg.loggers:
+                params = self.config or {"train": dataclasses.asdict(self.cfg),
+                                         "eval": dataclasses.asdict(self.eval_cfg)}
+                tags = {"resdense.task": self.task.name, "resdense.version": _version(),
+                        "resdense.precision": self.precision.name, "resdense.run_dir": str(self.run_dir.resolve())}
+                experiment = self.cfg.mlflow_experiment or self.config.get("name") or self.run_dir.name
+                sinks.append(MlflowLogger(self.run_dir, uri=self.cfg.mlflow_uri, experiment=experiment,
+                                          params=params, tags=tags))
             logger = RunLogger(self.run_dir, tensorboard="tensorboard" in self.cfg.loggers, sinks=sinks)
             logger.resume_at(self.iteration)
             opened.append(logger)
