@@ -73,6 +73,7 @@ __all__ = [
 ]
 
 TASKS = ("segmentation", "detection", "classification")
+LOGGERS = ("csv", "tensorboard", "mlflow")  # train.loggers: what each writes, see TrainConfig
 SEGMENTATION_LOSSES = ("ce", "dice", "ce+dice", "focal", "focal+dice", "lovasz", "ce+lovasz")
 SECTIONS = ("task", "name", "model", "data", "train", "eval")
 # model.arch -> the task it serves (the constructor behind each arch is resdense.engine.build's business).
@@ -163,6 +164,17 @@ class TrainConfig:
             The warm-up stays in iterations. A resumed run continues from the stored training time.
         checkpoint_every: also write ``last.pt`` every N iterations (0: only at evaluations and epoch ends).
         log_every: write a ``log.csv`` row every N iterations.
+        loggers: where the rows of ``log.csv`` and ``eval.csv`` go: ``csv`` (always: resume and ``curves.png`` read
+            the CSV files, so a list without it is refused), ``tensorboard`` (scalars under ``output_dir/tb`` when
+            the package is installed, else CSV only) and ``mlflow`` (an MLflow run: params, metrics, tags and the
+            final files; ``pip install 'resdense[mlflow]'``; see :mod:`resdense.engine.mlflow_logger`).
+        mlflow_uri: the MLflow tracking URI (a server ``http://host:5000``, ``databricks``, a database
+            ``sqlite:///path/mlflow.db``). ``None``: the ``MLFLOW_TRACKING_URI`` environment variable when set, else
+            the SQLite store ``mlflow.db`` in the folder above ``output_dir`` (``runs/mlflow.db`` for
+            ``runs/{name}``), with the artifacts in ``mlruns/`` beside it, so that every run under ``runs/`` is
+            one store: ``mlflow ui --backend-store-uri sqlite:///runs/mlflow.db``. Used when ``loggers`` lists
+            ``mlflow``.
+        mlflow_experiment: the MLflow experiment of the run (created when absent); ``None``: the recipe's name.
         progress: show a tqdm bar (only when stderr is a terminal).
         resume: continue from ``output_dir/last.pt`` when it exists (refused when the checkpoint's model or data
             section differs from this recipe's, or when its global batch differs from this launch's).
@@ -204,6 +216,9 @@ class TrainConfig:
     schedule_by: str = "iterations"
     checkpoint_every: int = 0
     log_every: int = 10
+    loggers: list[str] = field(default_factory=lambda: ["csv", "tensorboard"])
+    mlflow_uri: str | None = None
+    mlflow_experiment: str | None = None
     progress: bool = True
     resume: bool = True
     max_nonfinite: int = 0
@@ -241,6 +256,12 @@ class TrainConfig:
         if self.schedule_by == "time" and self.max_minutes is None:
             raise ConfigError("train.schedule_by = 'time' runs the schedule over train.max_minutes, which is not set")
         self.betas = tuple(self.betas)
+        for name in self.loggers:
+            if name not in LOGGERS:
+                raise ConfigError(f"train.loggers: {name!r} is not one of {', '.join(map(repr, LOGGERS))}")
+        if "csv" not in self.loggers:
+            raise ConfigError(f"train.loggers = {list(self.loggers)!r} leaves out 'csv', which resume and curves.png "
+                              f"read: list it too (e.g. {['csv', *self.loggers]!r})")
 
 
 @dataclass
