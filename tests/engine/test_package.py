@@ -92,6 +92,25 @@ def test_the_package_holds_the_evaluated_weights_in_safetensors_and_describes_th
     assert str(tmp / "shapes") in card  # the data the recipe names
 
 
+def test_hardware_of_an_older_checkpoint_comes_from_its_runs_metrics_json(seg, tmp_path):
+    ckpt = load_checkpoint(seg[1] / "run" / "best.pt")
+    del ckpt["hardware"]  # as checkpoints written before they recorded it
+    torch.save(ckpt, tmp_path / "best.pt")
+    export_package(tmp_path / "best.pt", tmp_path / "bare")
+    info = json.loads((tmp_path / "bare" / "resdense.json").read_text())
+    assert info["training"]["hardware"] == {}
+    assert "| precision | not recorded |" in (tmp_path / "bare" / "README.md").read_text()
+    recorded = {"device": "cuda:0", "precision": {"amp": "fp16", "reason": "train.amp = 'fp16'"},
+                "memory_format": {"channels_last": True, "reason": "train.channels_last = true"}, "processes": 4,
+                "machine": "a 4-GPU machine"}
+    (tmp_path / "metrics.json").write_text(json.dumps({"final": {}, **recorded}))
+    export_package(tmp_path / "best.pt", tmp_path / "pkg")
+    assert json.loads((tmp_path / "pkg" / "resdense.json").read_text())["training"]["hardware"] == recorded
+    card = (tmp_path / "pkg" / "README.md").read_text()
+    assert "| machine | a 4-GPU machine |" in card and "| device | cuda:0, 4 process(es) |" in card
+    assert "| precision | fp16 (train.amp = 'fp16') |" in card
+
+
 # ---- the round trip ---------------------------------------------------------------------------------------------
 def test_package_evaluates_and_predicts_as_the_checkpoint_did_without_it(seg, tmp_path, monkeypatch):
     recipe, tmp = seg
