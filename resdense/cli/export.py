@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="example input size the graph is made from (default 256 320; not for a package)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
     p.add_argument("--no-verify", dest="verify", action="store_false",
-                   help="skip the comparison with the eager model")
+                   help="skip the comparison with the eager model (graph formats)")
     p.set_defaults(func=run)
 
 
