@@ -423,6 +423,6 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Confi
     return config
 
 
-def save_config(config: Config, path: str | os.PathLike) -> None:
-    """Write the resolved recipe (every default filled in) as YAML."""
-    write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None), "recipe")
+def save_config(config: Config, path: str | os.PathLike, header: str = "") -> None:
+    """Write the resolved recipe (every default filled in) as YAML, after ``header`` (``#`` comment lines)."""
+    write_text(path, header + yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None), "recipe")

@@ -24,6 +24,7 @@ PACKAGE = ROOT / "resdense"
 # may import its own unit and units of lower layers, never a unit of its own layer or above.
 LAYERS = {
     "resdense.errors": 0,  # exception types
+    "resdense.version": 0,  # __version__
     "resdense._torch_private": 0,  # the one module that calls private torch APIs
     "resdense.recipes": 1,  # finding recipe files (working directory, shipped resdense.configs) and reading YAML
     "resdense.hardware": 1,

@@ -1,4 +1,5 @@
-"""``resdense predict CONFIG --checkpoint PATH IMAGES... --out DIR``: PNG overlays of predictions."""
+"""``resdense predict CONFIG --checkpoint PATH IMAGES... --out DIR`` or ``resdense predict PACKAGE_DIR IMAGES... --out
+DIR``: PNG overlays of predictions."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="draw a checkpoint's predictions on images (PNG overlays)")
-    p.add_argument("config", help="recipe file or shipped recipe name")
+    p.add_argument("config", help="recipe file or shipped recipe name, or a package folder (`resdense export CKPT "
+                                  "--format package`), which needs no --checkpoint")
     p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--checkpoint", required=True, help="a last.pt / best.pt written by `resdense train`")
+    p.add_argument("--checkpoint", default=None,
+                   help="a last.pt / best.pt written by `resdense train`, or a package folder (default: CONFIG, "
+                        "when it is a package)")
     p.add_argument("--out", required=True, help="output folder for the PNGs")
     p.add_argument("--score-threshold", type=float, default=None,
                    help="detections below this score are not drawn (default: eval.score_threshold)")

@@ -5,6 +5,7 @@ predictions in the images' own pixels out.
 >>> predictor = Predictor.from_checkpoint("runs/membrane/best.pt", tile=512, overlap=0.25)  # doctest: +SKIP
 >>> predictor("big_slide.png")["mask"].shape                               # doctest: +SKIP
 (4096, 4096)
+>>> predictor = Predictor.from_pretrained("membrane_unet/")  # a package: see resdense.engine.package  # doctest: +SKIP
 
 Images may be file paths, PIL images, ``uint8 [H, W, 3]`` RGB arrays (``[H, W]`` grey is repeated), ``uint8 [3, H,
 W]`` tensors or float ``[3, H, W]`` tensors in ``[0, 1]`` (rounded to 8 bits, as an image file holds them). They are
@@ -19,8 +20,10 @@ Outputs, one dict per image:
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,10 +34,11 @@ from torch import Tensor, nn
 
 from resdense.config import Config
 from resdense.data import read_image, segmentation_transforms, to_image_tensor
-from resdense.errors import ConfigError
+from resdense.errors import ConfigError, WeightsError
 
 from .build import build_task, classification_transforms
 from .loading import load_model
+from .package import is_package
 from .tasks.base import Task
 from .tasks.segmentation import model_divisor
 from .tiling import check_tiling, sliced_detection, sliding_window_logits
@@ -120,6 +124,46 @@ class Predictor:
         """A predictor of a checkpoint written by ``resdense train`` (its stored recipe, or ``config``)."""
         model, run = load_model(checkpoint, config, device=device)
         return cls(model, run.task, class_names=run.class_names, config=run.config, **options)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, device: str = "auto", **options: Any) -> Predictor:
+        """A predictor of a package folder (``resdense export CKPT --format package --out DIR``, see
+        :mod:`resdense.engine.package`): the weights of its ``model.safetensors``, the recipe of its ``config.yaml``,
+        the class names of its ``resdense.json``. No other file is read and nothing is unpickled. ``options``: those
+        of the constructor (``tile``, ``tta``, ``score_threshold``, ...).
+
+        Raises:
+            WeightsError: ``path`` is not a folder, or a bad package (one line naming the file: see
+                :func:`~resdense.engine.package.read_package`).
+        """
+        if not is_package(path):
+            why = ("not a package folder; a checkpoint file loads with Predictor.from_checkpoint" if Path(path).exists()
+                   else "package folder not found")
+            raise WeightsError(f"{path}: {why}")
+        return cls.from_checkpoint(path, device=device, **options)
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """What this predictor does to an RGB ``uint8`` image before the model, as plain values (a package's
+        ``resdense.json`` records it for users outside resdense): read from the arguments the transforms get
+        (``data.val_transforms`` and ``preprocess`` over the presets' defaults) and, for a detector, from the
+        detector's own transform, which resizes and normalises inside the model."""
+        if self.kind == "detection":
+            t = getattr(self.model, "transform", None)  # torchvision's GeneralizedRCNNTransform
+            inside = {} if t is None else {"min_size": list(t.min_size), "max_size": t.max_size,
+                                           "mean": list(t.image_mean), "std": list(t.image_std),
+                                           "size_divisible": t.size_divisible}
+            return {"scale": "1/255 (RGB in [0, 1]); the model resizes and normalises", **inside}
+        fn = segmentation_transforms if self.kind == "segmentation" else classification_transforms
+        kw = {name: p.default for name, p in inspect.signature(fn).parameters.items() if p.default is not p.empty}
+        kw.update(self._val_tf)
+        normalize = bool(kw.get("normalize", True))  # then (x - mean) / std, in [0, 1] units
+        norm = {"normalize": normalize, **({"mean": list(kw["mean"]), "std": list(kw["std"])} if normalize else {})}
+        if self.kind == "classification":
+            return {"scale": "1/255 (RGB in [0, 1])", "resize_shorter_side": kw["resize"], "center_crop": kw["size"],
+                    **norm}
+        return {"scale": "1/255 (RGB in [0, 1])", "resize_longer_side": None if self.tile is not None else kw["size"],
+                **norm, "pad_to_multiple_of": model_divisor(self.model), "tile": self.tile}
 
     @property
     def kind(self) -> str:

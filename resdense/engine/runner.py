@@ -25,6 +25,7 @@ from .build import build_task, dataset_classes
 from .distributed import init_from_env, on_main, resolve_device
 from .evaluate import evaluate
 from .loading import Run, as_config, build_datasets_once, build_run, load_model
+from .package import trained_model_path
 from .predictor import Predictor
 from .report import check_report_folder, write_report
 from .trainer import Trainer
@@ -68,11 +69,14 @@ def run_training(config: Config | str | os.PathLike, overrides: Sequence[str] = 
     return trainer.fit(resume=resume)
 
 
-def run_evaluation(config: Config | str | os.PathLike, checkpoint: str | os.PathLike,
+def run_evaluation(config: Config | str | os.PathLike, checkpoint: str | os.PathLike | None = None,
                    overrides: Sequence[str] = (), *, out: str | os.PathLike | None = None) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on the recipe's validation split; returns the task's metrics.
 
     Args:
+        config: a recipe (path, shipped name or :class:`Config`), or a package folder (:mod:`~resdense.engine.package`):
+            its ``config.yaml`` names the data, ``overrides`` can point it elsewhere.
+        checkpoint: the trained model: a checkpoint or a package folder (default: ``config``, when a package).
         out: also write a report into this folder (:func:`~resdense.engine.report.write_report`: ``metrics.json``,
             per-class tables, confusion matrix or precision-recall curves, ``report.md``); the files written are
             listed under ``"report_files"`` and the report's arrays (``confusion_matrix`` / ``coco``) are returned.
@@ -80,6 +84,7 @@ def run_evaluation(config: Config | str | os.PathLike, checkpoint: str | os.Path
     Under ``torchrun`` each process scores its shard of the images (each image once) and every rank returns the
     metrics of the whole split, equal to one process's; rank 0 writes the report, from the gathered results.
     """
+    checkpoint = trained_model_path(config, checkpoint)
     config = as_config(config, overrides)
     if out is not None:
         check_report_folder(out)
@@ -105,18 +110,21 @@ def run_evaluation(config: Config | str | os.PathLike, checkpoint: str | os.Path
     return metrics
 
 
-def run_prediction(config: Config | str | os.PathLike | None, checkpoint: str | os.PathLike,
+def run_prediction(config: Config | str | os.PathLike | None, checkpoint: str | os.PathLike | None,
                    images: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                    score_threshold: float | None = None, overrides: Sequence[str] = (), tile: int | None = None,
                    overlap: float = 0.25, blend: str = "gaussian", tile_batch: int | None = None,
                    tta: TTA | bool | None = None) -> list[Path]:
-    """Predict on image files and write one readable PNG overlay per image into ``out_dir``.
+    """Predict on image files and write one readable PNG overlay per image into ``out_dir``. ``checkpoint``: a
+    checkpoint or a package folder (``None``: ``config``, which must then be a package); ``config``: its recipe
+    instead of the stored one (``None``: the stored one).
 
     Segmentation: class-coloured mask blended over the image with a legend. Detection: boxes with
     ``"label score"`` captions (``score_threshold``, default ``eval.score_threshold``). Classification: the top-5
     classes written on the image. ``tile`` / ``overlap`` / ``blend`` / ``tile_batch`` / ``tta``: see
     :class:`~resdense.engine.predictor.Predictor`.
     """
+    checkpoint = trained_model_path(config, checkpoint)
     cfg = as_config(config, overrides) if config is not None else None
     predictor = Predictor.from_checkpoint(checkpoint, cfg, score_threshold=score_threshold, tile=tile,
                                           overlap=overlap, blend=blend, tile_batch=tile_batch, tta=tta)

@@ -406,9 +406,7 @@ class Trainer(TrainerState):
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "stopped": self.stopped,
             "evaluated_weights": "ema" if self.ema is not None else "model",
-            "device": str(self.device),
-            "precision": self.precision.as_dict(),
-            "memory_format": self.memory_format.as_dict(),
+            **self.hardware(),  # device, precision, memory_format, processes, machine
         }
         if self.world.main:
             write_json(self.run_dir / "metrics.json", result)
