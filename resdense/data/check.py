@@ -140,13 +140,11 @@ def _check_coco(js: Path, images_dir, decode: bool, report: CheckReport) -> None
     if not isinstance(data, dict):  # the top level is not a COCO object: reported by parse_coco
         return
     images = data.get("images") if isinstance(data.get("images"), list) else []
-    names = [im["file_name"] for im in images if isinstance(im, dict) and isinstance(im.get("file_name"), str)]
-    root = Path(images_dir) if images_dir is not None else images_root_for(js, names)
-    for im in images:
-        if not isinstance(im, dict) or not isinstance(im.get("file_name"), str):
-            continue
-        hw = (im.get("height"), im.get("width"))
-        _check_image(root / im["file_name"], hw, decode, report, f"{js.name} (image id {im.get('id')})")
+    valid = parsed.dataset.get("images", [])  # the entries that passed (the others are among the problems)
+    root = Path(images_dir) if images_dir is not None else images_root_for(js, [im["file_name"] for im in valid])
+    for im in valid:
+        hw = (im["height"], im["width"])
+        _check_image(root / im["file_name"], hw, decode, report, f"{js.name} (image id {im['id']})")
     n_ann = len(data["annotations"]) if isinstance(data.get("annotations"), list) else 0
     report.checked.append(f"coco: {js} ({len(images)} images in {root}, {n_ann} annotations, "
                           f"{len(parsed.class_names)} classes)")
