@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from ._fuzz import CASES
+from ._fuzz import CASES, FAILED, MODULE_OF
 
 
 @pytest.fixture(scope="session")
@@ -15,8 +15,13 @@ def fuzz_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("fuzz")
 
 
+def pytest_runtest_logreport(report):
+    if report.failed:
+        FAILED.append(report.nodeid)
+
+
 def pytest_sessionfinish(session, exitstatus):
     report = os.environ.get("RESDENSE_FUZZ_REPORT")
     if report:
         with open(report, "w") as f:
-            json.dump(dict(CASES), f)
+            json.dump({"cases": dict(CASES), "module_of": MODULE_OF, "failed": FAILED}, f)
