@@ -86,7 +86,7 @@ def task_of(arch: str, source: str = "<dict>") -> str:
     """The task of a ``model.arch`` (``smp.<Arch>``: any smp architecture name, checked by the engine)."""
     if isinstance(arch, str) and arch.startswith("smp."):
         return "segmentation"
-    if arch not in MODEL_ARCHS:
+    if not isinstance(arch, str) or arch not in MODEL_ARCHS:
         raise ConfigError(f"{source}: model.arch = {arch!r} is not one of {', '.join(MODEL_ARCHS)}")
     return MODEL_ARCHS[arch]
 
@@ -361,6 +361,8 @@ def _dataclass_section(cls: type, raw: Any, section: str, source: str):
             raise unknown_key_error(source, f"{section}.{key}", names)
         if not check_type(value, hints[key]):
             raise wrong_type_error(source, f"{section}.{key}", value, hints[key])
+        if any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
+            raise ConfigError(f"{source}: {section}.{key} = {value!r}: NaN and infinity are not settings")
     try:
         return cls(**raw)
     except ConfigError as err:
@@ -416,7 +418,8 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Confi
     source = str(path)
     if overrides:
         raw = apply_overrides(raw, overrides, source)
-        source = f"{source} (with --set {' '.join(overrides)})"
+        shown = " ".join(o if o.isprintable() else repr(o) for o in overrides)  # a newline stays on the line
+        source = f"{source} (with --set {shown})"
     config = config_from_dict(raw, source)
     if not (written or {}).get("name"):
         config.name = Path(path).stem

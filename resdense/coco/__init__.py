@@ -9,7 +9,7 @@ Imports nothing of resdense but ``errors``.
 from .io import CocoFileError, build_coco, quiet, read_json
 from .packing import PackedMasks, pack_masks, pack_segms, unpack_masks
 from .rle import decode_segms, rle_counts, segm_to_rle
-from .validate import CheckedCoco, Problem, check_ground_truth, check_segmentation
+from .validate import CheckedCoco, Problem, check_ground_truth, check_segmentation, is_number
 
 __all__ = [
     "CocoFileError",
@@ -18,6 +18,7 @@ __all__ = [
     "build_coco",
     "check_ground_truth",
     "check_segmentation",
+    "is_number",
     "CheckedCoco",
     "Problem",
     "PackedMasks",

@@ -35,7 +35,11 @@ class CocoFileError(ResdenseError, ValueError):
 
 def read_json(path: str | os.PathLike) -> Any:
     """The content of a JSON file (any top-level type: callers check it); raises :class:`CocoFileError`."""
-    if not Path(path).is_file():
+    try:
+        found = Path(path).is_file()
+    except OSError:  # e.g. a name too long to be a file's
+        found = False
+    if not found:
         raise CocoFileError(path, missing=True)
     try:
         with open(path, "rb") as f:

@@ -72,7 +72,7 @@ def rle_counts(rle: dict) -> np.ndarray:
         more = True
         while more:
             if p >= n:
-                raise DataError("segmentation RLE string ends inside a count")
+                raise DataError("the string ends inside a count")
             c = s[p] - 48
             x |= (c & 0x1F) << (5 * k)
             more = bool(c & 0x20)
@@ -82,5 +82,7 @@ def rle_counts(rle: dict) -> np.ndarray:
                 x |= -1 << (5 * k)
         if len(counts) > 2:
             x += counts[-2]
+        if not -(2**63) <= x < 2**63:
+            raise DataError("a count is out of range")
         counts.append(x)
     return np.asarray(counts, dtype=np.int64)

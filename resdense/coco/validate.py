@@ -15,19 +15,32 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Problem", "CheckedAnnotation", "CheckedCoco", "check_ground_truth", "check_segmentation", "id_list"]
+from .rle import rle_counts
 
+__all__ = ["Problem", "CheckedAnnotation", "CheckedCoco", "check_ground_truth", "check_segmentation", "id_list",
+           "is_number"]
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # Per image field: (valid?, what is wrong otherwise).
 _IMAGE_FIELDS = {
-    "file_name": (lambda v: isinstance(v, str) and bool(v), "is missing or empty"),
+    # A control character (a newline...) in a name would split the one-line messages that quote its path.
+    "file_name": (lambda v: isinstance(v, str) and bool(v) and not _CONTROL.search(v),
+                  "is missing, empty or holds a control character"),
     "height": (lambda v: _is_int(v) and v > 0, "is not a positive integer"),
     "width": (lambda v: _is_int(v) and v > 0, "is not a positive integer"),
 }
+
+
+# pycocotools rasterises polygons at 5x resolution in C ints, with memory in proportion to the edges' lengths: the
+# window where polygon points may lie (the image and its size again on each side) is capped at this many pixels,
+# so that a point of a file claiming a huge image cannot overflow those ints or exhaust the memory.
+_POLYGON_LIMIT = 2**20
 
 
 @dataclass(frozen=True)
@@ -45,13 +58,16 @@ class Problem:
 @dataclass(frozen=True)
 class CheckedAnnotation:
     """An annotation that passed: ``index`` in the file, ``id`` as in the file (for messages), ``new_id`` (its id,
-    or 1..N when renumbered), the annotation dict itself (not copied) and its ``bbox`` as floats ``(x, y, w, h)``."""
+    or 1..N when renumbered), the annotation dict itself (not copied), its ``bbox`` as floats ``(x, y, w, h)`` and,
+    when ``segmentation`` was checked, the segmentation :func:`check_segmentation` returned (``[]``: no polygon of
+    3 or more points)."""
 
     index: int
     id: object
     new_id: object
     ann: dict
     bbox: tuple[float, float, float, float]
+    segmentation: object = None
 
 
 @dataclass
@@ -77,8 +93,14 @@ def _is_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+def is_number(v) -> bool:
+    """A finite real number (not a bool; an integer too large for a float is not finite)."""
+    if not isinstance(v, numbers.Real) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
 
 
 def id_list(ids: Sequence, limit: int = 8) -> str:
@@ -100,7 +122,8 @@ def check_ground_truth(data, source: str, *, renumber_ann_ids: bool = False,
         image_fields: image fields that must be valid besides ``id``: ``file_name`` (a non-empty string),
             ``height`` and ``width`` (positive integers).
         annotation_fields: annotation fields required besides ``image_id``, ``category_id`` and ``bbox``:
-            ``area`` (a finite number), ``segmentation`` (present; its content is :func:`check_segmentation`'s).
+            ``area`` (a finite number), ``segmentation`` (present, and valid for its image's size as
+            :func:`check_segmentation` says: needs the image fields ``height`` and ``width``).
     """
     out = CheckedCoco(source)
     if not isinstance(data, Mapping):
@@ -124,9 +147,15 @@ def check_ground_truth(data, source: str, *, renumber_ann_ids: bool = False,
             out.add("annotation", f"annotations[{i}] is a {type(a).__name__}, expected an object")
             continue
         problem = _annotation_problem(a, annotation_fields, out)
+        segm = None
+        if problem is None and "segmentation" in annotation_fields:
+            im = out.images[a["image_id"]]
+            segm, wrong = check_segmentation(a["segmentation"], im["height"], im["width"])
+            if wrong:
+                problem = "annotation", f"field 'segmentation' {wrong}", ()
         if problem is None:
             bbox = tuple(float(v) for v in a["bbox"])
-            out.annotations.append(CheckedAnnotation(i, ids[i], new_ids[i], a, bbox))
+            out.annotations.append(CheckedAnnotation(i, ids[i], new_ids[i], a, bbox, segm))
         else:
             kind, message, values = problem
             out.add(kind, f"annotation id {ids[i]}: {message}", values)
@@ -187,6 +216,9 @@ def _check_annotation_ids(anns: list, ids: list, out: CheckedCoco) -> None:
 def _annotation_problem(a: Mapping, fields: Sequence[str], out: CheckedCoco) -> tuple | None:
     """The first problem of one annotation as ``(kind, message, values)``, or None."""
     iid, cid = a.get("image_id"), a.get("category_id")
+    for key, v in (("image_id", iid), ("category_id", cid)):
+        if not isinstance(v, Hashable):
+            return "annotation", f"field '{key}' = {v!r} is not an id", ()
     if iid not in out.images:
         return "orphan", f"field 'image_id' = {iid!r} is not in images", (iid,)
     if cid not in out.categories:
@@ -195,7 +227,7 @@ def _annotation_problem(a: Mapping, fields: Sequence[str], out: CheckedCoco) -> 
     if "bbox" not in a:
         return "annotation", "field 'bbox' is missing", ()
     bbox = a["bbox"]
-    if not isinstance(bbox, list | tuple | np.ndarray) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+    if not isinstance(bbox, list | tuple | np.ndarray) or len(bbox) != 4 or not all(is_number(v) for v in bbox):
         return "annotation", f"field 'bbox' = {bbox!r} is not 4 finite numbers [x, y, w, h]", ()
     if bbox[2] < 0 or bbox[3] < 0:
         return "annotation", (f"field 'bbox' = {bbox!r} has a negative width or height "
@@ -203,7 +235,7 @@ def _annotation_problem(a: Mapping, fields: Sequence[str], out: CheckedCoco) -> 
     crowd = a.get("iscrowd", 0)
     if crowd not in (0, 1):
         return "annotation", f"field 'iscrowd' = {crowd!r} is not 0 or 1", ()
-    if "area" in fields and not _is_number(a.get("area")):
+    if "area" in fields and not is_number(a.get("area")):
         return "annotation", f"field 'area' = {a.get('area')!r} is not a finite number", ()
     if "segmentation" in fields and "segmentation" not in a:
         return "annotation", "field 'segmentation' is missing", ()
@@ -215,8 +247,10 @@ def check_segmentation(segm, height: int, width: int):
 
     Returns:
         ``(segmentation, problem)``: ``problem`` is None or what is wrong (polygons of odd length or not of
-        numbers, an RLE without ``size`` / ``counts``, of another size, or whose counts do not cover the image);
-        polygons of fewer than 3 points are removed from the returned segmentation (``[]`` if none remain).
+        numbers, a polygon point farther outside the image than the image's own size, or not finite, which
+        pycocotools rasterises into a crash or garbage; an RLE without ``size`` / ``counts``, of another size, or
+        whose counts, listed or compressed, do not cover the image); polygons of fewer than 3 points are removed
+        from the returned segmentation (``[]`` if none remain).
     """
     if isinstance(segm, list):
         if not segm:
@@ -224,12 +258,18 @@ def check_segmentation(segm, height: int, width: int):
         if all(isinstance(v, int | float) for v in segm):  # a single flat polygon not wrapped in a list
             segm = [segm]
         polys = []
+        xs, ys = min(width, _POLYGON_LIMIT), min(height, _POLYGON_LIMIT)
         for j, poly in enumerate(segm):
             if not isinstance(poly, list) or not all(isinstance(v, int | float) and not isinstance(v, bool)
                                                      for v in poly):
                 return None, f"polygon {j} is not a list of numbers"
             if len(poly) % 2:
                 return None, f"polygon {j} has an odd number of coordinates ({len(poly)}); expected x, y pairs"
+            far = next(((x, y) for x, y in zip(poly[::2], poly[1::2], strict=True)
+                        if not (-xs <= x <= 2 * xs and -ys <= y <= 2 * ys)), None)
+            if far is not None:
+                return None, (f"polygon {j} has the point ({far[0]!r}, {far[1]!r}), not finite or farther outside the "
+                              f"{width}x{height} (width x height) image than its size")
             if len(poly) >= 6:
                 polys.append(poly)
         return polys, None
@@ -240,15 +280,19 @@ def check_segmentation(segm, height: int, width: int):
 
 def _check_rle(segm: dict, height: int, width: int):
     size, counts = segm.get("size"), segm.get("counts")
-    if not isinstance(size, list) or len(size) != 2 or counts is None:
+    if not isinstance(size, list) or len(size) != 2 or not all(_is_int(v) for v in size) or counts is None:
         return None, "is an RLE without 'size' [h, w] and 'counts'"
     if list(size) != [height, width]:
         return None, f"RLE size {size} differs from the image size [{height}, {width}]"
-    if isinstance(counts, list):
-        if not all(_is_int(c) and c >= 0 for c in counts):
-            return None, "RLE 'counts' holds a value that is not a non-negative integer"
-        if sum(counts) != height * width:
-            return None, f"RLE 'counts' sum to {sum(counts)}, not height x width = {height * width}"
-    elif not isinstance(counts, str | bytes):
+    if isinstance(counts, str | bytes):
+        try:
+            counts = rle_counts(segm).tolist()
+        except ValueError as err:
+            return None, f"RLE 'counts' string does not decode ({err})"
+    elif not isinstance(counts, list):
         return None, f"RLE 'counts' is a {type(counts).__name__}, expected a list or a string"
+    if not all(_is_int(c) and c >= 0 for c in counts):
+        return None, "RLE 'counts' holds a value that is not a non-negative integer"
+    if sum(counts) != height * width:
+        return None, f"RLE 'counts' sum to {sum(counts)}, not height x width = {height * width}"
     return segm, None

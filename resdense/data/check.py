@@ -16,7 +16,7 @@ from .coco_parse import images_root_for, load_json, parse_coco
 from .image_io import image_size, read_image, read_mask
 from .instance_masks import read_instance_folder
 from .masks import pair_by_stem
-from .voc import find_voc_image, parse_voc_xml
+from .voc import find_voc_image, parse_voc_xml, voc_size
 
 __all__ = ["check_path", "CheckReport", "DataLayout", "find_layouts", "pick_layout", "LAYOUT_KINDS",
            "INSTANCE_FOLDERS"]
@@ -230,13 +230,11 @@ def _check_coco(js: Path, images_dir, decode: bool, report: CheckReport) -> None
     if not isinstance(data, dict):  # the top level is not a COCO object: reported by parse_coco
         return
     images = data.get("images") if isinstance(data.get("images"), list) else []
-    names = [im["file_name"] for im in images if isinstance(im, dict) and isinstance(im.get("file_name"), str)]
-    root = Path(images_dir) if images_dir is not None else images_root_for(js, names)
-    for im in images:
-        if not isinstance(im, dict) or not isinstance(im.get("file_name"), str):
-            continue
-        hw = (im.get("height"), im.get("width"))
-        _check_image(root / im["file_name"], hw, decode, report, f"{js.name} (image id {im.get('id')})")
+    valid = parsed.dataset.get("images", [])  # the entries that passed (the others are among the problems)
+    root = Path(images_dir) if images_dir is not None else images_root_for(js, [im["file_name"] for im in valid])
+    for im in valid:
+        hw = (im["height"], im["width"])
+        _check_image(root / im["file_name"], hw, decode, report, f"{js.name} (image id {im['id']})")
     n_ann = len(data["annotations"]) if isinstance(data.get("annotations"), list) else 0
     report.checked.append(f"coco: {js} ({len(images)} images in {root}, {n_ann} annotations, "
                           f"{len(parsed.class_names)} classes)")
@@ -253,15 +251,15 @@ def _check_voc(ann_dir: Path, images_dir: Path, decode: bool, report: CheckRepor
             continue
         n_obj += len(objs)
         image = images_dir / find_voc_image(images_dir, filename, xml)
-        size_ok = bool(w and h and w.isdigit() and h.isdigit() and int(w) > 0 and int(h) > 0)
-        if not size_ok:
+        size = voc_size(w, h)
+        if size is None:
             report.warnings.append(f"{xml}: <size> = {w!r}x{h!r} is missing or invalid; the image's size is used")
-        _check_image(image, (int(h), int(w)) if size_ok else None, decode, report, xml.name)
+        _check_image(image, size[::-1] if size else None, decode, report, xml.name)
         for name, (x0, y0, x1, y1), _ in objs:
             if x1 <= x0 or y1 <= y0:
                 report.warnings.append(f"{xml}: object {name!r} has a degenerate box "
                                        f"xmin={x0:g} ymin={y0:g} xmax={x1:g} ymax={y1:g} (dropped)")
-            elif size_ok and (x0 < 0 or y0 < 0 or x1 > int(w) + 1 or y1 > int(h) + 1):
+            elif size and (x0 < 0 or y0 < 0 or x1 > size[0] + 1 or y1 > size[1] + 1):
                 report.warnings.append(f"{xml}: object {name!r} box {x0:g},{y0:g},{x1:g},{y1:g} extends outside "
                                        f"the {w}x{h} image (clipped)")
     report.checked.append(f"voc: {ann_dir} ({len(xmls)} files, {n_obj} objects, images in {images_dir})")

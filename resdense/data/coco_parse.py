@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from resdense.coco.validate import (
     check_ground_truth,
     check_segmentation,
     id_list,
+    is_number,
 )
 from resdense.errors import DataError
 
@@ -90,7 +90,7 @@ def parse_coco(data, source: str, *, renumber_ann_ids: bool = False, check_segms
     errors = [p.message for p in checked.problems]
     if any(p.kind == "structure" for p in checked.problems):
         return ParsedCoco(source, [], [], {}, {}, {}, errors, [])
-    names, cat_id_to_label = _classes(checked, data["annotations"])
+    names, cat_id_to_label = _classes(checked)
     repairs = _Repairs()
     per_image: dict[int, list] = {iid: [] for iid in checked.images}
     clean_anns: list[dict] = []
@@ -101,18 +101,17 @@ def parse_coco(data, source: str, *, renumber_ann_ids: bool = False, check_segms
             per_image[clean["image_id"]].append((clean, cat_id_to_label[clean["category_id"]]))
     dataset = {k: v for k, v in data.items() if k not in ("annotations", "categories", "images")}
     dataset["images"] = list(checked.images.values())
-    dataset["categories"] = [copy.copy(c) for c in data["categories"]
-                             if isinstance(c, dict) and c.get("id") in cat_id_to_label]
+    dataset["categories"] = [copy.copy(c) for cid, c in checked.categories.items() if cid in cat_id_to_label]
     dataset["annotations"] = clean_anns
     return ParsedCoco(source, _records(checked.images, per_image), [names[c] for c in cat_id_to_label],
                       cat_id_to_label, {k: cid for cid, k in cat_id_to_label.items()}, dataset, errors,
                       repairs.warnings(source))
 
 
-def _classes(checked: CheckedCoco, anns: list) -> tuple[dict[int, str], dict[int, int]]:
+def _classes(checked: CheckedCoco) -> tuple[dict[int, str], dict[int, int]]:
     """Category names by id, and category id -> label 1..K of the categories that are classes (sorted ids)."""
     names = {cid: str(c["name"]) if c.get("name") is not None else str(cid) for cid, c in checked.categories.items()}
-    used = {a.get("category_id") for a in anns if isinstance(a, dict)}
+    used = {ca.ann["category_id"] for ca in checked.annotations}
     kept = sorted(cid for cid in names if not (names[cid] in BACKGROUND_NAMES and cid not in used))
     skipped = sorted(set(names) - set(kept))
     if skipped:
@@ -177,7 +176,7 @@ def _training_annotation(ca: CheckedAnnotation, checked: CheckedCoco, names: dic
     if x < -CLIP_TOLERANCE or y < -CLIP_TOLERANCE or x + w > W + CLIP_TOLERANCE or y + h > H + CLIP_TOLERANCE:
         repairs.clipped.append(ca.id)
     area = a.get("area")
-    if not isinstance(area, int | float) or isinstance(area, bool) or not math.isfinite(area):
+    if not is_number(area):
         area = (x1 - x0) * (y1 - y0)
         repairs.filled_area.append(ca.id)
     clean = dict(a, id=ca.new_id, bbox=[x0, y0, x1 - x0, y1 - y0], area=float(area),
@@ -225,6 +224,6 @@ def images_root_for(ann_file: Path, file_names: list[str]) -> Path:
     candidates += [ann_file.parent.parent / ann_file.stem.replace("instances_", "")]
     for name in file_names[:1]:
         for c in candidates:
-            if (c / name).exists():
+            if os.path.exists(c / name):  # False, not OSError, for a name too long for a file
                 return c
     return ann_file.parent

@@ -147,9 +147,10 @@ class MaskDataset(SkipBadImages, Dataset):
                 if not (0 <= cls < K or cls == ignore_index):
                     raise ConfigError(f"value_map[{raw}] = {cls!r} is neither a class 0..{K - 1} nor "
                                       f"ignore_index={ignore_index}")
-            lut = np.full(65536, -1, dtype=np.int64)
+            # which raw values are mapped is kept apart from what they map to: any int may be the ignore_index
+            lut, self._mapped = np.zeros(65536, dtype=np.int64), np.zeros(65536, dtype=bool)
             for raw, cls in self.value_map.items():
-                lut[raw] = cls
+                lut[raw], self._mapped[raw] = cls, True
             self._lut = lut
         self.color_map = {tuple(int(c) for c in k): int(v) for k, v in color_map.items()} if color_map else None
         pairs, lonely_images, lonely_masks = pair_by_stem(images_dir, masks_dir, mask_suffix)
@@ -193,7 +194,7 @@ class MaskDataset(SkipBadImages, Dataset):
             if raw.dtype.kind == "i" and raw.size and (raw.min() < 0 or raw.max() > 65535):
                 raise DataError(f"{path}: mask value {int(raw.max())} is outside value_map's range 0..65535")
             mask = self._lut[raw]
-            bad = mask < 0
+            bad = ~self._mapped[raw]
             if bad.any():
                 vals = np.unique(raw[bad])
                 raise DataError(f"{path}: mask value(s) {', '.join(map(str, vals[:8].tolist()))} not in value_map "

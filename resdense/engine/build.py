@@ -193,7 +193,7 @@ def check_data_section(section: Mapping[str, Any], task: str, source: str) -> No
     name = section.get("dataset")
     if name is None:
         raise ConfigError(f"{source}: data.dataset is missing; one of {', '.join(DATASETS)}")
-    if name not in DATASETS:
+    if not isinstance(name, str) or name not in DATASETS:
         raise ConfigError(f"{source}: data.dataset = {name!r} is not one of {', '.join(DATASETS)}")
     if task not in DATASETS[name]:
         raise ConfigError(f"{source}: data.dataset = {name!r} serves {DATASETS[name]}, not {task}")
