@@ -82,7 +82,8 @@ class Predictor:
         tile: window side in pixels for large images (``None``: the whole image at once). Segmentation blends the
             windows' logits (:func:`~resdense.engine.tiling.sliding_window_logits`); detection merges the windows'
             and the whole image's detections class by class (SAHI's sliced prediction,
-            :func:`~resdense.engine.tiling.sliced_detection`); a Mask R-CNN's masks are then RLEs (``rles``).
+            :func:`~resdense.engine.tiling.sliced_detection`), each window capped by the model's own
+            ``detections_per_img``, the image not; a Mask R-CNN's masks are then RLEs (``rles``).
         overlap: fraction of a window shared with its neighbour.
         blend: ``"gaussian"`` or ``"uniform"`` weights of the segmentation windows.
         tile_batch: windows per forward pass (the activation memory is that of this many windows). ``None``: 1 on a
@@ -185,8 +186,10 @@ class Predictor:
     def _detect_one(self, image: Tensor) -> dict[str, Tensor]:
         if self.tile is None:
             return self._detect_many([image])[0]
+        # each window gives at most the model's detections_per_img; the merged image keeps all it has (a large
+        # image holds more objects than one window)
         return sliced_detection(self._detect_many, image, self.tile, overlap=self.overlap, tile_batch=self.tile_batch,
-                                max_detections=_max_detections(self.model), mask_threshold=self.mask_threshold)
+                                max_detections=None, mask_threshold=self.mask_threshold)
 
     @torch.no_grad()
     def _detect(self, rgb: np.ndarray) -> dict[str, Any]:
