@@ -18,6 +18,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip the comparison with the eager model")
+    p.add_argument("--batch", type=int, default=1,
+                   help="images per call the export must take (dense models: any; detectors: 1 for onnx, any for "
+                        "torchscript, verified on this many)")
+    p.add_argument("--verify-image", dest="verify_images", action="append", default=[], metavar="IMAGE",
+                   help="detectors: also verify on this image (repeatable); one with objects checks real detections")
     p.set_defaults(func=run)
 
 
@@ -26,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
     from resdense.engine import export_model
 
     result = export_model(args.checkpoint, args.out, format=args.format, input_size=args.size,
-                          verify=args.verify, opset=args.opset, config=args.config)
+                          verify=args.verify, opset=args.opset, config=args.config, batch=args.batch,
+                          verify_images=args.verify_images)
     for check in result.checks:
         print(check)
     print(result.path)
