@@ -22,6 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip the comparison with the eager model (graph formats)")
+    p.add_argument("--batch", type=int, default=1,
+                   help="images per call the export must take (dense models: any; detectors: 1 for onnx, any for "
+                        "torchscript, verified on this many)")
+    p.add_argument("--verify-image", dest="verify_images", action="append", default=[], metavar="IMAGE",
+                   help="detectors: also verify on this image (repeatable); one with objects checks real detections")
     p.set_defaults(func=run)
 
 
@@ -40,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
             print(path)
         return 0
     result = export_model(checkpoint, args.out, format=args.format, input_size=args.size, verify=args.verify,
-                          opset=17 if args.opset is None else args.opset, config=config)
+                          opset=17 if args.opset is None else args.opset, config=config, batch=args.batch,
+                          verify_images=args.verify_images)
     for check in result.checks:
         print(check)
     print(result.path)
