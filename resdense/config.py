@@ -279,6 +279,10 @@ class EvalConfig:
         batch_size: evaluation batch size.
         score_threshold: detections below this score are not drawn by ``predict`` (evaluation uses all of them).
         backend: COCO evaluation backend, ``faster`` (faster-coco-eval) or ``pycocotools``.
+        max_dets: COCO's detection limits per image (pycocotools' ``params.maxDets``): AP and the area-range
+            statistics count the top ``max(max_dets)`` detections of each image and category, and each value ``m``
+            gives an ``AR<m>`` key. COCO's ``[1, 10, 100]`` caps the recall of an image with more than 100 objects;
+            raise the last value (and the model's ``box_detections_per_img``) for crowded images, as LVIS does (300).
         max_images: evaluate on the first N validation images only (``None``: all).
         patience: early stopping: stop training after N evaluations in a row without an improvement of ``metric``
             over the best so far (Keras' ``EarlyStopping`` with ``min_delta=0``); ``best.pt`` keeps the best
@@ -294,6 +298,7 @@ class EvalConfig:
     batch_size: int = 8
     score_threshold: float = 0.5
     backend: str = "faster"
+    max_dets: list[int] = field(default_factory=lambda: [1, 10, 100])
     max_images: int | None = None
     patience: int | None = None
 
@@ -303,6 +308,9 @@ class EvalConfig:
             _choice("eval.mode", self.mode, ("max", "min"))
         if self.patience is not None and self.patience < 1:
             raise ConfigError(f"eval.patience = {self.patience!r} must be at least 1 (or null for no early stopping)")
+        if not self.max_dets or min(self.max_dets) < 1 or len(set(self.max_dets)) != len(self.max_dets):
+            raise ConfigError(f"eval.max_dets = {self.max_dets!r} must be distinct positive ints, e.g. [1, 10, 100]")
+        self.max_dets = sorted(self.max_dets)
 
 
 @dataclass

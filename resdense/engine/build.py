@@ -370,5 +370,5 @@ def build_task(task: str, class_names: list[str], config) -> Any:
             raise ConfigError(f"{config.source}: {err}") from None
     if task == "detection":
         iou = ("bbox", "segm") if config.model["arch"] == "mask_rcnn" else ("bbox",)
-        return DetectionTask(class_names, iou_types=iou, backend=config.eval.backend)
+        return DetectionTask(class_names, iou_types=iou, backend=config.eval.backend, max_dets=config.eval.max_dets)
     return ClassificationTask(class_names)
