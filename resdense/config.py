@@ -369,8 +369,6 @@ def _dataclass_section(cls: type, raw: Any, section: str, source: str):
             raise unknown_key_error(source, f"{section}.{key}", names)
         if not check_type(value, hints[key]):
             raise wrong_type_error(source, f"{section}.{key}", value, hints[key])
-        if any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
-            raise ConfigError(f"{source}: {section}.{key} = {value!r}: NaN and infinity are not settings")
     try:
         return cls(**raw)
     except ConfigError as err:
@@ -426,8 +424,7 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Confi
     source = str(path)
     if overrides:
         raw = apply_overrides(raw, overrides, source)
-        shown = " ".join(o if o.isprintable() else repr(o) for o in overrides)  # a newline stays on the line
-        source = f"{source} (with --set {shown})"
+        source = f"{source} (with --set {' '.join(o if o.isprintable() else repr(o) for o in overrides)})"
     config = config_from_dict(raw, source)
     if not (written or {}).get("name"):
         config.name = Path(path).stem
