@@ -12,8 +12,8 @@ from resdense.errors import ConfigError
 
 from .recipes import det_recipe, seg_recipe, write
 
-SHIPPED = ["demo_shapes_unet_r18", "demo_shapes_frcnn_r18_fpn", "unet_r34_membrane", "unet_r50_camvid",
-           "fasterrcnn_r18_fpn_raccoon", "fasterrcnn_r50_fpn_coco", "maskrcnn_r50_fpn_coco",
+SHIPPED = ["demo_shapes_unet_r18", "demo_shapes_frcnn_r18_fpn", "demo_shapes_maskrcnn_r18_fpn", "unet_r34_membrane",
+           "unet_r50_camvid", "fasterrcnn_r18_fpn_raccoon", "fasterrcnn_r50_fpn_coco", "maskrcnn_r50_fpn_coco",
            "classifier_r50_finetune_imagefolder", "unet_r18_membrane_cpu", "unet_r18_camvid_cpu",
            "fasterrcnn_r18_fpn_raccoon_cpu"]
 
