@@ -16,6 +16,14 @@ training budget, and are scored by the same resdense metric code on the same val
   with momentum 0.9, weight decay 1e-4 and the references' linear warm-up over the first epoch, random horizontal
   flips, fp32. Scored with :class:`~resdense.evaluation.DetectionEvaluator` (COCO AP) on the 40 validation images at
   their own size (the model resizes them itself).
+- peer, instance segmentation (cells: the membrane images' cell regions as instances, about 115 per image): the
+  same references/detection loop for Mask R-CNN, ``MaskRCNN(resnet_fpn_backbone("resnet18", weights=None,
+  trainable_layers=5))`` from scratch with torchvision's anchors and heads, whole 512 px images at their own scale
+  (``min_size = max_size = 512``), batch 2, SGD with momentum 0.9, weight decay 1e-4 and the warm-up, random
+  horizontal flips, fp32, at the references' lr scaled to the batch (their 0.02 is for 8 GPUs x 2 images, so 0.0025
+  for 2 images: at 0.02 the loss became NaN at iteration 10); ``box_detections_per_img`` as the recipe's (300), so that both sides are scored on as
+  many detections per image (the recipe's ``eval.max_dets``: an image holds more than COCO's 100 cells). Scored
+  with the same evaluator, ``segm`` and ``bbox``, on the 5 validation images.
 
 Training time is counted as the Trainer counts it (``timings.train_s``): data loading and optimisation steps, not
 evaluation. A side stops after the step during which its time passes the budget. Our recipe keeps its own
@@ -33,14 +41,17 @@ recipe's version: a hash of the recipe file and its split files), so the seeds o
 ``--summary`` prints the mean ± std of each side and the per-seed margins over the runs of the current recipe
 versions and budgets only.
 
-Usage: ``python benchmarks/quality.py [--task membrane|camvid|raccoon|all] [--seeds N] [--seed0 S] [--minutes M]
-[--out DIR] [--threads N]`` (default: membrane, 5 min; CamVid and raccoon 10 min each), or ``--summary``. Run it
-from the repository root: the recipes read ``../shared/data``.
+Usage: ``python benchmarks/quality.py [--task membrane|camvid|raccoon|cells|all] [--seeds N] [--seed0 S]
+[--minutes M] [--out DIR] [--threads N] [--cells-coco FILE]`` (default: membrane, 5 min; CamVid, raccoon and cells
+10 min each), or ``--summary``. Run it from the repository root: the recipes read ``../shared/data``. The cells recipe
+reads instance masks derived from the membrane masks (see its comment); ``--cells-coco FILE`` reads the same
+instances from a COCO file instead (RLE masks, ``file_name`` relative to the membrane images), with the recipe's split.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import logging
@@ -60,7 +71,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from resdense.config import Config, load_config
-from resdense.data import DetectionTransform, MaskDataset, SegmentationTransform, VocDetection
+from resdense.data import CocoDetection, DetectionTransform, MaskDataset, SegmentationTransform, VocDetection
 from resdense.engine import load_model, run_training
 from resdense.engine.build import build_dataset
 from resdense.evaluation import DetectionEvaluator, SegmentationMetrics
@@ -79,6 +90,7 @@ TASKS = {
     "membrane": Benchmark("configs/unet_r18_membrane_cpu.yaml", 5.0, ("mIoU",)),
     "camvid": Benchmark("configs/unet_r18_camvid_cpu.yaml", 10.0, ("mIoU",)),
     "raccoon": Benchmark("configs/fasterrcnn_r18_fpn_raccoon_cpu.yaml", 10.0, ("bbox/AP50", "bbox/AP")),
+    "cells": Benchmark("configs/maskrcnn_r18_fpn_cells_cpu.yaml", 10.0, ("segm/AP", "segm/AP50", "bbox/AP")),
 }
 
 
@@ -118,21 +130,25 @@ def _lists(batch):
 
 
 @torch.no_grad()
-def evaluate_detection(model: nn.Module, dataset: VocDetection) -> dict:
-    """COCO box AP of a torchvision detector over ``dataset`` (its ``coco`` ground truth), in fp32."""
-    evaluator = DetectionEvaluator(dataset.coco, dataset.label_to_cat_id)
+def evaluate_detection(model: nn.Module, dataset: VocDetection | CocoDetection, cfg: Config) -> dict:
+    """COCO AP of a torchvision detector over ``dataset`` (its ``coco`` ground truth), in fp32, as the recipe's
+    evaluation counts it: box AP, and mask AP for a Mask R-CNN; ``eval.max_dets`` detections per image."""
+    masks = cfg.model["arch"] == "mask_rcnn"
+    evaluator = DetectionEvaluator(dataset.coco, dataset.label_to_cat_id, ("bbox", "segm") if masks else ("bbox",),
+                                   max_dets=cfg.eval.max_dets)
     model.eval()
-    for images, targets in DataLoader(dataset, batch_size=4, collate_fn=_lists):
+    # one image at a time with masks: 300 pasted [512, 512] float masks are 300 MB per image
+    for images, targets in DataLoader(dataset, batch_size=1 if masks else 4, collate_fn=_lists):
         evaluator.update(model(list(images)), targets)
-    stats = evaluator.compute()
-    return {"bbox/AP50": stats["bbox/AP50"], "bbox/AP": stats["bbox/AP"]}
+    return {k: v for k, v in evaluator.compute().items() if k.endswith(("/AP", "/AP50", "/AP75"))}
 
 
 # ---- ours -----------------------------------------------------------------------------------------------------------
-def ours(recipe: str, minutes: float, run_dir: Path, seed: int) -> dict:
-    overrides = [f"train.max_minutes={minutes}", f"train.output_dir={run_dir}", "train.resume=false",
-                 "train.progress=false", f"train.seed={seed}"]
-    result = run_training(recipe, overrides)
+def ours(cfg: Config, minutes: float, run_dir: Path, seed: int) -> dict:
+    cfg = copy.deepcopy(cfg)
+    cfg.train.max_minutes, cfg.train.output_dir, cfg.train.seed = minutes, str(run_dir), seed
+    cfg.train.resume = cfg.train.progress = False
+    result = run_training(cfg)
     return {"final": result["final"], "iterations": result["iterations"], "train_s": result["timings"]["train_s"],
             "precision": result["precision"]["amp"], "stopped": result["stopped"], "run_dir": str(run_dir)}
 
@@ -143,7 +159,7 @@ def rescore(cfg: Config, run_dir: Path) -> dict:
     model, _ = load_model(run_dir / "last.pt", device="cpu")
     val_set = build_dataset(cfg.data, cfg.task, "val")
     if cfg.task == "detection":
-        return evaluate_detection(model, val_set)
+        return evaluate_detection(model, val_set, cfg)
     out = evaluate_segmentation(model, val_set, val_set.num_classes, val_set.ignore_index, val_set.class_names)
     return {k: v for k, v in out.items() if k != "table"}
 
@@ -181,20 +197,11 @@ def peer_segmentation(cfg: Config, budget_s: float, seed: int) -> dict:
     return {**run, "split": [len(train_set), len(val_set)]}
 
 
-def peer_detection(cfg: Config, budget_s: float, seed: int) -> dict:
-    """A plain torchvision loop in the style of references/detection, scored with resdense's COCO evaluation."""
-    from torchvision.models.detection import FasterRCNN
-    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
-
-    torch.manual_seed(seed)
-    train_set = VocDetection(**cfg.data["train"], transforms=DetectionTransform([A.HorizontalFlip()], seed=seed))
-    loader = DataLoader(train_set, batch_size=4, shuffle=True, drop_last=True, collate_fn=_lists,
-                        num_workers=cfg.train.num_workers)
-    backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5,
-                                   norm_layer=nn.BatchNorm2d)
-    model = FasterRCNN(backbone, num_classes=train_set.num_classes + 1, min_size=512, max_size=640)
+def references_loop(model: nn.Module, loader: DataLoader, budget_s: float, lr: float) -> dict:
+    """torchvision's references/detection training loop for ``budget_s`` of training: SGD at ``lr`` with momentum
+    0.9 and weight decay 1e-4, the summed losses, fp32."""
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
     # references/detection: linear warm-up from lr/1000 over the first epoch (at most 1000 iterations), then constant
     # here (its step decays come at epochs 16 and 22 of 26, far beyond a CPU budget).
     warmup = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1e-3, total_iters=min(1000, len(loader) - 1))
@@ -209,27 +216,80 @@ def peer_detection(cfg: Config, budget_s: float, seed: int) -> dict:
         warmup.step()
         return loss.item()
 
-    run = train_for(budget_s, loader, step)
+    return train_for(budget_s, loader, step)
+
+
+def _r18_fpn() -> nn.Module:
+    """torchvision's ResNet-18 FPN from scratch: BatchNorm, every layer trainable."""
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+    return resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5, norm_layer=nn.BatchNorm2d)
+
+
+def peer_detection(cfg: Config, budget_s: float, seed: int = 0) -> dict:
+    """A plain torchvision loop in the style of references/detection, scored with resdense's COCO evaluation."""
+    from torchvision.models.detection import FasterRCNN
+
+    torch.manual_seed(seed)
+    train_set = VocDetection(**cfg.data["train"], transforms=DetectionTransform([A.HorizontalFlip()], seed=seed))
+    loader = DataLoader(train_set, batch_size=4, shuffle=True, drop_last=True, collate_fn=_lists,
+                        num_workers=cfg.train.num_workers)
+    model = FasterRCNN(_r18_fpn(), num_classes=train_set.num_classes + 1, min_size=512, max_size=640)
+    run = references_loop(model, loader, budget_s, lr=0.01)
     val_set = VocDetection(**cfg.data["val"])  # images at their own size, as the model resizes them itself
     if not run["diverged"]:
-        run.update(evaluate_detection(model, val_set))
+        run.update(evaluate_detection(model, val_set, cfg))
+    return {**run, "split": [len(train_set), len(val_set)]}
+
+
+def cells_data(cfg: Config, coco_file: str | None) -> dict:
+    """The cells' data section: the recipe's own (instance-mask folders), or with ``coco_file`` the same images,
+    instances and split read through ``dataset: coco``. The one place both sides get their data from."""
+    data = copy.deepcopy(cfg.data)
+    if coco_file is not None:
+        data["dataset"] = "coco"
+        for part in ("train", "val"):
+            data[part] = {"images_dir": data[part]["images_dir"], "ann_file": coco_file, "masks": True,
+                          "split": data[part]["split"]}
+    return data
+
+
+def peer_instances(cfg: Config, budget_s: float, seed: int = 0) -> dict:
+    """The references/detection loop for Mask R-CNN (R18-FPN from scratch), scored with resdense's COCO evaluation."""
+    from torchvision.models.detection import MaskRCNN
+
+    torch.manual_seed(seed)
+    flips = {"size": None, "hflip": 0.5, "color_jitter": 0.0}  # the references' only augmentation, whole images
+    train_set = build_dataset({**cfg.data, "train_transforms": flips}, "detection", "train")
+    loader = DataLoader(train_set, batch_size=2, shuffle=True, drop_last=True, collate_fn=_lists,
+                        num_workers=cfg.train.num_workers)
+    side = cfg.model["max_size"]  # the images' own scale, which the evaluation uses too
+    model = MaskRCNN(_r18_fpn(), num_classes=train_set.num_classes + 1, min_size=side, max_size=side,
+                     box_detections_per_img=cfg.model["box_detections_per_img"])
+    run = references_loop(model, loader, budget_s, lr=0.02 * loader.batch_size / 16)  # references: 0.02 for 16 images
+    val_set = build_dataset(cfg.data, "detection", "val")  # the set our run was scored on, whole images
+    if not run["diverged"]:
+        run.update(evaluate_detection(model, val_set, cfg))
     return {**run, "split": [len(train_set), len(val_set)]}
 
 
 # ---- one benchmark, and the report -----------------------------------------------------------------------------
-def run_task(name: str, minutes: float, out: Path, seed: int) -> dict:
+def run_task(name: str, minutes: float, out: Path, seed: int, cells_coco: str | None = None) -> dict:
     bench = TASKS[name]
     cfg = load_config(bench.recipe)
+    if name == "cells":
+        cfg.data = cells_data(cfg, cells_coco)
     data_dir = Path(cfg.data["train"]["images_dir"])
     if not data_dir.is_dir():
         print(f"{name}: skipped, {data_dir} not found (run from the repository root, next to ../shared/data)")
         return {"task": name, "skipped": f"{data_dir} not found"}
     print(f"\n{name}, seed {seed}: ours ({bench.recipe}), budget {minutes:g} min of training ...", flush=True)
-    mine = ours(bench.recipe, minutes, out / name / f"ours_seed{seed}", seed)
+    mine = ours(cfg, minutes, out / name / f"ours_seed{seed}", seed)
     mine["fp32_rescore"] = rescore(cfg, out / name / f"ours_seed{seed}")
     print(f"{name}: ours done, {mine['iterations']} iterations in {mine['train_s']:.1f} s ({mine['precision']}); "
           f"peer, same budget ...", flush=True)
-    peer = (peer_detection if cfg.task == "detection" else peer_segmentation)(cfg, 60.0 * minutes, seed)
+    peers = {"segmentation": peer_segmentation, "detection": peer_detection, "cells": peer_instances}
+    peer = peers["cells" if name == "cells" else cfg.task](cfg, 60.0 * minutes, seed)
     print(f"{name}: peer done, {peer['iterations']} iterations in {peer['train_s']:.1f} s", flush=True)
     result = {"task": name, "seed": seed, "recipe": bench.recipe, "budget_min": minutes, "split": peer["split"],
               "ours": mine, "peer": peer, "metrics": list(bench.metrics)}
@@ -360,8 +420,8 @@ def print_report(results: list[dict], info: dict) -> None:
         print(f"note: {r['task']}: ours re-scored by this script's fp32 evaluation (the peer's): {again}")
         if r["peer"]["diverged"]:
             print(f"note: {r['task']}: the peer's loss became non-finite at iteration {r['peer']['iterations']}")
-    print("ours: the shipped CPU recipe (train.amp: auto); peer: smp.Unet('resnet18') / torchvision FasterRCNN "
-          "R18-FPN plain loops in fp32; same split, budget and metric code")
+    print("ours: the shipped CPU recipe (train.amp: auto); peer: smp.Unet('resnet18') / torchvision FasterRCNN / "
+          "MaskRCNN R18-FPN plain loops in fp32; same split, budget and metric code")
 
 
 def main() -> None:
@@ -373,7 +433,10 @@ def main() -> None:
                         help=f"print mean ± std and margins over the runs recorded in {RESULTS.name}, train nothing")
     parser.add_argument("--no-record", action="store_true", help=f"do not append the runs to {RESULTS.name}")
     parser.add_argument("--minutes", type=float, default=None,
-                        help="training budget per side (default: 5 for membrane, 10 for camvid and raccoon)")
+                        help="training budget per side (default: 5 for membrane, 10 for camvid, raccoon and cells)")
+    parser.add_argument("--cells-coco", default=None,
+                        help="cells: read the cell instances from this COCO file (RLE masks, file names relative to "
+                             "the membrane images) instead of the recipe's instance-mask folders")
     parser.add_argument("--out", default="runs/quality", help="run directories and quality.json go here")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("-v", "--verbose", action="store_true", help="show the engine's log")
@@ -391,7 +454,7 @@ def main() -> None:
     make_dir(RESULTS.parent)
     for name in names:
         for seed in range(args.seed0, args.seed0 + args.seeds):
-            result = run_task(name, args.minutes or TASKS[name].minutes, out, seed)
+            result = run_task(name, args.minutes or TASKS[name].minutes, out, seed, args.cells_coco)
             results.append(result)
             if "skipped" not in result and not args.no_record:
                 append_text(RESULTS, json.dumps(record(result, info)) + "\n", "results file")

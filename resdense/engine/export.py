@@ -293,9 +293,11 @@ def _detector_onnx(model: nn.Module, path: Path, size: tuple[int, int], opset: i
 
 def _detector_torchscript(model: nn.Module, path: Path, size: tuple[int, int], opset: int) -> Callable:
     # torchvision's detectors script; resdense's backbone (typed dataclass metadata) does not, so it is traced and
-    # the detector around it scripted. The target check is a Python hook TorchScript cannot compile: dropped here.
+    # the detector around it scripted. The target check and the float32 casts of the box deltas are Python hooks
+    # TorchScript cannot compile: dropped here (the casts do nothing outside autocast, and the export runs float32).
     scripted = copy.deepcopy(model)
     tp.clear_forward_pre_hooks(scripted)
+    tp.clear_forward_hooks(scripted)
     with torch.no_grad(), _quiet():
         scripted.backbone = torch.jit.trace(scripted.backbone, _detector_example(size)[None], strict=False,
                                             check_trace=False)

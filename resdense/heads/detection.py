@@ -34,7 +34,7 @@ from .detection_weights import load_detection_weights
 from .fpn import FPN
 from .targets import install_target_check
 
-__all__ = ["KINDS", "DetectionBackbone", "build_detector", "anchor_generator_for"]
+__all__ = ["KINDS", "DetectionBackbone", "build_detector", "anchor_generator_for", "install_float32_box_deltas"]
 
 KINDS = DETECTOR_ARCHS  # the recipe schema's list: one list of detector kinds
 TWO_STAGE = ("faster_rcnn", "mask_rcnn")  # region-proposal detectors (RPN, RoI heads)
@@ -237,7 +237,39 @@ def build_detector(
     if weights is not None:
         model.load_report = load_detection_weights(model, weights, kind, getattr(body, "name", None))
     install_target_check(model, num_classes, masks=kind == "mask_rcnn")
+    install_float32_box_deltas(model)
     return model
+
+
+def install_float32_box_deltas(model: nn.Module) -> list[nn.Module]:
+    """Make the box regression outputs of a torchvision detector float32 under autocast (forward hooks on the RPN
+    head and the box predictor of Faster/Mask R-CNN, on the regression head of RetinaNet/FCOS); returns the hooked
+    modules. Without autocast the outputs are float32 already and the hooks do nothing.
+
+    Why: torchvision decodes boxes in the dtype of the predicted deltas (``BoxCoder.decode``:
+    ``boxes.to(rel_codes.dtype)``) and its RoI heads cast the ground-truth boxes to the proposals' dtype. bf16 (the
+    CPU autocast type) keeps 8 significant bits: coordinates between 256 and 512 fall on every other pixel, so every
+    proposal, training target and detection is rounded to 2 px there, and a ground-truth box under a pixel wide (a
+    cell cut by a crop) becomes empty and its regression target 0/0, a NaN ``loss_box_reg``. mmdetection's
+    ``force_fp32`` on its box heads does the same. Class scores and features stay in the autocast type.
+    """
+    if isinstance(model, (FasterRCNN, MaskRCNN)):
+        modules = [model.rpn.head, model.roi_heads.box_predictor]
+    elif isinstance(model, (RetinaNet, FCOS)):
+        modules = [model.head.regression_head]
+    else:
+        raise ConfigError(f"install_float32_box_deltas: {type(model).__name__} is not a torchvision detector")
+    for module in modules:
+        module.register_forward_hook(_float32_outputs)
+    return modules
+
+
+def _float32_outputs(module: nn.Module, args: Any, output: Any) -> Any:
+    if isinstance(output, Tensor):
+        return output.float() if output.is_floating_point() else output
+    if isinstance(output, (list, tuple)):
+        return type(output)(_float32_outputs(module, args, o) for o in output)
+    return output
 
 
 def _check_arguments(kind: str, num_classes: Any, trainable_stages: Any, weights: Any, weights_backbone: Any,

@@ -206,6 +206,34 @@ def test_train_resize_false_trains_at_the_datas_size_and_evaluates_resized():
         assert images.image_sizes == [(192, 192)]
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_box_deltas_stay_float32_under_bf16_autocast(kind):
+    """Under CPU bf16 autocast torchvision would decode boxes and encode targets in bf16 (1 px steps between 128 and
+    256): a ground-truth box 0.8 px wide at x = 200 rounds to an empty one and the R-CNN box loss to NaN. The box
+    deltas leave the heads in float32, so the losses stay finite, near float32's, and detections are float32."""
+    torch.manual_seed(0)
+    model = build_detector(kind, backbone="resnet18", num_classes=2, min_size=256, max_size=256, fpn_channels=32,
+                           **FAST[kind])
+    image = torch.rand(3, 256, 256)
+    masks = torch.zeros(2, 256, 256, dtype=torch.uint8)
+    masks[0, 50:80, 201] = 1
+    masks[1, 20:60, 20:60] = 1
+    target = {"boxes": torch.tensor([[200.6, 50.0, 201.4, 80.0], [20.0, 20.0, 60.0, 60.0]]),
+              "labels": torch.tensor([1, 1]), "masks": masks}
+    model.train()
+    fp32 = model([image], [target])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = model([image], [target])
+    for key, value in bf16.items():
+        assert torch.isfinite(value), key
+        assert value.item() == pytest.approx(fp32[key].item(), rel=0.1, abs=0.02), key
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model([image])[0]
+    assert out["boxes"].dtype == torch.float32 and len(out["boxes"])
+    assert not torch.equal(out["boxes"], out["boxes"].bfloat16().float())  # not on bf16's grid
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     (dict(mask_head_layers=[]), r"mask_head_layers=\[\] must be a non-empty list of positive ints"),
     (dict(mask_head_layers=[64, 0]), r"mask_head_layers=\[64, 0\] must be a non-empty list of positive ints"),
