@@ -1,4 +1,4 @@
-"""int8 inference on the CPU (issue 13, item 6): our int8 ResNet-50 backbone vs our fp32 inference mode vs torchvision
+"""int8 inference on the CPU: our int8 ResNet-50 backbone vs our fp32 inference mode vs torchvision
 fp32 eager vs the anchor, torchvision's quantized ResNet-50 (x86 engine, eager-mode PTQ); batch 8, 224 px, no
 weights. Every number is measured in this run, rounds interleave the candidates, ratios are taken round by round.
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from resdense.version import VERSION as __version__
 
 # Public name -> (module, attribute), resolved by __getattr__ on first access.
 _EXPORTS = {

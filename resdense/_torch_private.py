@@ -27,6 +27,7 @@ __all__ = [
     "is_view",
     "inductor_freezing",
     "clear_forward_pre_hooks",
+    "clear_forward_hooks",
 ]
 
 # Base classes of the norm layers: BatchNorm1d/2d/3d and SyncBatchNorm (BatchNormBase), plus InstanceNorm
@@ -128,3 +129,10 @@ def clear_forward_pre_hooks(module: nn.Module) -> None:
     """Remove every forward pre-hook of ``module`` (not of its children). ``torch.jit.script`` refuses modules with
     hooks it cannot compile, such as the detectors' target check; a module keeps no public handle list."""
     module._forward_pre_hooks.clear()
+
+
+def clear_forward_hooks(module: nn.Module) -> None:
+    """Remove every forward hook of ``module`` and of its children (for ``torch.jit.script``, as above: the
+    detectors' float32 casts of their box deltas)."""
+    for m in module.modules():
+        m._forward_hooks.clear()

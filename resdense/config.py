@@ -73,6 +73,7 @@ __all__ = [
 ]
 
 TASKS = ("segmentation", "detection", "classification")
+LOGGERS = ("csv", "tensorboard", "mlflow")  # train.loggers: what each writes, see TrainConfig
 SEGMENTATION_LOSSES = ("ce", "dice", "ce+dice", "focal", "focal+dice", "lovasz", "ce+lovasz")
 SECTIONS = ("task", "name", "model", "data", "train", "eval")
 # model.arch -> the task it serves (the constructor behind each arch is resdense.engine.build's business).
@@ -85,7 +86,7 @@ def task_of(arch: str, source: str = "<dict>") -> str:
     """The task of a ``model.arch`` (``smp.<Arch>``: any smp architecture name, checked by the engine)."""
     if isinstance(arch, str) and arch.startswith("smp."):
         return "segmentation"
-    if arch not in MODEL_ARCHS:
+    if not isinstance(arch, str) or arch not in MODEL_ARCHS:
         raise ConfigError(f"{source}: model.arch = {arch!r} is not one of {', '.join(MODEL_ARCHS)}")
     return MODEL_ARCHS[arch]
 
@@ -163,6 +164,17 @@ class TrainConfig:
             The warm-up stays in iterations. A resumed run continues from the stored training time.
         checkpoint_every: also write ``last.pt`` every N iterations (0: only at evaluations and epoch ends).
         log_every: write a ``log.csv`` row every N iterations.
+        loggers: where the rows of ``log.csv`` and ``eval.csv`` go: ``csv`` (always: resume and ``curves.png`` read
+            the CSV files, so a list without it is refused), ``tensorboard`` (scalars under ``output_dir/tb`` when
+            the package is installed, else CSV only) and ``mlflow`` (an MLflow run: params, metrics, tags and the
+            final files; ``pip install 'resdense[mlflow]'``; see :mod:`resdense.engine.mlflow_logger`).
+        mlflow_uri: the MLflow tracking URI (a server ``http://host:5000``, ``databricks``, a database
+            ``sqlite:///path/mlflow.db``). ``None``: the ``MLFLOW_TRACKING_URI`` environment variable when set, else
+            the SQLite store ``mlflow.db`` in the folder above ``output_dir`` (``runs/mlflow.db`` for
+            ``runs/{name}``), with the artifacts in ``mlruns/`` beside it, so that every run under ``runs/`` is
+            one store: ``mlflow ui --backend-store-uri sqlite:///runs/mlflow.db``. Used when ``loggers`` lists
+            ``mlflow``.
+        mlflow_experiment: the MLflow experiment of the run (created when absent); ``None``: the recipe's name.
         progress: show a tqdm bar (only when stderr is a terminal).
         resume: continue from ``output_dir/last.pt`` when it exists (refused when the checkpoint's model or data
             section differs from this recipe's, or when its global batch differs from this launch's).
@@ -204,6 +216,9 @@ class TrainConfig:
     schedule_by: str = "iterations"
     checkpoint_every: int = 0
     log_every: int = 10
+    loggers: list[str] = field(default_factory=lambda: ["csv", "tensorboard"])
+    mlflow_uri: str | None = None
+    mlflow_experiment: str | None = None
     progress: bool = True
     resume: bool = True
     max_nonfinite: int = 0
@@ -241,6 +256,12 @@ class TrainConfig:
         if self.schedule_by == "time" and self.max_minutes is None:
             raise ConfigError("train.schedule_by = 'time' runs the schedule over train.max_minutes, which is not set")
         self.betas = tuple(self.betas)
+        for name in self.loggers:
+            if name not in LOGGERS:
+                raise ConfigError(f"train.loggers: {name!r} is not one of {', '.join(map(repr, LOGGERS))}")
+        if "csv" not in self.loggers:
+            raise ConfigError(f"train.loggers = {list(self.loggers)!r} leaves out 'csv', which resume and curves.png "
+                              f"read: list it too (e.g. {['csv', *self.loggers]!r})")
 
 
 @dataclass
@@ -258,6 +279,10 @@ class EvalConfig:
         batch_size: evaluation batch size.
         score_threshold: detections below this score are not drawn by ``predict`` (evaluation uses all of them).
         backend: COCO evaluation backend, ``faster`` (faster-coco-eval) or ``pycocotools``.
+        max_dets: COCO's detection limits per image (pycocotools' ``params.maxDets``): AP and the area-range
+            statistics count the top ``max(max_dets)`` detections of each image and category, and each value ``m``
+            gives an ``AR<m>`` key. COCO's ``[1, 10, 100]`` caps the recall of an image with more than 100 objects;
+            raise the last value (and the model's ``box_detections_per_img``) for crowded images, as LVIS does (300).
         max_images: evaluate on the first N validation images only (``None``: all).
         patience: early stopping: stop training after N evaluations in a row without an improvement of ``metric``
             over the best so far (Keras' ``EarlyStopping`` with ``min_delta=0``); ``best.pt`` keeps the best
@@ -273,6 +298,7 @@ class EvalConfig:
     batch_size: int = 8
     score_threshold: float = 0.5
     backend: str = "faster"
+    max_dets: list[int] = field(default_factory=lambda: [1, 10, 100])
     max_images: int | None = None
     patience: int | None = None
 
@@ -282,6 +308,9 @@ class EvalConfig:
             _choice("eval.mode", self.mode, ("max", "min"))
         if self.patience is not None and self.patience < 1:
             raise ConfigError(f"eval.patience = {self.patience!r} must be at least 1 (or null for no early stopping)")
+        if not self.max_dets or min(self.max_dets) < 1 or len(set(self.max_dets)) != len(self.max_dets):
+            raise ConfigError(f"eval.max_dets = {self.max_dets!r} must be distinct positive ints, e.g. [1, 10, 100]")
+        self.max_dets = sorted(self.max_dets)
 
 
 @dataclass
@@ -395,13 +424,13 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Confi
     source = str(path)
     if overrides:
         raw = apply_overrides(raw, overrides, source)
-        source = f"{source} (with --set {' '.join(overrides)})"
+        source = f"{source} (with --set {' '.join(o if o.isprintable() else repr(o) for o in overrides)})"
     config = config_from_dict(raw, source)
     if not (written or {}).get("name"):
         config.name = Path(path).stem
     return config
 
 
-def save_config(config: Config, path: str | os.PathLike) -> None:
-    """Write the resolved recipe (every default filled in) as YAML."""
-    write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None), "recipe")
+def save_config(config: Config, path: str | os.PathLike, header: str = "") -> None:
+    """Write the resolved recipe (every default filled in) as YAML, after ``header`` (``#`` comment lines)."""
+    write_text(path, header + yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None), "recipe")

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from resdense.data import read_image
@@ -24,7 +22,7 @@ from resdense.engine import Predictor, load_config, run_evaluation, run_training
 from resdense.engine.build import build_dataset
 from resdense.errors import ConfigError
 from resdense.files import make_dir, write_json, write_text
-from resdense.hardware import cpu_capability, hardware_summary, native_bf16
+from resdense.hardware import cpu_capability, machine_summary, native_bf16
 from resdense.visualize import draw_boxes, overlay_mask, save_image, side_by_side
 
 __all__ = ["run_demo", "DEMO_CONFIGS", "HEADLINE"]
@@ -78,7 +76,7 @@ def run_demo(out: str | os.PathLike = "demo_out", *, only: str | None = None,
                  result["final"].get(HEADLINE[task], float("nan")), result["wall_s"], result["precision"]["amp"])
     total = time.perf_counter() - start
     summary = {
-        "machine": _machine(),
+        "machine": machine_summary(),
         "cpu_capability": cpu_capability(),
         "native_bf16": native_bf16(),
         "total_s": round(total, 1),
@@ -88,19 +86,6 @@ def run_demo(out: str | os.PathLike = "demo_out", *, only: str | None = None,
     report = _report(summary, out)
     write_text(out / "report.md", report)
     return {"metrics": summary, "report": report}
-
-
-def _machine() -> str:
-    cores = os.cpu_count() or 0
-    model = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{cores}-core {platform.machine()} CPU ({model or 'unknown model'}; {hardware_summary()}), {gpu}, "
-            f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
 
 # ---- pictures ------------------------------------------------------------------------------------------------------

@@ -14,7 +14,10 @@ machine with AVX-512 behave like an AVX2-only laptop for this choice and for the
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import platform
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +28,7 @@ from resdense._torch_private import cpu_has_bf16_instructions, onednn_bf16_suppo
 from resdense.errors import ConfigError
 
 __all__ = ["cpu_capability", "native_bf16", "Precision", "choose_precision", "warn_emulated_bf16", "hardware_summary",
-           "MemoryFormat", "choose_memory_format"]
+           "machine_summary", "MemoryFormat", "choose_memory_format"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,26 @@ class Precision:
 def hardware_summary() -> str:
     """One line: CPU capability and bf16 support, as reported next to every figure."""
     return (f"CPU capability {cpu_capability()}, oneDNN bf16 {_onednn_bf16()}, native bf16 {native_bf16()}")
+
+
+@functools.cache
+def _cpu_model() -> str:
+    # platform.processor() may run `uname -p`: read once per process
+    model = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
+    except OSError:
+        pass
+    return model or "unknown model"
+
+
+def machine_summary() -> str:
+    """One line naming the machine: cores, CPU model, :func:`hardware_summary`, the GPU, torch and its threads (the
+    demo's report and what a checkpoint records of where it was trained)."""
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{os.cpu_count() or 0}-core {platform.machine()} CPU ({_cpu_model()}; {hardware_summary()}), {gpu}, "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
 
 def choose_precision(amp: str, device: torch.device) -> Precision:

@@ -76,15 +76,23 @@ def read_yaml(path: str | os.PathLike) -> dict:
     """A YAML file's content (``{}`` when empty); a missing file or bad YAML is a one-line ConfigError."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a YAML text file (not UTF-8: {err.reason} at byte {err.start})") from None
+    except OSError as err:  # a folder, no permission...
+        raise ConfigError(f"{path}: cannot read the config file ({err.strerror or err})") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}:{where} not valid YAML ({getattr(err, 'problem', None) or err})") from None
+        line = mark.line + 1 if mark is not None else None
+        if isinstance(err, yaml.reader.ReaderError):  # a character YAML does not allow
+            line = text.count("\n", 0, err.position) + 1
+        where = f" line {line}" if line is not None else ""
+        why = str(getattr(err, "problem", None) or err).splitlines()[0]  # its other lines repeat the place
+        raise ConfigError(f"{path}:{where} not valid YAML ({why})") from None
     return raw if raw is not None else {}
 
 
@@ -94,6 +102,8 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str], source: st
     Keys must exist in the recipe or in the ``train``/``eval`` schema, or be keyword arguments of the constructor
     that a ``model``/``data`` section feeds; the final recipe is re-validated, so a wrong type names the key.
     """
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: a recipe must be a mapping of sections, got {type(raw).__name__}")
     out = copy.deepcopy(dict(raw))
     for item in overrides:
         if "=" not in item:
@@ -120,13 +130,19 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str], source: st
 
 
 def splits_beside_recipe(raw: Any, folder: Path) -> Any:
-    """``raw`` with each relative ``data.<part>.split`` file made relative to ``folder`` (the recipe's own)."""
+    """``raw`` with each relative ``data.<part>.split`` file resolved: relative to ``folder`` (the recipe's own)
+    where it exists there, else relative to the shipped recipes' folder where it exists there (a shipped recipe
+    copied elsewhere keeps its split files), else relative to ``folder`` (the error then names that path)."""
     data = raw.get("data") if isinstance(raw, Mapping) else None
     if not isinstance(data, Mapping):
         return raw
     raw = copy.deepcopy(dict(raw))
+    shipped = shipped_recipes_dir()
     for part in raw["data"].values():
         split = part.get("split") if isinstance(part, dict) else None
         if isinstance(split, str) and split and not Path(split).is_absolute():
-            part["split"] = str(folder / split)
+            beside = folder / split
+            if not beside.is_file() and shipped is not None and (shipped / split).is_file():
+                beside = shipped / split
+            part["split"] = str(beside)
     return raw

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -62,8 +63,9 @@ def check_type(value: Any, annotation: Any) -> bool:
         return isinstance(value, bool)
     if annotation is int:
         return isinstance(value, int) and not isinstance(value, bool)
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is float:  # NaN and infinity are no settings (lr: .nan would train on silently)
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and (isinstance(value, int)
+                                                                                  or math.isfinite(value))
     if annotation is str:
         return isinstance(value, str)
     if annotation in (os.PathLike, Path):
@@ -87,8 +89,17 @@ def _type_name(annotation: Any) -> str:
     return str(annotation).replace("typing.", "").replace("collections.abc.", "")
 
 
+def _non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    items = value.values() if isinstance(value, Mapping) else value if isinstance(value, (list, tuple)) else ()
+    return any(_non_finite(v) for v in items)
+
+
 def wrong_type_error(source: str, key: str, value: Any, annotation: Any) -> ConfigError:
-    """``<source>: <key> = <value> is not a <type>``."""
+    """``<source>: <key> = <value> is not a <type>`` (or holds NaN or infinity, which no setting may be)."""
+    if _non_finite(value):
+        return ConfigError(f"{source}: {key} = {value!r}: NaN and infinity are not settings")
     expected = _type_name(annotation)
     article = "an" if expected[0] in "aeiou" else "a"
     return ConfigError(f"{source}: {key} = {value!r} is not {article} {expected}")

@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from resdense.coco import encode_masks, rle_counts
 from resdense.errors import EvaluationError
 from resdense.files import write_with
 
-__all__ = ["palette", "overlay_mask", "draw_boxes", "plot_curves", "plot_confusion_matrix", "plot_pr_curves",
+__all__ = ["palette", "overlay_mask", "is_background", "BACKGROUND_NAMES", "draw_boxes", "plot_curves", "plot_confusion_matrix", "plot_pr_curves",
            "read_csv", "save_image", "side_by_side"]
 
 #: Up to this many classes a confusion matrix shows its values and a PR plot has a legend entry per class.
@@ -49,8 +50,17 @@ def _font(size: int = 11):
         return ImageFont.load_default()
 
 
+BACKGROUND_NAMES = ("background", "_background_", "__background__", "bg")
+
+
+def is_background(class_names: Sequence[str]) -> bool:
+    """Whether class 0 is a declared background class: its name is one of :data:`BACKGROUND_NAMES` (the COCO /
+    VOC / torchvision convention). Any other class 0 (CamVid's ``Sky``, the membrane's ``membrane``) is a class."""
+    return bool(class_names) and str(class_names[0]).strip().lower() in BACKGROUND_NAMES
+
+
 def overlay_mask(image: np.ndarray, mask: np.ndarray, class_names: Sequence[str], alpha: float = 0.5,
-                 ignore_index: int | None = 255, legend: bool = True, background: bool = True) -> np.ndarray:
+                 ignore_index: int | None = 255, legend: bool = True, background: bool | None = None) -> np.ndarray:
     """Blend a class map over an image and add a legend of the classes present.
 
     Args:
@@ -58,11 +68,14 @@ def overlay_mask(image: np.ndarray, mask: np.ndarray, class_names: Sequence[str]
         mask: integer ``[H, W]`` class indices (``ignore_index`` pixels are drawn grey).
         class_names: names by index.
         alpha: opacity of the class colours.
-        background: class 0 is background (left uncoloured).
+        background: class 0 is background, left uncoloured and out of the legend. ``None``: when class 0 is named
+            as one (:func:`is_background`); else class 0 is drawn and listed like any class.
 
     Returns:
         ``uint8 [H, W + legend width, 3]``.
     """
+    if background is None:
+        background = is_background(class_names)
     mask = np.asarray(mask)
     colours = palette(len(class_names), background=background)
     out = image.astype(np.float32).copy()
@@ -119,7 +132,7 @@ def _with_legend(img: np.ndarray, entries: list[tuple[str, tuple[int, int, int]]
 
 
 def draw_boxes(image: np.ndarray, boxes, labels, scores=None, class_names: Sequence[str] | None = None,
-               score_threshold: float = 0.0, width: int = 2) -> np.ndarray:
+               score_threshold: float = 0.0, width: int = 2, masks=None, mask_alpha: float = 0.45) -> np.ndarray:
     """Draw xyxy ``boxes [N, 4]`` with ``"name 0.97"`` captions; label ``k`` is ``class_names[k - 1]``.
 
     Args:
@@ -127,6 +140,10 @@ def draw_boxes(image: np.ndarray, boxes, labels, scores=None, class_names: Seque
         boxes, labels, scores: detector outputs (tensors or arrays); ``scores=None`` for ground truth.
         class_names: the K names (labels 1..K, 0 is background).
         score_threshold: boxes scoring below are not drawn.
+        masks: instance masks filled in their class colour under the boxes: ``[N, 1, H, W]`` or ``[N, H, W]``
+            probabilities (a pixel is in where > 0.5) or N compressed COCO RLEs of the image (painted run by run:
+            no image-sized array per instance). The best score is painted last, on top.
+        mask_alpha: opacity of the masks.
     """
     boxes = np.asarray(boxes.detach().cpu() if hasattr(boxes, "detach") else boxes, dtype=np.float32).reshape(-1, 4)
     labels = np.asarray(labels.detach().cpu() if hasattr(labels, "detach") else labels).reshape(-1)
@@ -134,6 +151,13 @@ def draw_boxes(image: np.ndarray, boxes, labels, scores=None, class_names: Seque
         scores = np.asarray(scores.detach().cpu() if hasattr(scores, "detach") else scores, dtype=np.float32)
     names = list(class_names or [])
     colours = palette(len(names) + 1)
+    order = np.argsort(-scores) if scores is not None else np.arange(len(boxes))
+    if scores is not None:
+        order = order[scores[order] >= score_threshold]
+    if masks is not None and len(order):
+        instance_colours = np.array([colours[k] if 0 < k < len(colours) else (255, 255, 0) for k in labels.tolist()],
+                                    dtype=np.uint8).reshape(-1, 3)
+        image = _paint_instances(image, masks, order, instance_colours, mask_alpha)
     canvas = Image.fromarray(image).convert("RGB")
     # Small images get scaled up so that captions stay legible.
     scale = max(1, math.ceil(256 / max(canvas.size)))
@@ -141,10 +165,7 @@ def draw_boxes(image: np.ndarray, boxes, labels, scores=None, class_names: Seque
         canvas = canvas.resize((canvas.width * scale, canvas.height * scale), Image.NEAREST)
     draw = ImageDraw.Draw(canvas)
     font = _font(11)
-    order = np.argsort(-scores) if scores is not None else np.arange(len(boxes))
     for i in order[::-1]:
-        if scores is not None and scores[i] < score_threshold:
-            continue
         k = int(labels[i])
         colour = tuple(int(c) for c in colours[k % len(colours)]) if 0 < k < len(colours) else (255, 255, 0)
         name = names[k - 1] if 0 < k <= len(names) else str(k)
@@ -156,6 +177,28 @@ def draw_boxes(image: np.ndarray, boxes, labels, scores=None, class_names: Seque
         draw.rectangle([x0, ty, x0 + tw + 4, ty + 12], fill=colour)
         draw.text((x0 + 2, ty), text, fill=(0, 0, 0) if sum(colour) > 380 else (255, 255, 255), font=font)
     return np.asarray(canvas)
+
+
+def _paint_instances(image: np.ndarray, masks, order: np.ndarray, colours: np.ndarray, alpha: float) -> np.ndarray:
+    """Blend instance ``i``'s colour over its pixels, for ``i`` in ``order`` (best first, painted last)."""
+    h, w = image.shape[:2]
+    if not isinstance(masks, (list, tuple)):  # probabilities -> RLEs: one painting path
+        dense = np.asarray(masks.detach().cpu() if hasattr(masks, "detach") else masks).reshape(-1, h, w)
+        masks = encode_masks(dense[order] > 0.5)
+        order_rle = dict(zip(order.tolist(), masks, strict=True))
+    else:
+        order_rle = {i: masks[i] for i in order.tolist()}
+    owner = np.zeros(h * w, dtype=np.int32)  # column-major, as COCO's runs: 1 + the instance painted last
+    for i in order[::-1].tolist():
+        bounds = np.cumsum(rle_counts(order_rle[i]))
+        for start, end in zip(bounds[0::2].tolist(), bounds[1::2].tolist(), strict=False):
+            owner[start:end] = i + 1
+    owner = owner.reshape(w, h).T
+    painted = owner > 0
+    out = image.copy()
+    blend = (1 - alpha) * out[painted] + alpha * colours[owner[painted] - 1].astype(np.float32)
+    out[painted] = blend.round().astype(np.uint8)
+    return out
 
 
 def side_by_side(images: Sequence[np.ndarray], titles: Sequence[str] | None = None, pad: int = 6) -> np.ndarray:

@@ -24,10 +24,12 @@ PACKAGE = ROOT / "resdense"
 # may import its own unit and units of lower layers, never a unit of its own layer or above.
 LAYERS = {
     "resdense.errors": 0,  # exception types
+    "resdense.version": 0,  # __version__
     "resdense._torch_private": 0,  # the one module that calls private torch APIs
     "resdense.recipes": 1,  # finding recipe files (working directory, shipped resdense.configs) and reading YAML
     "resdense.hardware": 1,
     "resdense.files": 1,
+    "resdense.registry": 1,  # name -> entry tables: architectures, datasets, training hooks
     "resdense.optional": 1,  # optional dependencies: require(module, extra) -> module or a one-line error  # the one writer of every file: atomic, OS failures as one-line WriteErrors
     "resdense.typecheck": 1,  # YAML values against type annotations; comparing recipes  # CPU/GPU probes and the precision chosen from them
     "resdense.config": 2,  # the recipe schema: dataclasses, type checks, --set

@@ -33,7 +33,14 @@ class FeatureInfo:
 
 
 class FeatureExtractor(nn.Module):
-    """Base class of the contract: subclasses set ``feature_info`` and return a dict keyed by its names."""
+    """Base class of the contract: subclasses set ``feature_info`` and return a dict keyed by its names.
+
+    ``feature_info`` and the properties derived from it are Python-side metadata, never read by ``forward``:
+    ``torch.jit.script`` skips them (it accepts neither the dataclass tuple nor the comprehensions).
+    """
+
+    __jit_ignored_attributes__ = ["feature_info"]
+    __jit_unused_properties__ = ["out_features", "channels", "strides", "size_divisibility"]
 
     feature_info: tuple[FeatureInfo, ...] = ()
 

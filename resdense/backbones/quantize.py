@@ -3,7 +3,7 @@
 Why this route (torch 2.14): the PT2E flow (``torch.export`` + ``prepare_pt2e`` / ``convert_pt2e`` with the
 ``X86InductorQuantizer``) has left torch for the separate ``torchao`` package and runs fast only through
 ``torch.compile``; FX graph mode (``torch.ao.quantization.quantize_fx``) ships with torch, needs no compiler and runs
-eagerly on fbgemm / oneDNN int8 kernels, the same kernels as ``torchvision.models.quantization`` (issue 13, item 6).
+eagerly on fbgemm / oneDNN int8 kernels, the same kernels as ``torchvision.models.quantization``.
 torch marks ``torch.ao.quantization`` deprecated in favour of torchao; its warnings are silenced here and the
 route is kept behind :func:`quantize_module`, the one place to change when it goes.
 

@@ -85,7 +85,7 @@ class ResNet(FeatureExtractor):
 
         self._available = self._all_feature_info(block.expansion, output_stride)
         self.feature_info = select_features(self._available, out_features, name)
-        self._return = frozenset(self.out_features)
+        self._return = list(self.out_features)  # a list: TorchScript has no frozenset
         self._num_stages = max(STAGE_NAMES.index(n) for n in self.out_features) + 1  # stem counts as stage 1
 
         self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
@@ -154,7 +154,7 @@ class ResNet(FeatureExtractor):
             raise ConfigError(f"{self.name}: the stages of {unbuilt} were not built; create the backbone with "
                               f"out_features={tuple(f.name for f in info)}")
         self.feature_info = info
-        self._return = frozenset(self.out_features)
+        self._return = list(self.out_features)
 
     # ---- freezing -------------------------------------------------------------------------------------------
     def frozen_modules(self) -> list[nn.Module]:
@@ -193,10 +193,12 @@ class ResNet(FeatureExtractor):
             if layer is not None:
                 yield STAGE_NAMES[i], layer
 
-    def _run_stage(self, layer: nn.Module, x: Tensor) -> Tensor:
-        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(layer, x, use_reentrant=False, context_fn=lambda: (_noop(), _keep_norm_stats(layer)))
-        return layer(x)
+    def _checkpointing(self) -> bool:
+        return self.grad_checkpointing and self.training and torch.is_grad_enabled()
+
+    def _checkpointed(self, stage: int, x: Tensor) -> Tensor:
+        layer = getattr(self, f"layer{stage}")
+        return checkpoint(layer, x, use_reentrant=False, context_fn=lambda: (_noop(), _keep_norm_stats(layer)))
 
     def forward_features(self, x: Tensor) -> dict[str, Tensor]:
         if not torch.jit.is_tracing() and (x.ndim != 4 or x.shape[1] != self.in_channels):
@@ -205,13 +207,26 @@ class ResNet(FeatureExtractor):
         x = self.relu(self.bn1(self.conv1(x)))
         if "c1" in self._return:
             out["c1"] = x
-        if self._num_stages == 1:
-            return out
-        x = self.maxpool(x)
-        for name, layer in self.stages():
-            x = self._run_stage(layer, x)
-            if name in self._return:
-                out[name] = x
+        # The stages spelled out rather than looped over stages(), so that torch.jit.script compiles this method:
+        # it resolves hasattr() when it compiles (stages after the last requested one are not built) and cannot
+        # take a module as an argument. A scripted backbone ignores grad_checkpointing.
+        if hasattr(self, "layer1"):
+            x = self.maxpool(x)
+            x = self.layer1(x) if torch.jit.is_scripting() or not self._checkpointing() else self._checkpointed(1, x)
+            if "c2" in self._return:
+                out["c2"] = x
+        if hasattr(self, "layer2"):
+            x = self.layer2(x) if torch.jit.is_scripting() or not self._checkpointing() else self._checkpointed(2, x)
+            if "c3" in self._return:
+                out["c3"] = x
+        if hasattr(self, "layer3"):
+            x = self.layer3(x) if torch.jit.is_scripting() or not self._checkpointing() else self._checkpointed(3, x)
+            if "c4" in self._return:
+                out["c4"] = x
+        if hasattr(self, "layer4"):
+            x = self.layer4(x) if torch.jit.is_scripting() or not self._checkpointing() else self._checkpointed(4, x)
+            if "c5" in self._return:
+                out["c5"] = x
         return out
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:

@@ -169,16 +169,24 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
         except (SafetensorError, OSError, ValueError) as err:
             raise WeightsError(f"{path}: not a readable safetensors file ({_first_line(err)})") from None
     else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            raise WeightsError(
-                f"{path}: refused: the file needs arbitrary unpickling ({_first_line(err.args[0] if err.args else err)}); "
-                "save a plain state_dict (torch.save(model.state_dict(), f)) or use safetensors"
-            ) from None
-        except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-            raise WeightsError(f"{path}: not a readable PyTorch checkpoint, truncated or corrupt ({_first_line(err)})") from None
+        obj = load_untrusted(path, "PyTorch checkpoint", hint="; save a plain state_dict "
+                             "(torch.save(model.state_dict(), f)) or use safetensors")
     return _unwrap(obj, str(path))
+
+
+def load_untrusted(path: Path, what: str, map_location: str | torch.device = "cpu", hint: str = ""):
+    """``torch.load(path, weights_only=True)`` of a file that may hold anything, every failure one line of
+    :class:`WeightsError`: refused (it needs arbitrary unpickling; ``hint`` says what to do instead) or unreadable.
+    Any exception counts as unreadable: on a truncated or corrupt file torch's weights-only unpickler fails with
+    whatever its bytes lead to (IndexError, KeyError, struct.error...), not only RuntimeError or EOFError."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        why = _first_line(err.args[0] if err.args else err)
+        raise WeightsError(f"{path}: refused: the file needs arbitrary unpickling ({why}){hint}") from None
+    except Exception as err:
+        raise WeightsError(f"{path}: not a readable {what}, truncated or corrupt "
+                           f"({type(err).__name__}: {_first_line(err)})") from None
 
 
 def _first_line(err: object) -> str:
@@ -212,6 +220,9 @@ def _unwrap(obj: object, source: str) -> dict[str, Tensor]:
         break
     if not isinstance(obj, Mapping) or not obj:
         raise WeightsError(f"{source}: expected a state dict (name -> tensor), got {type(obj).__name__}")
+    key = next((k for k in obj if not isinstance(k, str)), None)
+    if key is not None:
+        raise WeightsError(f"{source}: key {key!r} is a {type(key).__name__}, not a name; expected a state dict")
     bad = next((k for k, v in obj.items() if not isinstance(v, Tensor)), None)
     if bad is not None:
         raise WeightsError(f"{source}: entry {bad!r} is a {type(obj[bad]).__name__}, not a tensor; expected a state dict")
@@ -278,7 +289,8 @@ def _match(sd: dict[str, Tensor], own: dict[str, Tensor], report: LoadReport, re
                 report.unexpected.append(key)
         elif target.shape == value.shape:
             accepted[key] = value
-        elif key == "conv1.weight" and value.ndim == 4 and value.shape[0] == target.shape[0] and value.shape[2:] == target.shape[2:]:
+        elif (key == "conv1.weight" and value.ndim == 4 and value.shape[1] > 0 and value.shape[0] == target.shape[0]
+              and value.shape[2:] == target.shape[2:]):  # no input channel: nothing to adapt from
             accepted[key] = adapt_input_conv(value.to(target.dtype), target.shape[1])
             report.adapted.append(f"conv1.weight ({value.shape[1]} -> {target.shape[1]} input channels)")
         elif key.startswith("fc.") and resizable_fc:

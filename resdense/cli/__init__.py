@@ -17,13 +17,13 @@ import sys
 
 from resdense.errors import ResdenseError
 
-from . import classify, data, demo, predict, summary, train
+from . import classify, data, demo, new, predict, summary, train
 from . import eval as eval_cmd
 from . import export as export_cmd
 from . import list as list_cmd
 
 # Explicit list: adding a subcommand means adding its module here.
-_COMMANDS = (summary, data, train, eval_cmd, predict, export_cmd, demo, classify, list_cmd)
+_COMMANDS = (summary, data, new, train, eval_cmd, predict, export_cmd, demo, classify, list_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,5 @@
-"""``resdense eval CONFIG --checkpoint PATH [--out DIR]``: evaluate a checkpoint on the recipe's validation split
+"""``resdense eval CONFIG --checkpoint PATH [--out DIR]`` or ``resdense eval PACKAGE_DIR``: evaluate a checkpoint (or
+a package, whose config.yaml names the data) on the recipe's validation split
 (also under ``torchrun``: each process scores its shard, rank 0 prints the metrics of the whole split); ``--out``
 writes a report (metrics.json, per-class tables, confusion matrix / precision-recall curves, report.md)."""
 
@@ -10,8 +11,11 @@ import json
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint on a recipe's validation data")
-    p.add_argument("config", help="recipe file or shipped recipe name")
-    p.add_argument("--checkpoint", required=True, help="a last.pt / best.pt written by `resdense train`")
+    p.add_argument("config", help="recipe file or shipped recipe name, or a package folder (`resdense export CKPT "
+                                  "--format package`: its config.yaml names the data; --set moves it)")
+    p.add_argument("--checkpoint", default=None,
+                   help="a last.pt / best.pt written by `resdense train`, or a package folder (default: CONFIG, "
+                        "when it is a package)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value (repeatable)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")

@@ -3,14 +3,16 @@
 ``io.py``: the one JSON reader (and the walk that decodes a file's annotations a piece at a time), the pycocotools
 print suppressor, a ``COCO`` index from a dict. ``table.py``: an annotations list as numpy columns.
 ``validate.py``: the one ground-truth validation (problems as one-line messages; each caller raises its own type).
-``rle.py``: segmentations <-> compressed RLE and masks. ``packing.py``: the one bit-packed layout of masks.
+``rle.py``: segmentations <-> compressed RLE and masks (crops placed in an image, unions). ``packing.py``: the
+one bit-packed layout of masks. ``results.py``: detections as COCO results.
 Imports nothing of resdense but ``errors``.
 """
 
 from .io import CocoFileError, build_coco, gc_paused, quiet, read_json, walk_instances
 from .packing import PackedMasks, pack_masks, pack_segms, unpack_masks
-from .rle import decode_segms, rle_counts, segm_to_rle
-from .validate import CheckedCoco, Problem, check_ground_truth, check_segmentation
+from .results import detection_results
+from .rle import decode_segms, encode_crop, encode_masks, json_rle, rle_counts, segm_to_rle, union_rle
+from .validate import CheckedCoco, Problem, check_ground_truth, check_segmentation, is_number
 
 __all__ = [
     "CocoFileError",
@@ -21,6 +23,7 @@ __all__ = [
     "walk_instances",
     "check_ground_truth",
     "check_segmentation",
+    "is_number",
     "CheckedCoco",
     "Problem",
     "PackedMasks",
@@ -30,4 +33,9 @@ __all__ = [
     "segm_to_rle",
     "decode_segms",
     "rle_counts",
+    "encode_masks",
+    "encode_crop",
+    "union_rle",
+    "json_rle",
+    "detection_results",
 ]

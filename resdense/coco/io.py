@@ -58,7 +58,11 @@ def gc_paused() -> Iterator[None]:
 
 def read_text(path: str | os.PathLike) -> str:
     """The text of a JSON file (its encoding detected as ``json`` does); raises :class:`CocoFileError`."""
-    if not Path(path).is_file():
+    try:
+        found = Path(path).is_file()
+    except OSError:  # e.g. a name too long to be a file's
+        found = False
+    if not found:
         raise CocoFileError(path, missing=True)
     with open(path, "rb") as f:
         raw = f.read()

@@ -1,6 +1,7 @@
 """COCO segmentations (polygons, RLE) <-> compressed RLE and binary masks, through ``pycocotools.mask``.
 
-Shared by the datasets (masks of training targets) and the evaluation (result masks as compressed RLE).
+Shared by the datasets (masks of training targets), the evaluation (result masks as compressed RLE) and the tiled
+instance prediction (masks of small crops placed in a large image, merged as RLE, never as full-image arrays).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from pycocotools import mask as mask_utils
 
 from resdense.errors import DataError
 
-__all__ = ["segm_to_rle", "decode_segms", "rle_counts"]
+__all__ = ["segm_to_rle", "decode_segms", "rle_counts", "encode_masks", "encode_crop", "union_rle",
+           "json_rle"]
 
 
 def segm_to_rle(segm, height: int, width: int, box=None) -> dict:
@@ -72,7 +74,7 @@ def rle_counts(rle: dict) -> np.ndarray:
         more = True
         while more:
             if p >= n:
-                raise DataError("segmentation RLE string ends inside a count")
+                raise DataError("the string ends inside a count")
             c = s[p] - 48
             x |= (c & 0x1F) << (5 * k)
             more = bool(c & 0x20)
@@ -82,5 +84,66 @@ def rle_counts(rle: dict) -> np.ndarray:
                 x |= -1 << (5 * k)
         if len(counts) > 2:
             x += counts[-2]
+        if not -(2**63) <= x < 2**63:
+            raise DataError("a count is out of range")
         counts.append(x)
     return np.asarray(counts, dtype=np.int64)
+
+
+def json_rle(rle: dict) -> dict:
+    """A compressed RLE with ``counts`` as ``str`` (JSON- and pickle-friendly; pycocotools reads both forms)."""
+    counts = rle["counts"]
+    return {"size": list(rle["size"]), "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
+
+
+def encode_masks(masks: np.ndarray) -> list[dict]:
+    """Binary masks ``[N, H, W]`` (bool or 0/1) -> N compressed RLEs with ``str`` counts (:func:`json_rle`)."""
+    if not len(masks):
+        return []
+    # pycocotools wants [H, W, N] in Fortran order: the C-contiguous [N, W, H] array reversed is exactly that.
+    nwh = np.ascontiguousarray(np.asarray(masks, dtype=np.uint8).transpose(0, 2, 1))
+    return [json_rle(r) for r in mask_utils.encode(np.asfortranarray(nwh.transpose(2, 1, 0)))]
+
+
+def encode_crop(mask: np.ndarray, top: int, left: int, height: int, width: int) -> dict:
+    """The compressed RLE, in a ``height x width`` image, of a binary mask ``[h, w]`` whose top-left pixel sits at
+    ``(top, left)``: the RLE ``pycocotools.mask.encode`` gives for the image with the crop pasted into zeros, built
+    from the crop's runs alone (the image-sized array is never made). ``counts`` is ``str``.
+
+    Raises:
+        ValueError: the crop does not fit inside the image.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    h, w = mask.shape
+    if top < 0 or left < 0 or top + h > height or left + w > width:
+        raise ValueError(f"a {h} x {w} crop at ({top}, {left}) does not fit a {height} x {width} image")
+    # Runs of ones in column-major order (COCO's), as [start, end) in the crop's flat index.
+    flat = np.concatenate([[False], mask.ravel(order="F"), [False]]).astype(np.int8)
+    edges = np.diff(flat)
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    if h < height and len(starts):
+        # A run that continues from the bottom of one crop column to the top of the next is two runs in the image
+        # (the image's column is taller): split every run at the crop's column boundaries.
+        first_col, last_col = starts // h, (ends - 1) // h
+        pieces = last_col - first_col + 1
+        run = np.repeat(np.arange(len(starts)), pieces)
+        col = first_col[run] + np.arange(len(run)) - np.repeat(np.cumsum(pieces) - pieces, pieces)
+        starts, ends = np.maximum(starts[run], col * h), np.minimum(ends[run], (col + 1) * h)
+    else:
+        col = starts // max(h, 1)
+    # Crop (row r, column c) -> image flat index (left + c) * height + top + r; a run stays inside its column.
+    offset = (left + col) * height + top - col * h
+    starts, ends = starts + offset, ends + offset
+    if len(starts) > 1:  # runs that touch in the image (a crop as tall as the image) are one run
+        keep = np.concatenate([[True], starts[1:] != ends[:-1]])
+        starts, ends = starts[keep], np.concatenate([ends[:-1][keep[1:]], ends[-1:]])
+    bounds = np.stack([starts, ends], axis=1).ravel()
+    counts = np.diff(np.concatenate([[0], bounds, [height * width]]))
+    if len(counts) > 1 and counts[-1] == 0:  # pycocotools ends on the last run of ones
+        counts = counts[:-1]
+    return json_rle(mask_utils.frPyObjects({"size": [height, width], "counts": counts.tolist()}, height, width))
+
+
+def union_rle(rles: list[dict]) -> dict:
+    """The union of compressed RLEs of one image size (``pycocotools.mask.merge``), ``counts`` as ``str``."""
+    return json_rle(rles[0] if len(rles) == 1 else mask_utils.merge(list(rles), intersect=False))

@@ -40,7 +40,8 @@ AREA_NUMBER, AREA_MISSING, AREA_OTHER = 0, 1, 2
 _EMPTY = {"is_dict": (0, bool), "id_plain": (0, bool), "image_plain": (0, bool), "category_plain": (0, bool),
           "bboxes": ((0, 4), np.float64), "bbox_plain": (0, bool), "iscrowd": (0, np.int8), "crowd_plain": (0, bool),
           "areas": (0, np.float64), "area_kind": (0, np.int8), "has_segmentation": (0, bool),
-          "segm_kind": (0, np.int8), "rle_negative": (0, bool), "rle_size": ((0, 2), np.int64)}
+          "segm_kind": (0, np.int8), "rle_negative": (0, bool), "rle_size": ((0, 2), np.int64),
+          "poly_box": ((0, 4), np.float64)}
 
 
 def plain_types(values, types: frozenset) -> np.ndarray:
@@ -103,6 +104,16 @@ def _polygon_lists(values: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return ok, counts[ok], lengths
 
 
+def _polygon_boxes(coords: np.ndarray, lengths: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """float64 ``[rows, 4]``: ``(min x, min y, max x, max y)`` over the polygons of each row (``counts`` polygons
+    of ``lengths`` coordinates each, x, y, x, y ...; NaN where a coordinate is NaN)."""
+    xs, ys = coords[0::2], coords[1::2]
+    points = np.cumsum(lengths // 2) - lengths // 2  # each polygon's first point
+    polys = np.cumsum(counts) - counts  # each row's first polygon
+    return np.stack([reduce.reduceat(reduce.reduceat(v, points), polys)
+                     for v, reduce in ((xs, np.minimum), (ys, np.minimum), (xs, np.maximum), (ys, np.maximum))], axis=1)
+
+
 def _polygon_lists_of(values: list, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     kept = list(compress(values, ok))
     lengths = np.fromiter(map(len, chain.from_iterable(kept)), np.int64)
@@ -154,7 +165,8 @@ class AnnotationTable:
     numbers: finite or not, negative or not); ``iscrowd`` (0/1) with ``crowd_plain`` (absent, or a plain int 0 or
     1); ``areas`` with ``area_kind`` (``AREA_NUMBER``: a plain number, finite or not; ``AREA_MISSING``: absent or
     ``null``; ``AREA_OTHER``); ``has_segmentation``. With ``segmentations``: ``segm_kind`` (``SEGM_*``); polygons
-    ``poly_first`` / ``poly_count``: polygon ``p`` is ``coords.slice(poly_start[p], poly_len[p])`` (x, y, x, y, ...);
+    ``poly_first`` / ``poly_count`` and their extent ``poly_box`` (float64 ``[n, 4]``, min x, min y, max x, max y;
+    NaN where a coordinate is): polygon ``p`` is ``coords.slice(poly_start[p], poly_len[p])`` (x, y, x, y, ...);
     RLE counts ``rle_counts.slice(rle_first[i], rle_len[i])``, with ``rle_sum``, ``rle_negative`` and the declared
     ``rle_size`` (int64 ``[n, 2]``); compressed RLE strings in ``rle_strings[i]``. ``coords`` and ``rle_counts`` are
     :class:`Blocks`.
@@ -162,8 +174,8 @@ class AnnotationTable:
 
     _COLUMNS = ("is_dict", "ids", "id_plain", "image_ids", "image_plain", "category_ids", "category_plain", "bboxes",
                 "bbox_plain", "iscrowd", "crowd_plain", "areas", "area_kind", "has_segmentation")
-    _SEGM_COLUMNS = ("segm_kind", "poly_first", "poly_count", "rle_first", "rle_len", "rle_sum", "rle_negative",
-                     "rle_size")
+    _SEGM_COLUMNS = ("segm_kind", "poly_first", "poly_count", "poly_box", "rle_first", "rle_len", "rle_sum",
+                     "rle_negative", "rle_size")
 
     def __init__(self, fetch: Callable[[int], object] | None, *, segmentations: bool) -> None:
         self.fetch = fetch
@@ -231,6 +243,7 @@ class AnnotationTable:
         kind = np.full(k, SEGM_OTHER, np.int8)
         kind[np.fromiter(map(operator.is_, values, repeat(None)), bool, k)] = SEGM_NONE
         poly_first, poly_count = np.zeros(k, np.int64), np.zeros(k, np.int64)
+        poly_box = np.zeros((k, 4))
         rle_first, rle_len, rle_sum = np.zeros(k, np.int64), np.zeros(k, np.int64), np.zeros(k, np.int64)
         rle_negative, rle_size = np.zeros(k, bool), np.zeros((k, 2), np.int64)
         rows = np.flatnonzero(plain_types(values, _LIST))
@@ -243,7 +256,9 @@ class AnnotationTable:
                 poly_count[ok_rows] = counts
                 poly_first[ok_rows] = self._n_polys + np.cumsum(counts) - counts
                 coords = chain.from_iterable(chain.from_iterable(compress(lists, ok)))
-                self._add_polygons(np.fromiter(coords, np.float64, int(lengths.sum())), lengths)
+                coords = np.fromiter(coords, np.float64, int(lengths.sum()))
+                poly_box[ok_rows] = _polygon_boxes(coords, lengths, counts)
+                self._add_polygons(coords, lengths)
         for j in np.flatnonzero(plain_types(values, _DICT)).tolist():
             size, counts = values[j].get("size"), values[j].get("counts")
             if not (type(size) is list and len(size) == 2 and type(size[0]) is int and type(size[1]) is int):
@@ -260,7 +275,7 @@ class AnnotationTable:
                 continue
             rle_size[j] = size
         part = self._parts
-        for name, x in (("segm_kind", kind), ("poly_first", poly_first), ("poly_count", poly_count),
+        for name, x in (("segm_kind", kind), ("poly_first", poly_first), ("poly_count", poly_count), ("poly_box", poly_box),
                         ("rle_first", rle_first), ("rle_len", rle_len), ("rle_sum", rle_sum),
                         ("rle_negative", rle_negative), ("rle_size", rle_size)):
             part[name].append(x)

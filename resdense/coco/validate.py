@@ -20,21 +20,33 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .rle import rle_counts
 from .table import AREA_NUMBER, AnnotationTable, int_array
 
-__all__ = ["Problem", "CheckedAnnotation", "CheckedCoco", "check_ground_truth", "check_segmentation", "id_list"]
+__all__ = ["Problem", "CheckedAnnotation", "CheckedCoco", "check_ground_truth", "check_segmentation", "id_list",
+           "is_number", "POLYGON_LIMIT"]
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # Per image field: (valid?, what is wrong otherwise).
 _IMAGE_FIELDS = {
-    "file_name": (lambda v: isinstance(v, str) and bool(v), "is missing or empty"),
+    # A control character (a newline...) in a name would split the one-line messages that quote its path.
+    "file_name": (lambda v: isinstance(v, str) and bool(v) and not _CONTROL.search(v),
+                  "is missing, empty or holds a control character"),
     "height": (lambda v: _is_int(v) and v > 0, "is not a positive integer"),
     "width": (lambda v: _is_int(v) and v > 0, "is not a positive integer"),
 }
+
+
+# pycocotools rasterises polygons at 5x resolution in C ints, with memory in proportion to the edges' lengths: the
+# window where polygon points may lie (the image and its size again on each side) is capped at this many pixels,
+# so that a point of a file claiming a huge image cannot overflow those ints or exhaust the memory.
+POLYGON_LIMIT = 2**20
 
 
 @dataclass(frozen=True)
@@ -52,13 +64,17 @@ class Problem:
 @dataclass(frozen=True)
 class CheckedAnnotation:
     """An annotation that passed: ``index`` in the file, ``id`` as in the file (for messages), ``new_id`` (its id,
-    or 1..N when renumbered), the annotation dict itself (not copied) and its ``bbox`` as floats ``(x, y, w, h)``."""
+    or 1..N when renumbered), the annotation dict itself (not copied), its ``bbox`` as floats ``(x, y, w, h)`` and,
+    when ``segmentation`` was checked, the segmentation :func:`check_segmentation` returned (``[]``: no polygon of
+    3 or more points)."""
 
     index: int
     id: object
     new_id: object
     ann: dict
     bbox: tuple[float, float, float, float]
+    segmentation: object = None
+    segmentation: object = None
 
 
 @dataclass
@@ -79,6 +95,7 @@ class CheckedCoco:
     table: AnnotationTable | None = None
     passed: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     new_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    segmentations: dict = field(default_factory=dict)  # file index -> checked segmentation, where checked
 
     @property
     def ok(self) -> bool:
@@ -106,15 +123,21 @@ class _CheckedAnnotations(Sequence):
         i = int(c.passed[k])
         new_id = c.new_ids[k]
         return CheckedAnnotation(i, t.id_of(i), new_id.item() if isinstance(new_id, np.generic) else new_id,
-                                 t.fetch(i), tuple(t.bboxes[i].tolist()))
+                                 t.fetch(i), tuple(t.bboxes[i].tolist()), c.segmentations.get(i))
 
 
 def _is_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+def is_number(v) -> bool:
+    """A finite real number (not a bool; an integer too large for a float is not finite)."""
+    if not isinstance(v, numbers.Real) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
 
 
 def id_list(ids: Sequence, limit: int = 8) -> str:
@@ -137,7 +160,8 @@ def check_ground_truth(data, source: str, *, renumber_ann_ids: bool = False,
         image_fields: image fields that must be valid besides ``id``: ``file_name`` (a non-empty string),
             ``height`` and ``width`` (positive integers).
         annotation_fields: annotation fields required besides ``image_id``, ``category_id`` and ``bbox``:
-            ``area`` (a finite number), ``segmentation`` (present; its content is :func:`check_segmentation`'s).
+            ``area`` (a finite number), ``segmentation`` (present, and valid for its image's size as
+            :func:`check_segmentation` says: needs the image fields ``height`` and ``width``).
         annotations: the table of the annotations when it is already built (a file decoded by
             :func:`~resdense.coco.io.walk_instances`); ``data["annotations"]`` is not read then.
     """
@@ -159,16 +183,28 @@ def check_ground_truth(data, source: str, *, renumber_ann_ids: bool = False,
     if not renumber_ann_ids:
         _check_annotation_ids(table, out)
     ok = _screen_annotations(table, annotation_fields, out)
-    for i in np.flatnonzero(~ok).tolist():  # what the screen cannot vouch for, through the rules, in file order
+    check_segm = "segmentation" in annotation_fields
+    # What the screen cannot vouch for goes through the rules, in file order; segmentations (only where asked:
+    # the evaluation's ground truth) are checked one by one, in the same order.
+    for i in (range(len(table)) if check_segm else np.flatnonzero(~ok).tolist()):
         a = table.fetch(i)
         if not isinstance(a, Mapping):
             out.add("annotation", f"annotations[{i}] is a {type(a).__name__}, expected an object")
             continue
-        problem = _annotation_problem(a, annotation_fields, out)
+        problem = None if ok[i] else _annotation_problem(a, annotation_fields, out)
+        if problem is None and check_segm:
+            im = out.images[a["image_id"]]
+            segm, wrong = check_segmentation(a["segmentation"], im["height"], im["width"])
+            if wrong:
+                problem = "annotation", f"field 'segmentation' {wrong}", ()
+            else:
+                out.segmentations[i] = segm
         if problem is None:
-            ok[i] = True
-            table.set_row(i, a, [float(v) for v in a["bbox"]])
+            if not ok[i]:
+                ok[i] = True
+                table.set_row(i, a, [float(v) for v in a["bbox"]])
         else:
+            ok[i] = False
             kind, message, values = problem
             out.add(kind, f"annotation id {table.id_of(i)}: {message}", values)
     out.passed = np.flatnonzero(ok)
@@ -255,7 +291,8 @@ def _images_plain(images: list, fields: Sequence[str]) -> bool:
         return False
     for k in fields:
         values = [im.get(k) for im in images]
-        if k == "file_name" and not (set(map(type, values)) <= {str} and all(values)):
+        if k == "file_name" and not (set(map(type, values)) <= {str} and all(values)
+                                     and not _CONTROL.search("".join(values))):
             return False
         if k in ("height", "width") and not (set(map(type, values)) <= {int} and min(values, default=1) > 0):
             return False
@@ -302,6 +339,9 @@ def _key(value):
 def _annotation_problem(a: Mapping, fields: Sequence[str], out: CheckedCoco) -> tuple | None:
     """The first problem of one annotation as ``(kind, message, values)``, or None."""
     iid, cid = a.get("image_id"), a.get("category_id")
+    for key, v in (("image_id", iid), ("category_id", cid)):
+        if not isinstance(v, Hashable):
+            return "annotation", f"field '{key}' = {v!r} is not an id", ()
     if not _is_key(iid, out.images):
         return "orphan", f"field 'image_id' = {iid!r} is not in images", (_key(iid),)
     if not _is_key(cid, out.categories):
@@ -310,7 +350,7 @@ def _annotation_problem(a: Mapping, fields: Sequence[str], out: CheckedCoco) -> 
     if "bbox" not in a:
         return "annotation", "field 'bbox' is missing", ()
     bbox = a["bbox"]
-    if not isinstance(bbox, list | tuple | np.ndarray) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+    if not isinstance(bbox, list | tuple | np.ndarray) or len(bbox) != 4 or not all(is_number(v) for v in bbox):
         return "annotation", f"field 'bbox' = {bbox!r} is not 4 finite numbers [x, y, w, h]", ()
     if bbox[2] < 0 or bbox[3] < 0:
         return "annotation", (f"field 'bbox' = {bbox!r} has a negative width or height "
@@ -318,7 +358,7 @@ def _annotation_problem(a: Mapping, fields: Sequence[str], out: CheckedCoco) -> 
     crowd = a.get("iscrowd", 0)
     if crowd not in (0, 1):
         return "annotation", f"field 'iscrowd' = {crowd!r} is not 0 or 1", ()
-    if "area" in fields and not _is_number(a.get("area")):
+    if "area" in fields and not is_number(a.get("area")):
         return "annotation", f"field 'area' = {a.get('area')!r} is not a finite number", ()
     if "segmentation" in fields and "segmentation" not in a:
         return "annotation", "field 'segmentation' is missing", ()
@@ -330,8 +370,10 @@ def check_segmentation(segm, height: int, width: int):
 
     Returns:
         ``(segmentation, problem)``: ``problem`` is None or what is wrong (polygons of odd length or not of
-        numbers, an RLE without ``size`` / ``counts``, of another size, or whose counts do not cover the image);
-        polygons of fewer than 3 points are removed from the returned segmentation (``[]`` if none remain).
+        numbers, a polygon point farther outside the image than the image's own size, or not finite, which
+        pycocotools rasterises into a crash or garbage; an RLE without ``size`` / ``counts``, of another size, or
+        whose counts, listed or compressed, do not cover the image); polygons of fewer than 3 points are removed
+        from the returned segmentation (``[]`` if none remain).
     """
     if isinstance(segm, list):
         if not segm:
@@ -339,12 +381,18 @@ def check_segmentation(segm, height: int, width: int):
         if all(isinstance(v, int | float) for v in segm):  # a single flat polygon not wrapped in a list
             segm = [segm]
         polys = []
+        xs, ys = min(width, POLYGON_LIMIT), min(height, POLYGON_LIMIT)
         for j, poly in enumerate(segm):
             if not isinstance(poly, list) or not all(isinstance(v, int | float) and not isinstance(v, bool)
                                                      for v in poly):
                 return None, f"polygon {j} is not a list of numbers"
             if len(poly) % 2:
                 return None, f"polygon {j} has an odd number of coordinates ({len(poly)}); expected x, y pairs"
+            far = next(((x, y) for x, y in zip(poly[::2], poly[1::2], strict=True)
+                        if not (-xs <= x <= 2 * xs and -ys <= y <= 2 * ys)), None)
+            if far is not None:
+                return None, (f"polygon {j} has the point ({far[0]!r}, {far[1]!r}), not finite or farther outside the "
+                              f"{width}x{height} (width x height) image than its size")
             if len(poly) >= 6:
                 polys.append(poly)
         return polys, None
@@ -355,15 +403,19 @@ def check_segmentation(segm, height: int, width: int):
 
 def _check_rle(segm: dict, height: int, width: int):
     size, counts = segm.get("size"), segm.get("counts")
-    if not isinstance(size, list) or len(size) != 2 or counts is None:
+    if not isinstance(size, list) or len(size) != 2 or not all(_is_int(v) for v in size) or counts is None:
         return None, "is an RLE without 'size' [h, w] and 'counts'"
     if list(size) != [height, width]:
         return None, f"RLE size {size} differs from the image size [{height}, {width}]"
-    if isinstance(counts, list):
-        if not all(_is_int(c) and c >= 0 for c in counts):
-            return None, "RLE 'counts' holds a value that is not a non-negative integer"
-        if sum(counts) != height * width:
-            return None, f"RLE 'counts' sum to {sum(counts)}, not height x width = {height * width}"
-    elif not isinstance(counts, str | bytes):
+    if isinstance(counts, str | bytes):
+        try:
+            counts = rle_counts(segm).tolist()
+        except ValueError as err:
+            return None, f"RLE 'counts' string does not decode ({err})"
+    elif not isinstance(counts, list):
         return None, f"RLE 'counts' is a {type(counts).__name__}, expected a list or a string"
+    if not all(_is_int(c) and c >= 0 for c in counts):
+        return None, "RLE 'counts' holds a value that is not a non-negative integer"
+    if sum(counts) != height * width:
+        return None, f"RLE 'counts' sum to {sum(counts)}, not height x width = {height * width}"
     return segm, None

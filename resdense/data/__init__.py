@@ -15,6 +15,7 @@ from .coco_semantic import CocoSemantic
 from .common import DataWarning
 from .image_folder import ImageFolder
 from .image_io import read_image, read_mask, to_image_tensor
+from .instance_masks import InstanceMaskDataset, derive_instance_folder, read_instance_folder
 from .masks import MaskDataset
 from .shapes import SHAPES_CLASSES, ShapesDataset, ShapesSplit, make_shapes
 from .split import Split, make_split
@@ -32,6 +33,9 @@ __all__ = [
     "CocoSemantic",
     "MaskDataset",
     "VocDetection",
+    "InstanceMaskDataset",
+    "read_instance_folder",
+    "derive_instance_folder",
     "ImageFolder",
     "DetectionTransform",
     "SegmentationTransform",

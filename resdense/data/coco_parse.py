@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,12 +24,20 @@ from resdense.coco.table import (
     AREA_NUMBER,
     AREA_OTHER,
     SEGM_OTHER,
+    SEGM_POLYGONS,
     SEGM_RLE_COUNTS,
     SEGM_RLE_STRING,
     AnnotationTable,
     int_array,
 )
-from resdense.coco.validate import CheckedCoco, check_ground_truth, check_segmentation, id_list
+from resdense.coco.validate import (
+    POLYGON_LIMIT,
+    CheckedCoco,
+    check_ground_truth,
+    check_segmentation,
+    id_list,
+    is_number,
+)
 from resdense.errors import DataError
 
 from .coco_store import AnnotationStore, Records
@@ -118,8 +125,7 @@ def parse_coco(data, source: str, *, renumber_ann_ids: bool = False,
     label_to_cat_id = {k: cid for cid, k in cat_id_to_label.items()}
     repairs = _Repairs()
     coco = {k: v for k, v in data.items() if k not in ("annotations", "categories", "images")}
-    coco["categories"] = [copy.copy(c) for c in data["categories"]
-                          if isinstance(c, dict) and c.get("id") in cat_id_to_label]
+    coco["categories"] = [copy.copy(c) for cid, c in checked.categories.items() if cid in cat_id_to_label]
     store = _training_store(checked, names, cat_id_to_label, repairs, errors, coco)
     return ParsedCoco(source, store, [names[c] for c in cat_id_to_label], cat_id_to_label, label_to_cat_id, errors,
                       repairs.warnings(source))
@@ -251,8 +257,14 @@ def _segmentation_for_rules(t: AnnotationTable, passed: np.ndarray, H: np.ndarra
     size = t.rle_size[passed]
     fits = (size[:, 0] == H) & (size[:, 1] == W)
     counts_fit = ~t.rle_negative[passed] & (t.rle_sum[passed] == H.astype(np.int64) * W.astype(np.int64))
-    rle_ok = ((kind == SEGM_RLE_STRING) & fits) | ((kind == SEGM_RLE_COUNTS) & fits & counts_fit)
-    return (kind == SEGM_OTHER) | (((kind == SEGM_RLE_STRING) | (kind == SEGM_RLE_COUNTS)) & ~rle_ok)
+    # a compressed string's counts are only known decoded: the rules decode it (crowd regions: few)
+    rle_ok = (kind == SEGM_RLE_COUNTS) & fits & counts_fit
+    # polygons with a point outside the window check_segmentation allows (or not finite) get its message
+    x0, y0, x1, y1 = t.poly_box[passed].T
+    xs, ys = np.minimum(W, POLYGON_LIMIT), np.minimum(H, POLYGON_LIMIT)
+    inside = (x0 >= -xs) & (x1 <= 2 * xs) & (y0 >= -ys) & (y1 <= 2 * ys)
+    return ((kind == SEGM_OTHER) | (((kind == SEGM_RLE_STRING) | (kind == SEGM_RLE_COUNTS)) & ~rle_ok)
+            | ((kind == SEGM_POLYGONS) & ~inside))
 
 
 def _areas(t: AnnotationTable, passed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -261,7 +273,7 @@ def _areas(t: AnnotationTable, passed: np.ndarray) -> tuple[np.ndarray, np.ndarr
     ok = (kind == AREA_NUMBER) & np.isfinite(area)
     for j in np.flatnonzero(kind == AREA_OTHER).tolist():  # numpy scalars, strings ...
         v = t.fetch(int(passed[j])).get("area")
-        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
+        if is_number(v):
             ok[j], area[j] = True, float(v)
     return ok, area
 
@@ -280,6 +292,6 @@ def images_root_for(ann_file: Path, file_names: list[str]) -> Path:
     candidates += [ann_file.parent.parent / ann_file.stem.replace("instances_", "")]
     for name in file_names[:1]:
         for c in candidates:
-            if (c / name).exists():
+            if os.path.exists(c / name):  # False, not OSError, for a name too long for a file
                 return c
     return ann_file.parent

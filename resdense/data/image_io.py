@@ -52,7 +52,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if data[:2] == b"\xff\xd8" and data.rfind(b"\xff\xd9", max(0, len(data) - 4096)) < 0:
         raise DataError(f"{path}: truncated JPEG (no end-of-image marker); re-export or remove the file")
     buf = np.frombuffer(data, dtype=np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    except cv2.error:  # e.g. a header claiming more pixels than OpenCV decodes: PIL names the problem
+        img = None
     if img is None:
         img = _read_image_pil(path)  # formats OpenCV was built without (e.g. some TIFF/WebP variants)
     else:
@@ -65,7 +68,7 @@ def _read_image_pil(path: str | os.PathLike) -> np.ndarray:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)
             return np.ascontiguousarray(np.asarray(im.convert("RGB")))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(f"{path}: not a readable image ({type(err).__name__}: {err})") from None
 
 
@@ -81,7 +84,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
             orientation = im.getexif().get(0x0112, 1)
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(f"{path}: not a readable image ({type(err).__name__}: {err})") from None
     # Orientations 5..8 transpose the axes (EXIF 2.32, tag 0x0112).
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
@@ -119,7 +122,7 @@ def read_mask(path: str | os.PathLike, color_map: dict[tuple[int, int, int], int
                 raise DataError(f"{path}: unsupported mask mode {mode!r} (expected L, P, I;16, I, 1 or RGB)")
     except FileNotFoundError:
         raise DataError(f"{path}: mask file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise DataError(f"{path}: not a readable mask ({type(err).__name__}: {err})") from None
     if arr.ndim == 3:
         if color_map is None:

@@ -17,7 +17,7 @@ from .image_io import IMAGE_EXTENSIONS, MASK_EXTENSIONS, read_image, read_mask, 
 from .split_names import SplitArg, name_keys, select_split
 from .transforms import as_segmentation_transform
 
-__all__ = ["MaskDataset", "pair_by_stem"]
+__all__ = ["MaskDataset", "pair_by_stem", "find_mask_suffix"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,35 @@ def pair_by_stem(images_dir, masks_dir, mask_suffix: str = "") -> tuple[list[tup
     pairs = [(images[s], masks[s]) for s in sorted(images) if s in masks]
     return pairs, [images[s] for s in sorted(images) if s not in masks], [masks[s] for s in sorted(masks)
                                                                             if s not in images]
+
+
+def find_mask_suffix(images_dir, masks_dir) -> str:
+    """The suffix that mask stems add to image stems (``""``, ``"_mask"`` for ``a.jpg`` / ``a_mask.png``, ...).
+
+    Every way of reading a mask stem as an image stem plus a suffix is a candidate; the one that pairs the most
+    masks with images wins.
+
+    Raises:
+        DataError: no mask is named after an image, or several suffixes pair equally many (e.g. a folder holding
+            ``a_color.png`` and ``a_instanceIds.png`` for ``a.png``): the message lists them; pass the suffix.
+    """
+    images = set(_files(Path(images_dir), IMAGE_EXTENSIONS, "image"))
+    masks = _files(Path(masks_dir), MASK_EXTENSIONS, "mask")
+    score: dict[str, int] = {}
+    for stem in masks:
+        for cut in range(len(stem), 0, -1):
+            if stem[:cut] in images:
+                score[stem[cut:]] = score.get(stem[cut:], 0) + 1
+    if not score:
+        example = f" (e.g. image {min(images)!r}, mask {min(masks)!r})" if images and masks else ""
+        raise DataError(f"{masks_dir}: no mask is named like an image of {images_dir}, with or without a suffix"
+                        f"{example}")
+    best = max(score.values())
+    tops = sorted(s for s, n in score.items() if n == best)
+    if len(tops) > 1:
+        raise DataError(f"{masks_dir}: the mask names fit several suffixes ({', '.join(map(repr, tops))}, each "
+                        f"pairing {best} image(s)); give mask_suffix")
+    return tops[0]
 
 
 def _select(pairs, lonely_images, split: SplitArg, images_dir) -> tuple[list[tuple[Path, Path]], list[Path]]:
@@ -118,9 +147,10 @@ class MaskDataset(SkipBadImages, Dataset):
                 if not (0 <= cls < K or cls == ignore_index):
                     raise ConfigError(f"value_map[{raw}] = {cls!r} is neither a class 0..{K - 1} nor "
                                       f"ignore_index={ignore_index}")
-            lut = np.full(65536, -1, dtype=np.int64)
+            # which raw values are mapped is kept apart from what they map to: any int may be the ignore_index
+            lut, self._mapped = np.zeros(65536, dtype=np.int64), np.zeros(65536, dtype=bool)
             for raw, cls in self.value_map.items():
-                lut[raw] = cls
+                lut[raw], self._mapped[raw] = cls, True
             self._lut = lut
         self.color_map = {tuple(int(c) for c in k): int(v) for k, v in color_map.items()} if color_map else None
         pairs, lonely_images, lonely_masks = pair_by_stem(images_dir, masks_dir, mask_suffix)
@@ -164,7 +194,7 @@ class MaskDataset(SkipBadImages, Dataset):
             if raw.dtype.kind == "i" and raw.size and (raw.min() < 0 or raw.max() > 65535):
                 raise DataError(f"{path}: mask value {int(raw.max())} is outside value_map's range 0..65535")
             mask = self._lut[raw]
-            bad = mask < 0
+            bad = ~self._mapped[raw]
             if bad.any():
                 vals = np.unique(raw[bad])
                 raise DataError(f"{path}: mask value(s) {', '.join(map(str, vals[:8].tolist()))} not in value_map "

@@ -30,9 +30,10 @@ import numpy as np
 from resdense.errors import ConfigError, DataError
 from resdense.files import make_dir, write_text
 
-from .check import DataLayout, find_layouts
+from .check import DataLayout, mask_layout, pick_layout
 from .coco_parse import parse_coco, parse_coco_file, raise_first
 from .image_io import read_mask
+from .instance_masks import read_instance_folder
 from .masks import pair_by_stem
 from .voc import voc_to_coco
 
@@ -139,26 +140,6 @@ def stratified_assignment(labels: Sequence[frozenset[str]], sizes: dict[str, int
     return subset
 
 
-def _layout(path: Path, kind: str | None) -> DataLayout:
-    if not path.exists():
-        raise DataError(f"{path}: no such file or folder")
-    if path.is_file():
-        if path.suffix.lower() != ".json":
-            raise DataError(f"{path}: not a COCO .json file (give a folder for masks or VOC)")
-        found = [DataLayout("coco", path)]
-    else:
-        found = find_layouts(path)
-    if kind is not None:
-        found = [lay for lay in found if lay.kind == kind]
-    if not found:
-        what = f"{kind} dataset" if kind else "COCO .json, VOC Annotations/ or images/ + masks/ folders"
-        raise DataError(f"{path}: found no {what} here")
-    if len(found) > 1:
-        listed = ", ".join(f"{lay.kind} {lay.path}" for lay in found)
-        raise DataError(f"{path}: holds several datasets ({listed}); give the .json file, or choose with kind")
-    return found[0]
-
-
 def _samples(layout: DataLayout) -> tuple[list[str], list[frozenset[str]], str]:
     """Names (as the datasets' ``split=`` takes them), labels per sample, and how labels are named."""
     if layout.kind == "masks":
@@ -170,36 +151,42 @@ def _samples(layout: DataLayout) -> tuple[list[str], list[frozenset[str]], str]:
                 [frozenset(str(int(v)) for v in np.unique(read_mask(mask))) for _, mask in pairs], "mask value")
     if layout.kind == "voc":
         parsed = parse_coco(voc_to_coco(layout.images, layout.path), str(layout.path))
+    elif layout.kind == "instances":
+        parsed = parse_coco(read_instance_folder(layout.images, layout.path).data, str(layout.path))
     else:
         parsed = parse_coco_file(layout.path)
     raise_first(parsed)
-    stem = layout.kind == "voc"  # VOC ids are stems (ImageSets); COCO names are the file_name fields
+    stem = layout.kind != "coco"  # VOC ids and folder samples are stems; COCO names are the file_name fields
     return ([Path(r.file_name).stem if stem else r.file_name for r in parsed.records],
             [frozenset(parsed.class_names[k - 1] for k in r.labels.tolist()) for r in parsed.records], "category")
 
 
-def make_split(path: str | os.PathLike, val: float = 0.2, test: float = 0.0, seed: int = 0, *,
-               block: int = 1, kind: str | None = None) -> Split:
+def make_split(path: str | os.PathLike | None, val: float = 0.2, test: float = 0.0, seed: int = 0, *,
+               block: int = 1, kind: str | None = None, instances: bool = False,
+               images: str | os.PathLike | None = None, masks: str | os.PathLike | None = None) -> Split:
     """Split a dataset into train / val (/ test) name lists, stratified by the labels of each sample.
 
     Args:
-        path: a mask folder root (``images/`` + ``masks/``), a COCO JSON file or a VOC folder (found as
-            ``resdense data check`` finds them, see :func:`~resdense.data.check.find_layouts`).
+        path: a mask folder root (``images/`` + ``masks/``), an instance-mask folder root, a COCO JSON file or a
+            VOC folder (found as ``resdense data check`` finds them, see :func:`~resdense.data.check.find_layouts`).
+            Instance-mask folders are stratified by instance presence (one class: the folder alone does not say
+            which class an instance is).
         val, test: fractions of the samples (``test=0``: no test subset).
         seed: the shuffle; the same data and seed give the same split.
         block: keep runs of ``block`` consecutive samples (dataset order) in one subset, for video frames, whose
             neighbours are near copies of each other (a frame in val next to its twin in train is not held out).
-        kind: ``"masks"``, ``"coco"`` or ``"voc"`` when ``path`` holds several datasets.
+        kind: ``"masks"``, ``"instances"``, ``"coco"`` or ``"voc"`` when ``path`` holds several datasets.
+        instances: read ``images/`` + ``masks/`` as instance ids (see :func:`~resdense.data.check.find_layouts`).
+        images, masks: a mask folder named otherwise (``path`` is then not looked into).
 
     Returns:
         a :class:`Split`; ``Split.write(out)`` writes the files that every dataset's ``split=`` reads.
     """
     _fractions(val, test)
-    if kind is not None and kind not in ("masks", "coco", "voc"):
-        raise ConfigError(f"kind = {kind!r} is not one of 'masks', 'coco', 'voc'")
     if isinstance(block, bool) or not isinstance(block, int) or block < 1:
         raise ConfigError(f"block = {block!r} must be a positive integer")
-    layout = _layout(Path(path), kind)
+    layout = mask_layout(images, masks) if masks is not None or images is not None else \
+        pick_layout(path, kind, instances)
     names, labels, label_kind = _samples(layout)
     sizes = _sizes(len(names), {"val": val, "test": test}, layout.path)
     starts = range(0, len(names), block)

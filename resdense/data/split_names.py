@@ -39,7 +39,7 @@ def read_split(split: SplitArg) -> tuple[list[str], str]:
     if isinstance(split, str | os.PathLike):
         path = Path(split)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark (Windows editors) is no name
         except FileNotFoundError:
             raise DataError(f"{path}: split file not found") from None
         except (OSError, UnicodeDecodeError) as err:

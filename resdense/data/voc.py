@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +14,7 @@ from .coco_parse import parse_coco
 from .image_io import IMAGE_EXTENSIONS, image_size
 from .split_names import SplitArg
 
-__all__ = ["VocDetection", "voc_to_coco", "parse_voc_xml", "find_voc_image"]
+__all__ = ["VocDetection", "voc_to_coco", "parse_voc_xml", "find_voc_image", "voc_size"]
 
 
 def _text(node, tag: str, xml: Path, required: bool = True) -> str | None:
@@ -33,8 +34,16 @@ def _number(node, tag: str, xml: Path) -> float:
         raise DataError(f"{xml}: field <{tag}> = {s!r} is not a number") from None
 
 
+def voc_size(w: str | None, h: str | None) -> tuple[int, int] | None:
+    """``(width, height)`` of a ``<size>`` whose fields are positive whole numbers, else None (then the image's
+    own size is used). ``isdecimal``, not ``isdigit``: ``int()`` refuses digits such as ``²``."""
+    if w and h and w.isdecimal() and h.isdecimal() and int(w) > 0 and int(h) > 0:
+        return int(w), int(h)
+    return None
+
+
 def find_voc_image(images_dir: Path, filename: str | None, xml: Path) -> str:
-    if filename and (images_dir / filename).exists():
+    if filename and os.path.exists(images_dir / filename):  # False, not OSError, for a name too long for a file
         return filename
     for ext in IMAGE_EXTENSIONS:  # <filename> is often stale (renamed files); the XML stem is the usual key
         if (images_dir / (xml.stem + ext)).exists():
@@ -46,7 +55,7 @@ def parse_voc_xml(xml: Path) -> tuple:
     """One VOC file -> ``(xml, filename, width, height, [(name, [xmin, ymin, xmax, ymax], difficult), ...])``."""
     try:
         root = ET.parse(xml).getroot()
-    except ET.ParseError as err:
+    except (ET.ParseError, LookupError) as err:  # LookupError: an encoding declaration Python does not know
         raise DataError(f"{xml}: not valid XML ({err})") from None
     objs = []
     for obj in root.findall("object"):
@@ -87,10 +96,11 @@ def voc_to_coco(images_dir, annotations_dir, classes: Sequence[str] | None = Non
     images, anns = [], []
     for image_id, (xml, filename, w, h, objs) in enumerate(parsed, start=1):
         file_name = find_voc_image(images_dir, filename, xml)
-        if not (w and h and w.isdigit() and h.isdigit() and int(w) > 0 and int(h) > 0):
+        size = voc_size(w, h)
+        if size is None:
             hh, ww = image_size(images_dir / file_name)  # VOC exports with <size> 0 exist; trust the file
-            w, h = str(ww), str(hh)
-        images.append({"id": image_id, "file_name": file_name, "width": int(w), "height": int(h), "xml": str(xml)})
+            size = ww, hh
+        images.append({"id": image_id, "file_name": file_name, "width": size[0], "height": size[1], "xml": str(xml)})
         for name, (x0, y0, x1, y1), difficult in objs:
             if name not in cat:
                 raise DataError(f"{xml}: object class {name!r} is not in classes {names}")

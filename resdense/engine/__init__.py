@@ -12,6 +12,8 @@ from .evaluate import evaluate
 from .export import ExportError, ExportResult, export_model
 from .loading import Run, build_run, load_model
 from .logger import RunLogger, read_csv
+from .package import Package, is_package, read_package
+from .package_export import export_package
 from .predictor import Predictor, as_rgb
 from .quantize import quantize_checkpoint
 from .runner import run_evaluation, run_prediction, run_training
@@ -29,6 +31,7 @@ __all__ = [
     "ExportError",
     "ExportResult",
     "NonFiniteLossError",
+    "Package",
     "Predictor",
     "ResumableSampler",
     "Run",
@@ -49,12 +52,15 @@ __all__ = [
     "evaluate",
     "evaluated_weights",
     "export_model",
+    "export_package",
+    "is_package",
     "load_checkpoint",
     "load_config",
     "load_model",
     "quantize_checkpoint",
     "lr_factor",
     "read_csv",
+    "read_package",
     "resolve_device",
     "rng_state",
     "run_evaluation",

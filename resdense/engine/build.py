@@ -16,8 +16,9 @@ This is also where a recipe is checked as a whole: :func:`load_config` / :func:`
 :mod:`resdense.config`'s (sections, task, ``train``, ``eval``) plus :func:`check_config` (``model`` and ``data``
 against the constructors below); the CLI, the runners and ``resdense.load_config`` go through them.
 
-``data.dataset`` picks the dataset class (``mask``, ``coco_semantic``, ``coco``, ``voc``, ``imagefolder``, or
-``shapes``: :func:`resdense.data.make_shapes` writes the synthetic set first). ``data.train`` / ``data.val`` are
+``data.dataset`` picks the dataset class (``mask``, ``coco_semantic``, ``coco``, ``voc``, ``instance_masks``
+(:class:`resdense.data.InstanceMaskDataset`), ``imagefolder``, or ``shapes``: :func:`resdense.data.make_shapes`
+writes the synthetic set first). ``data.train`` / ``data.val`` are
 that class's keyword arguments; ``data.train_transforms`` / ``data.val_transforms`` those of the task's preset
 (:func:`resdense.data.segmentation_transforms`, :func:`resdense.data.detection_transforms`, or
 :func:`classification_transforms` below); ``null`` means no transforms.
@@ -61,6 +62,7 @@ from resdense.data import (
     CocoDetection,
     CocoSemantic,
     ImageFolder,
+    InstanceMaskDataset,
     MaskDataset,
     ShapesDataset,
     ShapesSplit,
@@ -95,7 +97,7 @@ __all__ = [
 
 DETECTOR_KINDS = DETECTOR_ARCHS  # = resdense.heads.KINDS (tests/engine/test_config.py)
 DATASETS = {"mask": "segmentation", "coco_semantic": "segmentation", "coco": "detection", "voc": "detection",
-            "imagefolder": "classification", "shapes": "segmentation|detection"}
+            "instance_masks": "detection", "imagefolder": "classification", "shapes": "segmentation|detection"}
 _DATA_KEYS = ("dataset", "train", "val", "shapes", "train_transforms", "val_transforms", "allow_overlap")
 
 
@@ -176,7 +178,7 @@ def check_model_section(model: Mapping[str, Any], source: str) -> None:
 
 def _dataset_class(name: str):
     return {"mask": MaskDataset, "coco_semantic": CocoSemantic, "coco": CocoDetection, "voc": VocDetection,
-            "imagefolder": ImageFolder}[name]
+            "instance_masks": InstanceMaskDataset, "imagefolder": ImageFolder}[name]
 
 
 def _transforms_fn(task: str) -> Callable:
@@ -191,7 +193,7 @@ def check_data_section(section: Mapping[str, Any], task: str, source: str) -> No
     name = section.get("dataset")
     if name is None:
         raise ConfigError(f"{source}: data.dataset is missing; one of {', '.join(DATASETS)}")
-    if name not in DATASETS:
+    if not isinstance(name, str) or name not in DATASETS:
         raise ConfigError(f"{source}: data.dataset = {name!r} is not one of {', '.join(DATASETS)}")
     if task not in DATASETS[name]:
         raise ConfigError(f"{source}: data.dataset = {name!r} serves {DATASETS[name]}, not {task}")
@@ -368,5 +370,5 @@ def build_task(task: str, class_names: list[str], config) -> Any:
             raise ConfigError(f"{config.source}: {err}") from None
     if task == "detection":
         iou = ("bbox", "segm") if config.model["arch"] == "mask_rcnn" else ("bbox",)
-        return DetectionTask(class_names, iou_types=iou, backend=config.eval.backend)
+        return DetectionTask(class_names, iou_types=iou, backend=config.eval.backend, max_dets=config.eval.max_dets)
     return ClassificationTask(class_names)

@@ -8,7 +8,6 @@ new one, never a torn one.
 from __future__ import annotations
 
 import os
-import pickle
 import random
 import zipfile
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from resdense.backbones.weights import weight_average
+from resdense.backbones.weights import load_untrusted, weight_average
 from resdense.errors import CheckpointError, ConfigError, WeightsError, WriteError
 from resdense.files import save_torch
 from resdense.typecheck import NOT_SET, first_difference
@@ -53,14 +52,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise WeightsError(f"{path}: checkpoint not found")
     if not zipfile.is_zipfile(path):
         raise WeightsError(f"{path}: not a readable checkpoint (truncated, or not written by torch.save)")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        lines = [ln.strip() for ln in str(err).splitlines() if "GLOBAL" in ln or "Unsupported global" in ln]
-        why = lines[0] if lines else "it holds Python objects"
-        raise WeightsError(f"{path}: refused, the file needs arbitrary unpickling ({why})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        raise WeightsError(f"{path}: not a readable checkpoint ({str(err).splitlines()[0]})") from None
+    ckpt = load_untrusted(path, "checkpoint", map_location)
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise WeightsError(f"{path}: not a resdense training checkpoint (no 'model' entry); "
                            "for plain weights use the model's weights= argument")

@@ -5,8 +5,10 @@ Routes (torch 2.14, torchvision 0.29):
 
 - ``onnx``: the TorchScript-based exporter (``dynamo=False``), as torchvision's own ONNX tests use it.
   Dense models (U-Net, smp decoders, classifiers) take ``image [N, C, H, W]`` with dynamic batch, height and width.
-  Detectors take **one** image ``[3, H, W]`` (dynamic H and W; torchvision's ONNX path is batch 1) and return
-  ``boxes [K, 4]``, ``labels [K]``, ``scores [K]`` (and ``masks [K, 1, H, W]`` for Mask R-CNN) in the eager order.
+  Detectors take **one** image ``[3, H, W]`` (dynamic H and W) and return ``boxes [K, 4]``, ``labels [K]``,
+  ``scores [K]`` (and ``masks [K, 1, H, W]`` for Mask R-CNN) in the eager order, with a dynamic ``K`` that may be 0
+  (verified on a blank image). A batch is refused: torchvision's detectors take a Python list of images, which the
+  trace turns into one graph input per image, so the graph would take exactly that many images (no batch axis).
 - ``torchscript``: dense models are traced; detectors are scripted (torchvision's route) around a traced backbone,
   take a list of any number of ``[3, H, W]`` images and, as every scripted torchvision detector, return
   ``(losses, detections)``.
@@ -41,6 +43,7 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
 from resdense import _torch_private as tp
 from resdense.backbones import trace_to_onnx
+from resdense.data import read_image, to_image_tensor
 from resdense.errors import ConfigError, ResdenseError
 from resdense.files import make_dir, write_with
 from resdense.optional import require
@@ -77,6 +80,8 @@ class Check:
     output: str
     max_abs_diff: float
     tolerance: float
+    image: str = "random"  # the input: "random", "blank" (a constant grey image) or a file's name
+    detections: int | None = None  # detectors: how many the eager model gave (and the export had to match)
 
     @property
     def ok(self) -> bool:
@@ -84,7 +89,10 @@ class Check:
 
     def __str__(self) -> str:
         shape = "x".join(map(str, self.size))
-        return f"{shape} {self.output}: max abs diff {self.max_abs_diff:.3g} (tolerance {self.tolerance:.3g})"
+        what = shape if self.image == "random" else f"{shape} {self.image}"
+        if self.detections is not None:
+            what += f" ({self.detections} detections)"
+        return f"{what} {self.output}: max abs diff {self.max_abs_diff:.3g} (tolerance {self.tolerance:.3g})"
 
 
 @dataclass
@@ -105,7 +113,8 @@ def is_detector(model: nn.Module) -> bool:
 
 def export_model(model_or_checkpoint: nn.Module | str | os.PathLike, path: str | os.PathLike, *,
                  format: str = "onnx", input_size: Sequence[int] | None = None, verify: bool = True,
-                 opset: int = 17, config=None) -> ExportResult:
+                 opset: int = 17, config=None, batch: int = 1,
+                 verify_images: Sequence[str | os.PathLike | Tensor] = ()) -> ExportResult:
     """Export a whole model to ``path`` and, with ``verify``, compare it with the eager model at two input sizes.
 
     Args:
@@ -113,23 +122,33 @@ def export_model(model_or_checkpoint: nn.Module | str | os.PathLike, path: str |
             :func:`~resdense.engine.load_model` from its stored recipe, or from ``config`` when given).
         format: ``"onnx"``, ``"torchscript"`` or ``"pt2"`` (see the module docstring for what each takes).
         input_size: ``(H, W)`` of the example input the graph is made from (default 256 x 320). Verification runs
-            there (batch 1) and at ``(W + d, H)`` (batch 2 for dense models; d is the model's size divisor), so the
-            dynamic axes are exercised.
-        verify: run the export (onnxruntime for ONNX) and the eager model on the same random inputs and compare
-            every output within :data:`TOLERANCES`; detections are matched one to one first.
+            there (batch 1) and at ``(W + d, H)`` (batch ``max(2, batch)`` for dense models; d is the model's size
+            divisor), so the dynamic axes are exercised; a detector also on a blank image at ``(H, W)``, where a
+            trained detector finds nothing (zero detections: empty outputs of the right shapes).
+        verify: run the export (onnxruntime for ONNX) and the eager model on the same inputs and compare every
+            output within :data:`TOLERANCES`; detections are matched one to one first.
         opset: the ONNX opset.
         config: with a checkpoint, the recipe to rebuild the model from instead of the stored one.
+        batch: how many images the exported model takes at once. Dense models and TorchScript detectors take any
+            number (a TorchScript detector is also verified on a list of ``batch`` images); an ONNX detector takes
+            one (see the module docstring), so ``batch > 1`` is refused.
+        verify_images: detectors: image files (or ``[3, H, W]`` tensors in [0, 1]) to verify on as well, each at
+            its own size: a trained detector finds little on random noise, and an image with objects checks the
+            boxes, scores and masks of real detections.
 
     Returns:
         An :class:`ExportResult` with one :class:`Check` per size and output. The export runs on the CPU in float32.
 
     Raises:
-        ConfigError: an unknown format, a bad ``input_size``, a detector asked for ``pt2``.
+        ConfigError: an unknown format, a bad ``input_size`` or ``batch``, a detector asked for ``pt2`` or for an
+            ONNX batch, ``verify_images`` for a dense model.
         ExportError: an output outside its tolerance (one line: size, output, difference, tolerance).
     """
     if format not in FORMATS:
         raise ConfigError(f"export: format={format!r} is not one of {', '.join(FORMATS)}")
     size = _check_size(input_size)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ConfigError(f"export: batch={batch!r} must be a positive int")
     if isinstance(model_or_checkpoint, nn.Module):
         model = copy.deepcopy(model_or_checkpoint).cpu().float().eval()
     else:
@@ -139,13 +158,27 @@ def export_model(model_or_checkpoint: nn.Module | str | os.PathLike, path: str |
     if detector and format == "pt2":
         raise ConfigError("export: format='pt2' is not available for detectors (torchvision's post-processing does "
                           "not torch.export with dynamic sizes); use onnx or torchscript")
+    if detector and format == "onnx" and batch > 1:
+        raise ConfigError(f"export: batch={batch}: a detector's ONNX graph takes one image (torchvision's detectors "
+                          "take a Python list, which the trace turns into one input per image: a fixed count, no "
+                          "batch axis); run it once per image, or use format='torchscript' (a list of any length)")
+    if verify_images and not detector:
+        raise ConfigError("export: verify_images are for detectors (images in [0, 1]); a dense model's input is "
+                          "normalised by the recipe, so it is verified on random tensors")
+    images = [_verify_image(im) for im in verify_images]
     path = Path(path)
     make_dir(path.parent)
     writer = _DETECTOR_WRITERS[format] if detector else _DENSE_WRITERS[format]
     run = writer(model, path, size, opset)
     result = ExportResult(path, format, detector, size)
     if verify:
-        result.checks = (_verify_detector if detector else _verify_dense)(model, run, size)
+        if detector:
+            result.checks = _verify_detector(model, run, size, batch if format == "torchscript" else 1, images)
+            if not any(c.detections for c in result.checks):
+                log.warning("export %s: the model detected nothing on any verification image, so no detection was "
+                            "compared; pass verify_images (--verify-image) with objects in them", path.name)
+        else:
+            result.checks = _verify_dense(model, run, size, batch)
         for check in result.checks:
             log.info("export %s: %s", path.name, check)
         bad = [c for c in result.checks if not c.ok]
@@ -217,16 +250,17 @@ def _dense_pt2(model: nn.Module, path: Path, size: tuple[int, int], opset: int) 
     return lambda t: loaded(t)
 
 
-def _verify_dense(model: nn.Module, run: Callable[[Tensor], Tensor], size: tuple[int, int]) -> list[Check]:
+def _verify_dense(model: nn.Module, run: Callable[[Tensor], Tensor], size: tuple[int, int],
+                  batch: int = 1) -> list[Check]:
     checks = []
-    for batch, hw in ((1, size), (2, _second_size(model, size, detector=False))):
-        x = _dense_example(model, hw, batch, seed=batch)
+    for seed, (n, hw) in enumerate(((1, size), (max(2, batch), _second_size(model, size, detector=False))), start=1):
+        x = _dense_example(model, hw, n, seed=seed)
         with torch.no_grad():
             want = model(x)
-            got = _run_exported(run, x, (batch, *hw))
+            got = _run_exported(run, x, (n, *hw))
         scale = max(1.0, float(want.abs().max()))
         diff = float((got.float() - want).abs().max()) if got.shape == want.shape else float("inf")
-        checks.append(Check((batch, *hw), "logits", diff, TOLERANCES["dense"] * scale))
+        checks.append(Check((n, *hw), "logits", diff, TOLERANCES["dense"] * scale))
     return checks
 
 
@@ -250,47 +284,79 @@ def _detector_onnx(model: nn.Module, path: Path, size: tuple[int, int], opset: i
                       opset=opset)
     session = functools.cache(lambda: _ort_session(path))  # opened when verified, never without verify
 
-    def run(image: Tensor) -> dict[str, Tensor]:
-        outs = session().run(None, {"image": image.numpy()})
-        return {n: torch.from_numpy(np.asarray(o)) for n, o in zip(names, outs, strict=True)}
+    def run(images: list[Tensor]) -> list[dict[str, Tensor]]:
+        outs = [session().run(None, {"image": image.numpy()}) for image in images]
+        return [{n: torch.from_numpy(np.asarray(o)) for n, o in zip(names, out, strict=True)} for out in outs]
 
     return run
 
 
 def _detector_torchscript(model: nn.Module, path: Path, size: tuple[int, int], opset: int) -> Callable:
     # torchvision's detectors script; resdense's backbone (typed dataclass metadata) does not, so it is traced and
-    # the detector around it scripted. The target check is a Python hook TorchScript cannot compile: dropped here.
+    # the detector around it scripted. The target check and the float32 casts of the box deltas are Python hooks
+    # TorchScript cannot compile: dropped here (the casts do nothing outside autocast, and the export runs float32).
     scripted = copy.deepcopy(model)
     tp.clear_forward_pre_hooks(scripted)
+    tp.clear_forward_hooks(scripted)
     with torch.no_grad(), _quiet():
         scripted.backbone = torch.jit.trace(scripted.backbone, _detector_example(size)[None], strict=False,
                                             check_trace=False)
         scripted = torch.jit.script(scripted)
     write_with(path, partial(torch.jit.save, scripted), "TorchScript model")
     loaded = torch.jit.load(str(path))
-    return lambda image: loaded([image])[1][0]
+    return lambda images: loaded(images)[1]
 
 
-def _verify_detector(model: nn.Module, run: Callable[[Tensor], dict], size: tuple[int, int]) -> list[Check]:
+def _verify_detector(model: nn.Module, run: Callable[[list[Tensor]], list[dict]], size: tuple[int, int],
+                     batch: int = 1, images: Sequence[tuple[str, Tensor]] = ()) -> list[Check]:
+    """One image at a time: random at the export size and at a second size, a blank image (no detections for a
+    trained detector) and ``images``; then, for ``batch > 1``, ``batch`` images of both sizes in one call."""
+    second = _second_size(model, size, detector=True)
+    cases = [("random", _detector_example(size, 0)), ("random", _detector_example(second, 1)),
+             ("blank", torch.full((3, *size), 0.5)), *images]
     checks = []
-    for seed, hw in enumerate((size, _second_size(model, size, detector=True))):
-        image = _detector_example(hw, seed)
-        with torch.no_grad():
-            want = model([image])[0]
-            got = _run_exported(run, image, (3, *hw))
-        for name, diff in match_detections(want, got).items():
-            checks.append(Check((3, *hw), name, diff, TOLERANCES[name]))
+    for label, image in cases:
+        checks += _compare_detections(model, run, [image], [label])
+    if batch > 1:
+        many = [_detector_example(size if i % 2 == 0 else second, 10 + i) for i in range(batch)]
+        checks += _compare_detections(model, run, many, [f"image {i + 1} of {batch}" for i in range(batch)])
     return checks
+
+
+def _compare_detections(model: nn.Module, run: Callable[[list[Tensor]], list[dict]], images: list[Tensor],
+                        labels: list[str]) -> list[Check]:
+    with torch.no_grad():
+        wants = model(images)
+        gots = _run_exported(run, images, (len(images), *images[0].shape))
+    checks = []
+    for image, label, want, got in zip(images, labels, wants, gots, strict=True):
+        for name, diff in match_detections(want, got).items():
+            checks.append(Check(tuple(image.shape), name, diff, TOLERANCES[name], label, len(want["boxes"])))
+    return checks
+
+
+def _verify_image(image: str | os.PathLike | Tensor) -> tuple[str, Tensor]:
+    """A verification image: a file (read as the Predictor reads it) or a ``[3, H, W]`` tensor in [0, 1]."""
+    if isinstance(image, Tensor):
+        if image.ndim != 3 or image.shape[0] != 3 or not image.is_floating_point():
+            raise ConfigError(f"export: a verify image tensor of shape {list(image.shape)} and dtype {image.dtype}: "
+                              "expected float [3, H, W] in [0, 1]")
+        return "given image", image.detach().cpu().float()
+    return Path(image).name, to_image_tensor(read_image(image))
 
 
 def match_detections(want: dict[str, Tensor], got: dict[str, Tensor]) -> dict[str, float]:
     """Max abs differences of ``boxes``, ``scores``, ``masks`` (and label mismatches) between two detection lists,
     after pairing them one to one by box distance, score and label (Hungarian matching). Near-equal scores may come
     out in another order, so index ``i`` of one list need not be index ``i`` of the other. Different counts are an
-    infinite ``boxes`` difference."""
+    infinite ``boxes`` difference; a missing output, or one of another shape (``masks [0, 1, H, W]`` for zero
+    detections included), an infinite difference of that output."""
     n = len(want["boxes"])
     if len(got["boxes"]) != n:
         return {"boxes": float("inf")}
+    wrong = [k for k in want if k in TOLERANCES and (k not in got or tuple(got[k].shape) != tuple(want[k].shape))]
+    if wrong:
+        return {k: float("inf") for k in wrong}
     if n == 0:
         return {k: 0.0 for k in want if k in TOLERANCES}
     wb, gb = want["boxes"].double(), got["boxes"].double()

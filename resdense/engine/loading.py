@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from resdense.config import Config
@@ -30,9 +30,10 @@ from .build import (
 )
 from .checkpoint import evaluated_weights, load_checkpoint, seed_everything
 from .distributed import main_first, resolve_device
+from .package import CONFIG_FILE, WEIGHTS_FILE, is_package, package_config, read_package
 from .tasks.base import Task
 
-__all__ = ["Run", "as_config", "build_run", "build_datasets_once", "load_model"]
+__all__ = ["Run", "as_config", "build_run", "build_datasets_once", "load_model", "load_exactly"]
 
 
 @dataclass
@@ -48,13 +49,16 @@ class Run:
 
 
 def as_config(config: Config | str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
-    """A checked :class:`Config` from a recipe path / name, or a checked copy of the given one (one made with
+    """A checked :class:`Config` from a recipe path / name or a package folder (its ``config.yaml``, see
+    :func:`~resdense.engine.package.package_config`), or a checked copy of the given one (one made with
     :mod:`resdense.config` alone has not had its ``model`` / ``data`` keys checked; the caller's object is never
     changed by what the run does with its copy)."""
     if isinstance(config, Config):
         if overrides:
             raise ConfigError("overrides apply to a recipe file; edit the Config object instead")
         return check_config(copy.deepcopy(config))
+    if is_package(config):
+        return package_config(config, overrides)
     return load_config(config, overrides)
 
 
@@ -85,12 +89,44 @@ def build_datasets_once(config: Config, splits: Sequence[str]) -> dict[str, Data
         return build_datasets(config.data, config.task, splits, config.source)
 
 
-def _checkpoint_config(ckpt: dict[str, Any], path: Path) -> tuple[Config, list[str]]:
+def _stored(path: Path) -> tuple[Config, list[str], dict[str, Tensor], Path]:
+    """The recipe, class names and evaluated weights a checkpoint file or a package folder holds, and the file the
+    weights came from."""
+    if is_package(path):
+        package = read_package(path)
+        config = config_from_dict(package.config, str(path / CONFIG_FILE))
+        return config, package.class_names, package.state_dict, path / WEIGHTS_FILE
+    ckpt = load_checkpoint(path)
     raw = dict(ckpt.get("config") or {})
     class_names = list(raw.pop("class_names", []) or [])
     if not raw:
         raise WeightsError(f"{path}: the checkpoint holds no recipe; pass the recipe it was trained with")
-    return config_from_dict(raw, f"{path} (stored recipe)"), class_names
+    return config_from_dict(raw, f"{path} (stored recipe)"), class_names, evaluated_weights(ckpt), path
+
+
+def load_exactly(model: nn.Module, state: dict[str, Tensor], source: str | os.PathLike, what: str) -> None:
+    """``model.load_state_dict(state)`` once every key and shape fits; else one line naming ``source``, ``what``
+    the model is and the first key that does not fit (a shape mismatch first, then a missing, then an extra key).
+
+    Raises:
+        WeightsError: the first misfit and how many there are.
+    """
+    own = model.state_dict()
+    shapes = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    if shapes:
+        k = shapes[0]
+        why = (f"'{k}' has shape {list(state[k].shape)} in the file but {list(own[k].shape)} in the model "
+               f"({len(shapes)} shape-mismatched keys in all)")
+    elif missing:
+        why = f"'{missing[0]}' is missing from the file ({len(missing)} missing keys in all)"
+    elif extra:
+        why = f"'{extra[0]}' is not a key of the model ({len(extra)} unexpected keys in all)"
+    else:
+        model.load_state_dict(state)
+        return
+    raise WeightsError(f"{source}: does not fit {what}: {why}")
 
 
 def _build_for_checkpoint(model_kwargs: dict[str, Any], source: str) -> nn.Module:
@@ -113,28 +149,27 @@ def _build_for_checkpoint(model_kwargs: dict[str, Any], source: str) -> nn.Modul
 
 def load_model(checkpoint: str | os.PathLike, config: Config | str | os.PathLike | None = None,
                device: str = "auto") -> tuple[nn.Module, Run]:
-    """Rebuild a trained model from a checkpoint (its stored recipe, or ``config`` when given) in eval mode.
+    """Rebuild a trained model from a checkpoint or a package folder (its stored recipe, or ``config`` when
+    given) in eval mode.
 
     The weights are the ones the run evaluated (:func:`~resdense.engine.checkpoint.evaluated_weights`): the weight
-    average of a run with ``train.ema_decay``, else the trained weights.
+    average of a run with ``train.ema_decay``, else the trained weights; a package holds only those.
 
     Returns:
         ``(model, run)``; ``run.class_names`` comes from the checkpoint, datasets are not built.
+
+    Raises:
+        WeightsError: an unreadable checkpoint, a bad package (see :func:`~resdense.engine.package.read_package`),
+            or weights that do not fit the recipe's model (the first key that does not).
     """
     path = Path(checkpoint)
-    ckpt = load_checkpoint(path)
-    stored, class_names = _checkpoint_config(ckpt, path)
+    stored, class_names, state, weights_file = _stored(path)
     cfg = as_config(config) if config is not None else stored
     if config is not None and cfg.task != stored.task:
         raise ConfigError(f"{path}: the checkpoint is a {stored.task} model but {cfg.source} is a {cfg.task} recipe")
     model_kwargs = fill_num_classes(cfg.model, cfg.task, class_names) if class_names else dict(cfg.model)
     model = _build_for_checkpoint(model_kwargs, cfg.source)
-    try:
-        model.load_state_dict(evaluated_weights(ckpt))
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()
-        raise WeightsError(f"{path}: does not fit the model of {cfg.source}: "
-                           f"{first[1].strip() if len(first) > 1 else first[0]}") from None
+    load_exactly(model, state, weights_file, f"the {cfg.model['arch']} model of {cfg.source}")
     dev = resolve_device(device)
     model.to(dev).eval()
     task = build_task(cfg.task, class_names, cfg)

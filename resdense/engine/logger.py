@@ -1,4 +1,5 @@
-"""Run logs: ``log.csv`` (training rows), ``eval.csv`` (evaluation rows), TensorBoard when installed.
+"""Run logs: ``log.csv`` (training rows), ``eval.csv`` (evaluation rows), TensorBoard when installed, and any
+further :class:`Sink` (MLflow: :mod:`resdense.engine.mlflow_logger`).
 
 Rows are appended and flushed as they come, so a killed run keeps its log; on resume, rows past the checkpoint's
 iteration are dropped first, so the resumed log reads like an uninterrupted one.
@@ -10,14 +11,15 @@ import csv
 import io
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 # The reader of the files written here lives one floor down, where plot_curves needs it; re-exported.
 from resdense.files import append_text, write_text
 from resdense.visualize import read_csv
 
-__all__ = ["NullLogger", "RunLogger", "read_csv"]
+__all__ = ["NullLogger", "RunLogger", "Sink", "read_csv"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,22 @@ def _after_existing_event_files(tb_dir: Path) -> None:
         time.sleep(min(delay, 1.0))  # a file from a clock in the future: not worth waiting for
 
 
+class Sink(Protocol):
+    """A further destination of a run's rows (an experiment tracker), driven by :class:`RunLogger`."""
+
+    def resume_at(self, iteration: int) -> None:
+        """Called once before the first row: ``iteration`` is the checkpoint's (0: a new run)."""
+
+    def log(self, group: str, iteration: int, values: dict[str, float]) -> None:
+        """One row of ``group`` (``train`` or ``eval``): the scalars of ``log.csv`` / ``eval.csv``."""
+
+    def log_files(self, paths: Sequence[Path]) -> None:
+        """The run's final files (``metrics.json``, ``curves.png``, ...), once they are written."""
+
+    def close(self, status: str) -> None:
+        """``status``: ``FINISHED``, ``FAILED`` or ``KILLED`` (a signal or Ctrl-C: the run can resume)."""
+
+
 class RunLogger:
     """Writes training and evaluation rows to ``run_dir`` (and TensorBoard when ``tensorboard`` is installed).
 
@@ -84,14 +102,17 @@ class RunLogger:
         run_dir: the run directory.
         tensorboard: also write scalars under ``run_dir/tb`` (``pip install resdense[tensorboard]``); without the
             package the run logs CSV only.
+        sinks: further destinations of every row (:class:`Sink`), e.g. an
+            :class:`~resdense.engine.mlflow_logger.MlflowLogger`.
 
     After a resume, :meth:`resume_at` drops the rows logged past the checkpoint from the CSV files and has
     TensorBoard purge its events from that step on (``SummaryWriter(purge_step=...)``), so both read like an
     uninterrupted run. Call it before the first row is logged.
     """
 
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True, sinks: Sequence[Sink] = ()) -> None:
         self.run_dir = Path(run_dir)
+        self.sinks = list(sinks)
         self.train = _CsvFile(self.run_dir / "log.csv")
         self.eval = _CsvFile(self.run_dir / "eval.csv")
         self.tb = None
@@ -103,6 +124,8 @@ class RunLogger:
         self.train.truncate_after(iteration)
         self.eval.truncate_after(iteration)
         self._purge_step = iteration + 1
+        for sink in self.sinks:
+            sink.resume_at(iteration)
 
     def _writer(self):
         if self.tb is None and self._tensorboard:
@@ -134,11 +157,23 @@ class RunLogger:
             for k, v in values.items():
                 tb.add_scalar(f"{group}/{k}", v, iteration)
             tb.flush()  # like the CSV rows: on disk before a kill can take them
+        for sink in self.sinks:
+            sink.log(group, iteration, values)
 
-    def close(self) -> None:
+    def log_files(self, paths: Sequence[str | Path]) -> None:
+        """Hand the run's final files (those that exist) to the sinks; they stay where they are."""
+        present = [Path(p) for p in paths if Path(p).is_file()]
+        for sink in self.sinks:
+            sink.log_files(present)
+
+    def close(self, status: str = "FINISHED") -> None:
+        """Close TensorBoard and the sinks; ``status`` (``FINISHED``, ``FAILED``, ``KILLED``) is the sinks'."""
         if self.tb is not None:
             self.tb.close()
             self.tb = None
+        sinks, self.sinks = self.sinks, []  # once: a second close() has nothing left to end
+        for sink in sinks:
+            sink.close(status)
 
 
 class NullLogger:
@@ -153,5 +188,8 @@ class NullLogger:
     def log_eval(self, iteration: int, metrics: dict[str, float]) -> None:
         pass
 
-    def close(self) -> None:
+    def log_files(self, paths: Sequence[str | Path]) -> None:
+        pass
+
+    def close(self, status: str = "FINISHED") -> None:
         pass

@@ -5,6 +5,7 @@ predictions in the images' own pixels out.
 >>> predictor = Predictor.from_checkpoint("runs/membrane/best.pt", tile=512, overlap=0.25)  # doctest: +SKIP
 >>> predictor("big_slide.png")["mask"].shape                               # doctest: +SKIP
 (4096, 4096)
+>>> predictor = Predictor.from_pretrained("membrane_unet/")  # a package: see resdense.engine.package  # doctest: +SKIP
 
 Images may be file paths, PIL images, ``uint8 [H, W, 3]`` RGB arrays (``[H, W]`` grey is repeated), ``uint8 [3, H,
 W]`` tensors or float ``[3, H, W]`` tensors in ``[0, 1]`` (rounded to 8 bits, as an image file holds them). They are
@@ -13,14 +14,18 @@ that a tiled segmentation keeps the image's own resolution: that is what tiling 
 
 Outputs, one dict per image:
 - segmentation: ``mask`` (``int64 [H, W]``) and ``logits`` (``float32 [K, H, W]``, in the original frame);
-- detection: ``boxes`` (xyxy, original pixels), ``labels``, ``scores`` (and ``masks`` for Mask R-CNN);
+- detection: ``boxes`` (xyxy, original pixels), ``labels``, ``scores``; for Mask R-CNN ``masks`` (float ``[N, 1, H,
+  W]`` probabilities) or, tiled, ``rles`` (N compressed RLEs of the image, ``counts`` as ``str``: a large image with
+  hundreds of instances would need gigabytes as ``masks``);
 - classification: ``probs`` (``[K]``) and ``top`` (the ``top_k`` best ``(class name, probability)``).
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,13 +36,15 @@ from torch import Tensor, nn
 
 from resdense.config import Config
 from resdense.data import read_image, segmentation_transforms, to_image_tensor
-from resdense.errors import ConfigError
+from resdense.errors import ConfigError, WeightsError
+from resdense.heads import has_masks, roi_mask_outputs
 
 from .build import build_task, classification_transforms
 from .loading import load_model
+from .package import is_package
 from .tasks.base import Task
 from .tasks.segmentation import model_divisor
-from .tiling import check_tiling, sliced_detection, sliding_window_logits
+from .tiling import check_tiling, select_detections, sliced_detection, sliding_window_logits
 from .tta import TTA, as_tta, tta_detections, tta_logits
 
 __all__ = ["Predictor", "as_rgb"]
@@ -78,24 +85,28 @@ class Predictor:
         device: where to run (default: where the model's parameters are).
         tile: window side in pixels for large images (``None``: the whole image at once). Segmentation blends the
             windows' logits (:func:`~resdense.engine.tiling.sliding_window_logits`); detection merges the windows'
-            and the whole image's boxes by class-wise NMS (SAHI's sliced prediction).
+            and the whole image's detections class by class (SAHI's sliced prediction,
+            :func:`~resdense.engine.tiling.sliced_detection`), each window capped by the model's own
+            ``detections_per_img``, the image not; a Mask R-CNN's masks are then RLEs (``rles``).
         overlap: fraction of a window shared with its neighbour.
         blend: ``"gaussian"`` or ``"uniform"`` weights of the segmentation windows.
         tile_batch: windows per forward pass (the activation memory is that of this many windows). ``None``: 1 on a
             CPU (fastest and leanest there: 2048 px U-Net R18, 512 px tiles, batch 1 / 2 / 4 took 7.4 / 8.9 / 9.7 s),
             4 on a GPU.
-        tta: ``True`` (flips and scales of :class:`~resdense.engine.tta.TTA`), a ``TTA``, or ``False``.
+        tta: ``True`` (flips and scales of :class:`~resdense.engine.tta.TTA`), a ``TTA``, or ``False``. Not with a
+            tiled Mask R-CNN (TTA maps masks back as image-sized arrays).
         score_threshold: detections below it are dropped (default: ``eval.score_threshold`` of the recipe, else 0).
         preprocess: keyword arguments of the validation transforms that replace the recipe's (e.g. ``mean`` /
             ``std`` of the weights, ``size``).
         top_k: how many classes a classification's ``top`` lists.
+        mask_threshold: a pixel of a tiled Mask R-CNN's instance is in its RLE where its probability is above this.
     """
 
     def __init__(self, model: nn.Module, task: Task | str, *, class_names: Sequence[str] | None = None,
                  config: Config | None = None, device: str | torch.device | None = None, tile: int | None = None,
                  overlap: float = 0.25, blend: str = "gaussian", tile_batch: int | None = None, tta: TTA | bool | None = None,
                  score_threshold: float | None = None, preprocess: dict[str, Any] | None = None,
-                 top_k: int = 5) -> None:
+                 top_k: int = 5, mask_threshold: float = 0.5) -> None:
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         tile_batch = tile_batch if tile_batch is not None else (1 if self.device.type == "cpu" else 4)
         check_tiling(tile, overlap, blend, tile_batch)
@@ -108,6 +119,11 @@ class Predictor:
         self.model = model.to(self.device).eval()
         self.tile, self.overlap, self.blend, self.tile_batch = tile, overlap, blend, tile_batch
         self.tta = as_tta(tta)
+        self.rles = tile is not None and has_masks(model)  # tiled Mask R-CNN: masks as RLEs of the image
+        if self.rles and self.tta is not None:
+            raise ConfigError(f"tta with tile = {tile} for a Mask R-CNN: tiled instance masks are RLEs, which TTA "
+                              "cannot map back; use one or the other")
+        self.mask_threshold = float(mask_threshold)
         default_thr = config.eval.score_threshold if config is not None else 0.0
         self.score_threshold = default_thr if score_threshold is None else float(score_threshold)
         self._val_tf = dict(config.data.get("val_transforms") or {}) if config is not None else {}
@@ -120,6 +136,46 @@ class Predictor:
         """A predictor of a checkpoint written by ``resdense train`` (its stored recipe, or ``config``)."""
         model, run = load_model(checkpoint, config, device=device)
         return cls(model, run.task, class_names=run.class_names, config=run.config, **options)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, device: str = "auto", **options: Any) -> Predictor:
+        """A predictor of a package folder (``resdense export CKPT --format package --out DIR``, see
+        :mod:`resdense.engine.package`): the weights of its ``model.safetensors``, the recipe of its ``config.yaml``,
+        the class names of its ``resdense.json``. No other file is read and nothing is unpickled. ``options``: those
+        of the constructor (``tile``, ``tta``, ``score_threshold``, ...).
+
+        Raises:
+            WeightsError: ``path`` is not a folder, or a bad package (one line naming the file: see
+                :func:`~resdense.engine.package.read_package`).
+        """
+        if not is_package(path):
+            why = ("not a package folder; a checkpoint file loads with Predictor.from_checkpoint" if Path(path).exists()
+                   else "package folder not found")
+            raise WeightsError(f"{path}: {why}")
+        return cls.from_checkpoint(path, device=device, **options)
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """What this predictor does to an RGB ``uint8`` image before the model, as plain values (a package's
+        ``resdense.json`` records it for users outside resdense): read from the arguments the transforms get
+        (``data.val_transforms`` and ``preprocess`` over the presets' defaults) and, for a detector, from the
+        detector's own transform, which resizes and normalises inside the model."""
+        if self.kind == "detection":
+            t = getattr(self.model, "transform", None)  # torchvision's GeneralizedRCNNTransform
+            inside = {} if t is None else {"min_size": list(t.min_size), "max_size": t.max_size,
+                                           "mean": list(t.image_mean), "std": list(t.image_std),
+                                           "size_divisible": t.size_divisible}
+            return {"scale": "1/255 (RGB in [0, 1]); the model resizes and normalises", **inside}
+        fn = segmentation_transforms if self.kind == "segmentation" else classification_transforms
+        kw = {name: p.default for name, p in inspect.signature(fn).parameters.items() if p.default is not p.empty}
+        kw.update(self._val_tf)
+        normalize = bool(kw.get("normalize", True))  # then (x - mean) / std, in [0, 1] units
+        norm = {"normalize": normalize, **({"mean": list(kw["mean"]), "std": list(kw["std"])} if normalize else {})}
+        if self.kind == "classification":
+            return {"scale": "1/255 (RGB in [0, 1])", "resize_shorter_side": kw["resize"], "center_crop": kw["size"],
+                    **norm}
+        return {"scale": "1/255 (RGB in [0, 1])", "resize_longer_side": None if self.tile is not None else kw["size"],
+                **norm, "pad_to_multiple_of": model_divisor(self.model), "tile": self.tile}
 
     @property
     def kind(self) -> str:
@@ -166,13 +222,18 @@ class Predictor:
 
     # ---- detection ----------------------------------------------------------------------------------------------
     def _detect_many(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
-        return self.task.predict(self.model, [im.to(self.device) for im in images])
+        images = [im.to(self.device) for im in images]
+        if self.rles:  # RoI masks, pasted as RLEs by sliced_detection
+            return [{k: v.cpu() for k, v in o.items()} for o in roi_mask_outputs(self.model, images)]
+        return self.task.predict(self.model, images)
 
     def _detect_one(self, image: Tensor) -> dict[str, Tensor]:
         if self.tile is None:
             return self._detect_many([image])[0]
+        # each window gives at most the model's detections_per_img; the merged image keeps all it has (a large
+        # image holds more objects than one window)
         return sliced_detection(self._detect_many, image, self.tile, overlap=self.overlap, tile_batch=self.tile_batch,
-                                max_detections=_max_detections(self.model))
+                                max_detections=None, mask_threshold=self.mask_threshold)
 
     @torch.no_grad()
     def _detect(self, rgb: np.ndarray) -> dict[str, Any]:
@@ -181,8 +242,8 @@ class Predictor:
             out = tta_detections(self._detect_one, image, self.tta, max_detections=_max_detections(self.model))
         else:
             out = self._detect_one(image)
-        keep = out["scores"] >= self.score_threshold
-        return {k: v[keep].cpu() for k, v in out.items()}
+        out = select_detections(out, out["scores"] >= self.score_threshold)
+        return {k: v if isinstance(v, list) else v.cpu() for k, v in out.items()}
 
     # ---- classification -----------------------------------------------------------------------------------------
     @torch.no_grad()

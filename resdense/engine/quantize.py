@@ -1,4 +1,4 @@
-"""A recipe's trained U-Net as an int8 CPU model, calibrated on the recipe's own training images (issue 13, item 6).
+"""A recipe's trained U-Net as an int8 CPU model, calibrated on the recipe's own training images.
 
 >>> from resdense.engine import quantize_checkpoint                              # doctest: +SKIP
 >>> model, run = quantize_checkpoint("runs/demo_shapes_unet_r18/best.pt", n=32)  # doctest: +SKIP

@@ -11,7 +11,10 @@ the tile covers is predicted exactly as the whole image.
 
 Detection (SAHI's sliced prediction): the detector runs on every window and on the whole image; the windows' boxes
 are shifted to the image's frame and merged class by class as SAHI does by default (greedy non-maximum merging
-of boxes whose intersection covers half of the smaller one).
+of boxes whose intersection covers half of the smaller one). Instance masks travel as compressed RLEs of the image
+when the detector gives RoI masks (:func:`~resdense.heads.roi_mask_outputs`): each is pasted into its box inside
+its window and placed at the window's offset, and merged masks are RLE unions, so no image-sized array is ever made
+per instance and the memory is that of the tile batch plus the RLEs.
 """
 
 from __future__ import annotations
@@ -24,12 +27,16 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import batched_nms
 
+from resdense.coco import union_rle
 from resdense.errors import ConfigError
+from resdense.heads import paste_rles
 
-__all__ = ["BLENDS", "window_starts", "windows", "blend_weight", "pad_to", "sliding_window_logits", "sliced_detection",
-           "merge_detections", "greedy_merge", "check_tiling"]
+__all__ = ["BLENDS", "MATCH_METRICS", "MERGES", "window_starts", "windows", "blend_weight", "pad_to", "sliding_window_logits", "sliced_detection",
+           "merge_detections", "greedy_merge", "select_detections", "check_tiling"]
 
 BLENDS = ("gaussian", "uniform")
+MATCH_METRICS = ("ios", "iou")  # SAHI's IOS (intersection over the smaller box) and IOU
+MERGES = ("nmm", "nms")  # SAHI's GREEDYNMM (a group becomes one instance) and NMS (the group's best is kept)
 
 
 def check_tiling(tile: int | None, overlap: float, blend: str = "gaussian", tile_batch: int = 1) -> None:
@@ -129,20 +136,41 @@ def merge_detections(parts: list[dict[str, Tensor]], iou_threshold: float = 0.5,
     keep = batched_nms(merged["boxes"].float(), merged["scores"].float(), merged["labels"], iou_threshold)
     if max_detections is not None:
         keep = keep[:max_detections]
-    return {k: v[keep] for k, v in merged.items()}
+    return select_detections(merged, keep)
 
 
-def _concat(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-    keys = [k for k in ("boxes", "scores", "labels", "masks") if all(k in p for p in parts)]
-    return {k: torch.cat([p[k] for p in parts]) for k in keys}
+def _concat(parts: list[dict]) -> dict:
+    keys = [k for k in ("boxes", "scores", "labels", "masks", "rles") if all(k in p for p in parts)]
+    return {k: [r for p in parts for r in p[k]] if k == "rles" else torch.cat([p[k] for p in parts]) for k in keys}
 
 
-def greedy_merge(parts: list[dict[str, Tensor]], threshold: float = 0.5,
-                 max_detections: int | None = None) -> dict[str, Tensor]:
-    """SAHI's ``GREEDYNMM`` with its ``IOS`` match: best score first, a box absorbs the boxes of its class whose
-    intersection covers more than ``threshold`` of the smaller one; the merged box is their union, its score the
-    best, its mask their union. A window cuts an object at its edge; this joins the pieces (plain NMS by IoU keeps
-    a half box beside the whole one)."""
+def select_detections(out: dict, index: Tensor) -> dict:
+    """The detections ``index`` (indices or a boolean mask) of an output dict; ``rles`` is a list."""
+    if index.dtype == torch.bool:
+        index = index.nonzero().flatten()
+    return {k: [v[i] for i in index.tolist()] if isinstance(v, list) else v[index.to(v.device)]
+            for k, v in out.items()}
+
+
+def greedy_merge(parts: list[dict], threshold: float = 0.5, max_detections: int | None = None, *,
+                 metric: str = "ios", merge: str = "nmm") -> dict:
+    """SAHI's ``GREEDYNMM`` (``merge="nmm"``) or ``NMS`` (``"nms"``), class by class, with its ``IOS`` or ``IOU``
+    match of boxes: best score first, a detection takes the free detections of its class whose box matches its box
+    above ``threshold``. With ``"nmm"`` the group becomes one detection: the union of the boxes, the best score,
+    the union of the masks (``masks``: pixel-wise max; ``rles``: RLE union); with ``"nms"`` the best is kept as it
+    is. A window cuts an object at its edge; merging joins the pieces (plain NMS by IoU keeps a half box beside the
+    whole one).
+
+    Args:
+        parts: outputs in one frame: ``boxes [N, 4]`` xyxy, ``scores``, ``labels``, optionally ``masks [N, 1, H, W]``
+            or ``rles`` (N compressed RLEs of the image).
+
+    Returns:
+        The merged detections, best score first, at most ``max_detections``.
+    """
+    if metric not in MATCH_METRICS or merge not in MERGES:
+        raise ConfigError(f"greedy_merge: metric={metric!r} / merge={merge!r}: expected one of "
+                          f"{', '.join(MATCH_METRICS)} / {', '.join(MERGES)}")
     merged = _concat(parts)
     boxes, scores, labels = merged["boxes"].float(), merged["scores"], merged["labels"]
     if not len(boxes):
@@ -151,53 +179,79 @@ def greedy_merge(parts: list[dict[str, Tensor]], threshold: float = 0.5,
     lt = torch.maximum(boxes[:, None, :2], boxes[None, :, :2])
     rb = torch.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
     inter = (rb - lt).clamp_min(0).prod(-1)
-    ios = inter / torch.minimum(area[:, None], area[None, :]).clamp_min(1e-9)
-    match = (ios > threshold) & (labels[:, None] == labels[None, :])
+    if metric == "ios":
+        denominator = torch.minimum(area[:, None], area[None, :])
+    else:
+        denominator = area[:, None] + area[None, :] - inter
+    match = (inter / denominator.clamp_min(1e-9) > threshold) & (labels[:, None] == labels[None, :])
     free = torch.ones(len(boxes), dtype=torch.bool)
-    out_boxes, keep, masks = [], [], []
+    keep, groups = [], []
     for i in scores.argsort(descending=True).tolist():
         if not free[i]:
             continue
         group = (match[i] & free).nonzero().flatten()
         free[group] = False
-        out_boxes.append(torch.cat([boxes[group, :2].amin(0), boxes[group, 2:].amax(0)]))
         keep.append(i)
-        if "masks" in merged:
-            masks.append(merged["masks"][group].amax(0))
-    keep = keep[:max_detections] if max_detections is not None else keep
-    idx = torch.tensor(keep)
-    out = {"boxes": torch.stack(out_boxes[:len(keep)]).to(merged["boxes"].dtype), "scores": scores[idx],
-           "labels": labels[idx]}
-    if masks:
-        out["masks"] = torch.stack(masks[:len(keep)])
+        groups.append(group)
+        if max_detections is not None and len(keep) == max_detections:
+            break
+    out = select_detections(merged, torch.tensor(keep))
+    if merge == "nms":
+        return out
+    out["boxes"] = torch.stack([torch.cat([boxes[g, :2].amin(0), boxes[g, 2:].amax(0)]) for g in groups]
+                               ).to(merged["boxes"].dtype)
+    if "masks" in merged:
+        out["masks"] = torch.stack([merged["masks"][g].amax(0) for g in groups])
+    if "rles" in merged:
+        out["rles"] = [union_rle([merged["rles"][j] for j in g.tolist()]) for g in groups]
     return out
 
 
 @torch.no_grad()
 def sliced_detection(detect: Callable[[list[Tensor]], list[dict[str, Tensor]]], image: Tensor, tile: int, *,
                      overlap: float = 0.25, tile_batch: int = 4, match_threshold: float = 0.5,
-                     max_detections: int | None = 100, full_image: bool = True) -> dict[str, Tensor]:
+                     max_detections: int | None = 100, full_image: bool = True, metric: str = "ios",
+                     merge: str = "nmm", mask_threshold: float = 0.5) -> dict:
     """Detections on one image ``[3, H, W]`` from windows (and the whole image), merged by :func:`greedy_merge`.
+    A tile that covers the image gives the detector's output on the whole image as it is (nothing to merge).
 
     Args:
         detect: a list of ``[3, h, w]`` images -> torchvision-style outputs (``boxes`` xyxy in each input's pixels,
-            ``scores``, ``labels``, optional ``masks [N, 1, h, w]``).
+            ``scores``, ``labels``; for instance masks either ``masks [N, 1, h, w]`` or ``roi_masks [N, 1, M, M]``
+            as :func:`~resdense.heads.roi_mask_outputs` gives them).
+        match_threshold, metric, merge: see :func:`greedy_merge`.
+        mask_threshold: the probability above which a pixel of a RoI mask is in the instance.
+
+    Returns:
+        ``boxes``, ``scores``, ``labels`` and, with instance masks, ``masks [N, 1, H, W]`` (from ``masks``: an image
+        sized array per instance) or ``rles`` (from ``roi_masks``: N compressed RLEs of the image, ``counts`` str).
     """
     check_tiling(tile, overlap, "uniform", tile_batch)
     h, w = image.shape[-2:]
     boxes = windows(h, w, tile, overlap)
     parts = []
     if full_image or len(boxes) == 1:
-        parts.append(detect([image])[0])
+        parts.append(_to_image(detect([image])[0], (0, 0, h, w), h, w, mask_threshold))
     if len(boxes) > 1:
         for group in _batches(boxes, tile_batch):
             outs = detect([image[:, y0:y1, x0:x1] for y0, x0, y1, x1 in group])
-            parts += [_shift(o, y0, x0, h, w) for (y0, x0, _, _), o in zip(group, outs, strict=True)]
-    return greedy_merge(parts, match_threshold, max_detections)
+            parts += [_to_image(o, box, h, w, mask_threshold) for box, o in zip(group, outs, strict=True)]
+    if len(parts) == 1:
+        return parts[0]
+    return greedy_merge(parts, match_threshold, max_detections, metric=metric, merge=merge)
 
 
-def _shift(out: dict[str, Tensor], y0: int, x0: int, height: int, width: int) -> dict[str, Tensor]:
+def _to_image(out: dict[str, Tensor], window: tuple[int, int, int, int], height: int, width: int,
+              mask_threshold: float) -> dict:
+    """One window's output in the image's frame: boxes shifted, RoI masks pasted as RLEs of the image at the
+    window's offset (clipped to the window, as the detector clips them to its input), dense masks placed."""
+    y0, x0, y1, x1 = window
     shifted = dict(out)
+    if "roi_masks" in out:
+        shifted["rles"] = paste_rles(shifted.pop("roi_masks"), out["boxes"], (y1 - y0, x1 - x0), offset=(y0, x0),
+                                     image_size=(height, width), threshold=mask_threshold)
+    if (y0, x0, y1, x1) == (0, 0, height, width):
+        return shifted
     shifted["boxes"] = out["boxes"] + torch.tensor([x0, y0, x0, y0], dtype=out["boxes"].dtype,
                                                    device=out["boxes"].device)
     if "masks" in out:

@@ -18,6 +18,8 @@ every rank's random generator states, so a job killed and launched again resumes
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.metadata
 import logging
 import math
 import os
@@ -45,6 +47,7 @@ from .distributed import resolve_device
 from .ema import create_ema
 from .evaluate import autocast, eval_loader, evaluate
 from .logger import NullLogger, RunLogger
+from .mlflow_logger import MlflowLogger
 from .sampler import ResumableSampler, SeededDataset, groups
 from .schedule import BackboneFreeze, build_optimizer, build_scheduler
 from .step import NonFiniteLossError, forward_backward, nonfinite_error
@@ -57,6 +60,14 @@ log = logging.getLogger(__name__)
 _now = time.perf_counter  # the clock of timings (a name of its own, so that tests can replace it)
 
 
+def _version() -> str:
+    """The installed resdense's version (the package facade, which holds ``__version__``, lies above the engine)."""
+    try:
+        return importlib.metadata.version("resdense")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 class Trainer(TrainerState):
     """Train ``model`` on ``train_set`` with ``task``'s loss, evaluating on ``val_set``.
 
@@ -65,7 +76,8 @@ class Trainer(TrainerState):
         task: a :class:`~resdense.engine.tasks.base.Task` (loss, collate, evaluation).
         train_set / val_set: datasets returning ``(input, target)``; ``val_set`` may be ``None`` (no evaluation).
         train: :class:`TrainConfig`; eval: :class:`EvalConfig`.
-        run_dir: where ``log.csv``, ``eval.csv``, ``last.pt``, ``best.pt``, ``metrics.json`` and ``curves.png`` go.
+        run_dir: where ``log.csv``, ``eval.csv``, ``last.pt``, ``best.pt``, ``metrics.json`` and ``curves.png`` go
+            (and ``tb/`` and ``mlflow.json``, as ``train.loggers`` asks).
         config: the resolved recipe as plain types, stored in every checkpoint.
         hooks: optional ``{"after_step": fn(trainer, iteration, losses)}`` callbacks (used by tests and the demo).
 
@@ -173,11 +185,11 @@ class Trainer(TrainerState):
         if self.val_set is not None:
             log.info("best.pt: the %s %s", "highest" if self.metric_mode == "max" else "lowest", self.metric_name)
         self.maybe_resume(resume)
-        logger = RunLogger(self.run_dir) if main else NullLogger()
-        logger.resume_at(self.iteration)
+        logger = self._open_logger()
         progress = self._progress()
         loader = self._train_loader()
         self.model.train()
+        status = "FAILED"  # what the loggers record unless the run completes or is stopped by a signal
         try:
             with self.stop_request:  # SIGTERM: every rank finishes its step, then last.pt and one line
                 self.stopped = self._stop_reason(after_eval=True)  # a resumed run that had already stopped
@@ -190,10 +202,39 @@ class Trainer(TrainerState):
                 if self.val_set is not None and self.best.get("evaluated_at") != self.iteration:
                     self._evaluate(logger)
                 self.save("last.pt")  # a stop request after the last step changes nothing: the run is complete
+            progress.close()
+            result = self._finish(logger)
+            status = "FINISHED"
+        except (TrainingInterrupted, KeyboardInterrupt):
+            status = "KILLED"  # last.pt holds the run: the same command resumes it
+            raise
         finally:
             progress.close()
-            logger.close()
-        return self._finish()
+            logger.close(status)
+        return result
+
+    def _open_logger(self) -> RunLogger | NullLogger:
+        """Rank 0's :class:`RunLogger` with the destinations of ``train.loggers``, opened at the iteration the run
+        resumes from; :class:`NullLogger` on the other ranks. A failure to open on rank 0 (a missing package, an
+        MLflow store that cannot be opened) is raised on every rank before training starts."""
+        opened: list[RunLogger] = []
+
+        def open_on_main() -> None:
+            sinks = []
+            if "mlflow" in self.cfg.loggers:
+                params = self.config or {"train": dataclasses.asdict(self.cfg),
+                                         "eval": dataclasses.asdict(self.eval_cfg)}
+                tags = {"resdense.task": self.task.name, "resdense.version": _version(),
+                        "resdense.precision": self.precision.name, "resdense.run_dir": str(self.run_dir.resolve())}
+                experiment = self.cfg.mlflow_experiment or self.config.get("name") or self.run_dir.name
+                sinks.append(MlflowLogger(self.run_dir, uri=self.cfg.mlflow_uri, experiment=experiment,
+                                          params=params, tags=tags))
+            logger = RunLogger(self.run_dir, tensorboard="tensorboard" in self.cfg.loggers, sinks=sinks)
+            logger.resume_at(self.iteration)
+            opened.append(logger)
+
+        distributed.on_main(open_on_main)
+        return opened[0] if opened else NullLogger()
 
     def _train(self, loader: DataLoader, logger: RunLogger, progress) -> None:
         while self.iteration < self.total_iters and self.stopped is None:
@@ -354,7 +395,7 @@ class Trainer(TrainerState):
         else:
             self.stale_evals += 1
 
-    def _finish(self) -> dict[str, Any]:
+    def _finish(self, logger: RunLogger | NullLogger) -> dict[str, Any]:
         summary = self.task.summary(self.last_metrics)
         result = {
             "task": self.task.name,
@@ -365,9 +406,7 @@ class Trainer(TrainerState):
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "stopped": self.stopped,
             "evaluated_weights": "ema" if self.ema is not None else "model",
-            "device": str(self.device),
-            "precision": self.precision.as_dict(),
-            "memory_format": self.memory_format.as_dict(),
+            **self.hardware(),  # device, precision, memory_format, processes, machine
         }
         if self.world.main:
             write_json(self.run_dir / "metrics.json", result)
@@ -375,6 +414,7 @@ class Trainer(TrainerState):
                 plot_curves(self.run_dir, self.run_dir / "curves.png")
             except Exception as err:  # a plotting problem must never lose a finished run
                 log.warning("could not draw curves: %s", err)
+            logger.log_files([self.run_dir / name for name in ("metrics.json", "curves.png", "config.yaml")])
         distributed.barrier()  # the run directory is complete when fit() returns, on every rank
         return result
 

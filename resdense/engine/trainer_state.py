@@ -3,7 +3,8 @@ atomically from rank 0 and read back on every rank.
 
 A mixin rather than functions because it is the trainer's own state: it reads and sets the trainer's attributes
 (``model``, ``optimizer``, ``scheduler``, ``scaler``, ``ema``, ``iteration``, ``best``, ``timings``,
-``stale_evals``, ``pending``, ``world``, ``cfg``, ``config``, ``run_dir``), which ``Trainer.__init__`` creates.
+``stale_evals``, ``pending``, ``world``, ``cfg``, ``config``, ``run_dir``, ``device``, ``precision``,
+``memory_format``), which ``Trainer.__init__`` creates.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from resdense.errors import WeightsError
+from resdense.hardware import machine_summary
 
 from . import distributed
 from .checkpoint import (
@@ -56,9 +58,17 @@ class TrainerState:
             "timings": dict(self.timings),
             "stale_evals": self.stale_evals,
             "config": self.config,
+            "hardware": self.hardware(),
             **({"ema": ema_state(self.ema)} if self.ema is not None else {}),
             **({"pending": self.pending} if self.pending is not None else {}),
         }
+
+    def hardware(self) -> dict[str, Any]:
+        """Where and how the run trains: device, precision, memory format, processes and the machine's line
+        (:func:`resdense.hardware.machine_summary`); a package's model card quotes it."""
+        return {"device": str(self.device), "precision": self.precision.as_dict(),
+                "memory_format": self.memory_format.as_dict(), "processes": self.world.size,
+                "machine": machine_summary()}
 
     def save(self, name: str = "last.pt") -> Path:
         """Write ``run_dir/name`` atomically from rank 0 (every rank calls it); returns once the file is complete,

@@ -10,16 +10,15 @@ engines (which write ``ignore``, ``rle``, ``area`` ... into the dicts they get) 
 from __future__ import annotations
 
 import logging
-import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from resdense.coco.io import CocoFileError, read_json
 from resdense.coco.rle import segm_to_rle
-from resdense.coco.validate import Problem, check_ground_truth, id_list
+from resdense.coco.validate import Problem, check_ground_truth, check_segmentation, id_list
 from resdense.errors import EvaluationError
 
 logger = logging.getLogger(__name__)
@@ -74,8 +73,16 @@ def load_ground_truth(gt: Any, iou_type: str, *, renumber_ann_ids: bool = False)
         raise _ground_truth_error(checked.problems, source)
     if renumber_ann_ids:
         logger.debug("renumbered %d ground-truth annotation ids to 1..N", len(checked.annotations))
-    return {"images": list(dataset["images"]), "annotations": [dict(a.ann, id=a.new_id) for a in checked.annotations],
-            "categories": list(dataset["categories"])}
+    annotations = [dict(a.ann, id=a.new_id) for a in checked.annotations]
+    if iou_type == "segm":  # as checked: polygons of fewer than 3 points (which pycocotools misreads) removed
+        for ann, a in zip(annotations, checked.annotations, strict=True):
+            im = checked.images[ann["image_id"]]
+            ann["segmentation"] = a.segmentation if a.segmentation != [] else _empty_rle(im["height"], im["width"])
+    return {"images": list(dataset["images"]), "annotations": annotations, "categories": list(dataset["categories"])}
+
+
+def _empty_rle(height: int, width: int) -> dict:
+    return {"size": [height, width], "counts": [height * width]}
 
 
 def _ground_truth_error(problems: list[Problem], source: str) -> EvaluationError:
@@ -123,6 +130,10 @@ def load_results(results: Any, gt: dict, iou_type: str) -> list[dict]:
     # Plain ints: numpy / torch scalars hash differently from the GT's ints (torch) or trip json (numpy).
     image_ids = [_plain(r["image_id"]) for r in results]
     cat_ids = [_plain(r["category_id"]) for r in results]
+    for key, ids in (("image_id", image_ids), ("category_id", cat_ids)):
+        bad = next((i for i, v in enumerate(ids) if not isinstance(v, Hashable)), None)
+        if bad is not None:
+            raise EvaluationError(f"{source} entry {bad}: {key!r} = {ids[bad]!r} is not an id")
 
     unknown_images = set(image_ids) - {img["id"] for img in gt["images"]}
     if unknown_images:
@@ -211,16 +222,25 @@ def _compressed_rle(seg: Any, size: list[int], source: str, index: int) -> dict:
     if isinstance(seg, Mapping):
         if "counts" not in seg or "size" not in seg:
             raise EvaluationError(f"{source} entry {index}: RLE 'segmentation' needs 'size' and 'counts'")
-        if [int(v) for v in seg["size"]] != size:
+        given = seg["size"]
+        try:
+            same = [int(v) for v in given] == size
+        except (TypeError, ValueError, OverflowError):
+            same = False
+        if not same:
+            shown = list(given) if isinstance(given, list | tuple) else repr(given)
             raise EvaluationError(
-                f"{source} entry {index}: mask size {list(seg['size'])} != image {size} (height, width); "
+                f"{source} entry {index}: mask size {shown} != image {size} (height, width); "
                 "masks must be pasted into the original image"
             )
-        return segm_to_rle(dict(seg, size=size), h, w)
-    if isinstance(seg, list) and seg and all(isinstance(p, list) and len(p) >= 6 for p in seg):
-        if not all(math.isfinite(v) for p in seg for v in p):
-            raise EvaluationError(f"{source} entry {index}: polygon 'segmentation' holds NaN/inf")
-        return segm_to_rle(seg, h, w)
-    raise EvaluationError(
-        f"{source} entry {index}: 'segmentation' must be RLE or a list of polygons, got {type(seg).__name__}"
-    )
+        seg = dict(seg, size=size)
+    elif not isinstance(seg, list) or not seg:
+        raise EvaluationError(
+            f"{source} entry {index}: 'segmentation' must be RLE or a list of polygons, got {type(seg).__name__}"
+        )
+    checked, problem = check_segmentation(seg, h, w)
+    if problem is None and checked == []:
+        problem = "has no polygon of 3 or more points"
+    if problem is not None:
+        raise EvaluationError(f"{source} entry {index}: 'segmentation' {problem}")
+    return segm_to_rle(checked, h, w)

@@ -15,12 +15,12 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from pycocotools import mask as mask_utils
 from torch import Tensor
 
+from resdense.coco.results import detection_results
+from resdense.coco.rle import encode_masks
 from resdense.errors import ConfigError, EvaluationError
 
 from .coco import BACKENDS, CocoEvaluation, check_max_dets, coco_evaluate
@@ -136,19 +136,13 @@ class DetectionEvaluator:
         # Boxes come in the frame the model saw (``size``); COCO wants the file's pixels, as [x, y, w, h].
         sy, sx = orig[0] / size[0], orig[1] / size[1]
         boxes = boxes * torch.tensor([sx, sy, sx, sy], dtype=torch.float64)
-        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
         out: dict[str, list[dict]] = {}
         if "bbox" in self.iou_types:
-            out["bbox"] = [
-                {"image_id": image_id, "category_id": c, "bbox": b, "score": s}
-                for c, b, s in zip(cat_ids, xywh, scores, strict=True)
-            ]
+            out["bbox"] = detection_results(image_id, cat_ids, scores, boxes=boxes.numpy())
         if "segm" in self.iou_types:
+            # no bbox in segm results: pycocotools would take the box's area as the instance's size
             rles = self._encode_masks(output["masks"], image_id, orig, size, len(labels))
-            out["segm"] = [
-                {"image_id": image_id, "category_id": c, "segmentation": r, "score": s}
-                for c, r, s in zip(cat_ids, rles, scores, strict=True)
-            ]
+            out["segm"] = detection_results(image_id, cat_ids, scores, segmentations=rles)
         return out
 
     def _encode_masks(
@@ -168,12 +162,7 @@ class DetectionEvaluator:
         if size != orig:
             # Resize the probabilities, then threshold (as detectron2 / mmdet do), so edges stay sub-pixel exact.
             masks = F.interpolate(masks, size=orig, mode="bilinear", align_corners=False)
-        binary = (masks[:, 0] > self.mask_threshold).transpose(1, 2).to("cpu", torch.uint8).contiguous().numpy()
-        # pycocotools wants [H, W, N] in Fortran order; the C-contiguous [N, W, H] array reversed is exactly that.
-        rles = mask_utils.encode(np.asfortranarray(binary.transpose(2, 1, 0)))
-        for rle in rles:
-            rle["counts"] = rle["counts"].decode("ascii")  # JSON- and pickle-friendly
-        return rles
+        return encode_masks((masks[:, 0] > self.mask_threshold).to("cpu", torch.uint8).numpy())
 
     def _note_duplicate(self, image_id: int) -> None:
         # DistributedSampler pads the last batch by repeating images; counting them twice would add false positives.

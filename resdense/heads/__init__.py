@@ -12,6 +12,7 @@ from .classifier import Classifier, create_classifier
 from .detection import KINDS, DetectionBackbone, anchor_generator_for, build_detector
 from .detection_weights import load_detection_weights, map_torchvision_detection_keys
 from .fpn import FPN
+from .instance_masks import has_masks, paste_rles, roi_mask_outputs
 from .quantized import QuantizedUNet, quantize_unet
 from .smp_encoder import SMP_PREFIX, ResdenseEncoder, register_smp_encoders, smp_architectures, smp_model
 from .targets import validate_detection_targets
@@ -30,6 +31,9 @@ __all__ = [
     "backbone_of",
     "build_detector",
     "create_classifier",
+    "has_masks",
+    "paste_rles",
+    "roi_mask_outputs",
     "load_detection_weights",
     "map_smp_unet_keys",
     "map_torchvision_detection_keys",

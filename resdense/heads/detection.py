@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 
 from resdense.backbones import FeatureExtractor, ResNet
@@ -34,7 +34,7 @@ from .detection_weights import load_detection_weights
 from .fpn import FPN
 from .targets import install_target_check
 
-__all__ = ["KINDS", "DetectionBackbone", "build_detector", "anchor_generator_for"]
+__all__ = ["KINDS", "DetectionBackbone", "build_detector", "anchor_generator_for", "install_float32_box_deltas"]
 
 KINDS = DETECTOR_ARCHS  # the recipe schema's list: one list of detector kinds
 TWO_STAGE = ("faster_rcnn", "mask_rcnn")  # region-proposal detectors (RPN, RoI heads)
@@ -155,6 +155,9 @@ def build_detector(
     anchor_sizes: Sequence[Sequence[float] | float] | None = None,
     aspect_ratios: Sequence[Sequence[float] | float] | float | None = None,
     representation_size: int | None = None,
+    mask_head_layers: Sequence[int] | None = None,
+    mask_roi_size: int = 14,
+    train_resize: bool = True,
     **kwargs: Any,
 ) -> nn.Module:
     """Build a torchvision detector on a resdense backbone.
@@ -185,6 +188,16 @@ def build_detector(
         anchor_sizes, aspect_ratios: anchors per pyramid level (see :func:`anchor_generator_for`); default
             torchvision's, derived from the strides.
         representation_size: width of the two-stage box head's MLP (torchvision: 1024).
+        mask_head_layers: Mask R-CNN: the widths of the mask head's 3x3 convolutions (torchvision's
+            ``MaskRCNNHeads(layers=...)``, default ``[256, 256, 256, 256]``); the predictor's transposed convolution
+            keeps the last width. On a CPU with small objects the default head is most of a training step: four
+            256-wide convolutions over every positive RoI.
+        mask_roi_size: Mask R-CNN: the side of the RoIAlign grid the mask head sees (torchvision: 14); the
+            predicted masks are twice that (28 x 28) before they are pasted into the image.
+        train_resize: ``False``: in training the images reach the network at the size the data pipeline gave them
+            (torchvision's ``_skip_resize``, which its references set for large-scale jitter), while evaluation
+            still resizes to ``min_size`` / ``max_size``. This trains on crops at the scale of the whole images the
+            evaluation sees (``min_size = max_size =`` their side), where the resize would enlarge every crop.
         **kwargs: passed to the torchvision class (``min_size``, ``max_size``, ``box_score_thresh``,
             ``rpn_anchor_generator`` / ``anchor_generator`` for an ``AnchorGenerator`` of your own, ...).
 
@@ -200,6 +213,11 @@ def build_detector(
     anchor_key = "rpn_anchor_generator" if kind in TWO_STAGE else "anchor_generator"
     _check_arguments(kind, num_classes, trainable_stages, weights, weights_backbone, fpn_channels,
                      representation_size, anchor_key, anchor_sizes is not None or aspect_ratios is not None, kwargs)
+    _check_mask_head(kind, weights, mask_head_layers, mask_roi_size, kwargs)
+    if not isinstance(train_resize, bool):
+        raise ConfigError(f"build_detector: train_resize={train_resize!r} must be true or false")
+    if not train_resize:
+        kwargs["_skip_resize"] = True  # popped by GeneralizedRCNNTransform, which skips its resize in training
     in_features, extra = _RECIPE[kind]
     if returned_layers is not None:
         in_features = _returned_features(kind, returned_layers, p6_from)
@@ -212,13 +230,46 @@ def build_detector(
     fpn = FPN(in_info, fpn_channels, extra, p6_from=p6_from)
     detection_backbone = DetectionBackbone(body, fpn)
     kwargs.setdefault(anchor_key, anchor_generator_for(kind, fpn.feature_info, anchor_sizes, aspect_ratios))
-    model = _assemble(kind, detection_backbone, num_classes, representation_size, kwargs)
+    model = _assemble(kind, detection_backbone, num_classes, representation_size, mask_head_layers, mask_roi_size,
+                      kwargs)
     model.resdense_cfg = {"kind": kind, "backbone": getattr(body, "name", type(body).__name__),
                           "num_classes": num_classes, "trainable_stages": trainable}
     if weights is not None:
         model.load_report = load_detection_weights(model, weights, kind, getattr(body, "name", None))
     install_target_check(model, num_classes, masks=kind == "mask_rcnn")
+    install_float32_box_deltas(model)
     return model
+
+
+def install_float32_box_deltas(model: nn.Module) -> list[nn.Module]:
+    """Make the box regression outputs of a torchvision detector float32 under autocast (forward hooks on the RPN
+    head and the box predictor of Faster/Mask R-CNN, on the regression head of RetinaNet/FCOS); returns the hooked
+    modules. Without autocast the outputs are float32 already and the hooks do nothing.
+
+    Why: torchvision decodes boxes in the dtype of the predicted deltas (``BoxCoder.decode``:
+    ``boxes.to(rel_codes.dtype)``) and its RoI heads cast the ground-truth boxes to the proposals' dtype. bf16 (the
+    CPU autocast type) keeps 8 significant bits: coordinates between 256 and 512 fall on every other pixel, so every
+    proposal, training target and detection is rounded to 2 px there, and a ground-truth box under a pixel wide (a
+    cell cut by a crop) becomes empty and its regression target 0/0, a NaN ``loss_box_reg``. mmdetection's
+    ``force_fp32`` on its box heads does the same. Class scores and features stay in the autocast type.
+    """
+    if isinstance(model, (FasterRCNN, MaskRCNN)):
+        modules = [model.rpn.head, model.roi_heads.box_predictor]
+    elif isinstance(model, (RetinaNet, FCOS)):
+        modules = [model.head.regression_head]
+    else:
+        raise ConfigError(f"install_float32_box_deltas: {type(model).__name__} is not a torchvision detector")
+    for module in modules:
+        module.register_forward_hook(_float32_outputs)
+    return modules
+
+
+def _float32_outputs(module: nn.Module, args: Any, output: Any) -> Any:
+    if isinstance(output, Tensor):
+        return output.float() if output.is_floating_point() else output
+    if isinstance(output, (list, tuple)):
+        return type(output)(_float32_outputs(module, args, o) for o in output)
+    return output
 
 
 def _check_arguments(kind: str, num_classes: Any, trainable_stages: Any, weights: Any, weights_backbone: Any,
@@ -253,6 +304,28 @@ def _check_arguments(kind: str, num_classes: Any, trainable_stages: Any, weights
                           "with your own box_head, give its box_predictor instead")
     if anchor_key in kwargs and anchors_given:
         raise ConfigError(f"build_detector: give {anchor_key} or anchor_sizes / aspect_ratios, not both")
+
+
+def _check_mask_head(kind: str, weights: Any, mask_head_layers: Any, mask_roi_size: Any,
+                     kwargs: dict[str, Any]) -> None:
+    """Refuse mask head settings that cannot be honoured (on another kind, malformed, or against a checkpoint)."""
+    if kind != "mask_rcnn" and (mask_head_layers is not None or mask_roi_size != 14):
+        raise ConfigError(f"build_detector: mask_head_layers / mask_roi_size shape a Mask R-CNN's mask head; "
+                          f"{kind} has none")
+    if mask_head_layers is not None:
+        layers = list(mask_head_layers) if isinstance(mask_head_layers, (list, tuple)) else None
+        if not layers or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in layers):
+            raise ConfigError(f"build_detector: mask_head_layers={mask_head_layers!r} must be a non-empty list of "
+                              "positive ints (torchvision's: [256, 256, 256, 256])")
+        if "mask_head" in kwargs or "mask_predictor" in kwargs:
+            raise ConfigError("build_detector: give mask_head / mask_predictor or mask_head_layers, not both")
+        if weights is not None and layers != [256] * 4:
+            raise ConfigError(f"build_detector: mask_head_layers={layers} change layer shapes, so a torchvision "
+                              "detector checkpoint (weights=...) cannot load")
+    if isinstance(mask_roi_size, bool) or not isinstance(mask_roi_size, int) or mask_roi_size < 1:
+        raise ConfigError(f"build_detector: mask_roi_size={mask_roi_size!r} must be a positive int (torchvision: 14)")
+    if mask_roi_size != 14 and "mask_roi_pool" in kwargs:
+        raise ConfigError("build_detector: give mask_roi_pool or mask_roi_size, not both")
 
 
 def _returned_features(kind: str, returned_layers: Any, p6_from: str) -> tuple[str, ...]:
@@ -314,7 +387,7 @@ def _freeze(body: nn.Module, frozen_stages: int) -> None:
 
 
 def _assemble(kind: str, backbone: DetectionBackbone, num_classes: int, representation_size: int | None,
-              kwargs: dict[str, Any]) -> nn.Module:
+              mask_head_layers: Sequence[int] | None, mask_roi_size: int, kwargs: dict[str, Any]) -> nn.Module:
     kwargs = dict(kwargs)
     # The detector normalises its [0, 1] inputs itself (GeneralizedRCNNTransform): use the backbone's statistics.
     cfg = getattr(backbone.body, "pretrained_cfg", None) or {}
@@ -327,15 +400,22 @@ def _assemble(kind: str, backbone: DetectionBackbone, num_classes: int, represen
         roi_levels = [f.name for f in info[: len(backbone.fpn.in_features)]]
         kwargs.setdefault("box_roi_pool", MultiScaleRoIAlign(roi_levels, output_size=7, sampling_ratio=2))
         if kind == "mask_rcnn":
-            kwargs.setdefault("mask_roi_pool", MultiScaleRoIAlign(roi_levels, output_size=14, sampling_ratio=2))
-        if representation_size is not None and "box_head" not in kwargs:
-            # torchvision builds TwoMLPHead(out_channels * 7 * 7, 1024) itself; another width means building the
-            # head and the predictor here, and torchvision then wants num_classes=None.
-            pool = kwargs["box_roi_pool"].output_size
-            side = pool[0] if isinstance(pool, (list, tuple)) else pool
-            kwargs["box_head"] = TwoMLPHead(backbone.out_channels * side**2, representation_size)
-            kwargs.setdefault("box_predictor", FastRCNNPredictor(representation_size, num_classes))
-            if kind == "mask_rcnn":  # torchvision's default mask predictor (256 in, 256 reduced)
-                kwargs.setdefault("mask_predictor", MaskRCNNPredictor(256, 256, num_classes))
+            kwargs.setdefault("mask_roi_pool", MultiScaleRoIAlign(roi_levels, output_size=mask_roi_size,
+                                                                  sampling_ratio=2))
+        if mask_head_layers is not None:
+            kwargs["mask_head"] = MaskRCNNHeads(backbone.out_channels, list(mask_head_layers), 1)
+        wide_box_head = representation_size is not None and "box_head" not in kwargs
+        if wide_box_head or mask_head_layers is not None:
+            # torchvision builds TwoMLPHead(out_channels * 7 * 7, 1024), the mask head and both predictors itself;
+            # another width means building the heads and predictors here, and torchvision then wants
+            # num_classes=None. Built as torchvision builds them otherwise (same names and shapes).
+            if "box_head" not in kwargs:
+                pool = kwargs["box_roi_pool"].output_size
+                side = pool[0] if isinstance(pool, (list, tuple)) else pool
+                kwargs["box_head"] = TwoMLPHead(backbone.out_channels * side**2, representation_size or 1024)
+            kwargs.setdefault("box_predictor", FastRCNNPredictor(representation_size or 1024, num_classes))
+            if kind == "mask_rcnn":  # the last mask conv's width in and out of the transposed conv (256 by default)
+                width = mask_head_layers[-1] if mask_head_layers is not None else 256
+                kwargs.setdefault("mask_predictor", MaskRCNNPredictor(width, width, num_classes))
             return _CLASSES[kind](backbone, num_classes=None, **kwargs)
     return _CLASSES[kind](backbone, num_classes=num_classes, **kwargs)

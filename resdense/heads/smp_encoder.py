@@ -6,6 +6,10 @@ output stride below 32, ``make_dilated``. :func:`register_smp_encoders` adds ``"
 class, :class:`ResdenseEncoder`, follows smp's ``EncoderMixin`` contract: ``forward(x)`` returns
 ``[x, c1, ..., c_depth]`` and ``out_channels`` lists their channels. :func:`smp_model` is the one-liner.
 
+:func:`register_smp_encoders` is the only function here that writes to smp's registry, and only when called:
+importing resdense registers nothing, and :func:`smp_model` builds its model without writing to
+``segmentation_models_pytorch.encoders.encoders`` (nothing added, nothing left behind).
+
 smp would fetch ``encoder_weights`` from the Hugging Face Hub; resdense weights go through ``weights_backbone``
 instead (ImageNet tags or files, as ``create_backbone``), so with smp's classes directly pass
 ``encoder_weights=None``.
@@ -13,7 +17,7 @@ instead (ImageNet tags or files, as ``create_backbone``), so with smp's classes 
 
 from __future__ import annotations
 
-import itertools
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -38,7 +42,8 @@ from .backbone_features import ensure_features
 __all__ = ["SMP_PREFIX", "ResdenseEncoder", "register_smp_encoders", "smp_model", "smp_architectures"]
 
 SMP_PREFIX = "resdense-"
-_instance_ids = itertools.count()
+# One smp model built at a time by smp_model: each points smp's registry name at its own view (see _encoder_view).
+_view_lock = threading.Lock()
 # smp architectures that accept only Vision Transformer encoders.
 _VIT_ONLY = {"DPT": "DPT needs a Vision Transformer encoder (smp accepts only 'tu-' ViTs)"}
 
@@ -127,6 +132,10 @@ def register_smp_encoders(names: Iterable[str] | None = None) -> list[str]:
 
     Afterwards ``smp.Unet("resdense-resnet50", encoder_weights=None, classes=3)`` works. Registering again is a
     no-op; a name taken by another encoder is an error.
+
+    Side effect, on purpose: this adds the entries to smp's global registry
+    (``segmentation_models_pytorch.encoders.encoders``), where they stay for the life of the process. It is the only
+    resdense function that does: importing resdense and calling :func:`smp_model` register nothing.
     """
     registered = []
     for name in names if names is not None else list_backbones():
@@ -152,13 +161,19 @@ def smp_architectures() -> list[str]:
 
 
 @contextmanager
-def _transient_encoder(backbone: nn.Module) -> Iterator[str]:
-    key = f"{SMP_PREFIX}instance-{next(_instance_ids)}"
-    smp_encoders.encoders[key] = {"encoder": ResdenseEncoder, "pretrained_settings": {}, "params": {"backbone": _Ref(backbone)}}
-    try:
-        yield key
-    finally:
-        del smp_encoders.encoders[key]
+def _encoder_view(key: str, params: dict[str, Any]) -> Iterator[str]:
+    """Let smp's ``get_encoder`` find the encoder ``key`` while an smp model is built, without writing to smp's
+    registry: ``get_encoder`` reads the module global ``segmentation_models_pytorch.encoders.encoders`` when called,
+    so for the duration of the block that name points at a copy that also holds ``key``, then back at the registry,
+    which is never modified (whoever holds it sees no change, during the block or after)."""
+    entry = {"encoder": ResdenseEncoder, "pretrained_settings": {}, "params": params}
+    with _view_lock:
+        registry = smp_encoders.encoders
+        smp_encoders.encoders = {**registry, key: entry}
+        try:
+            yield key
+        finally:
+            smp_encoders.encoders = registry
 
 
 def smp_model(
@@ -185,6 +200,10 @@ def smp_model(
     Returns:
         The smp model; ``model(x[N, in_channels, H, W]) -> [N, classes, H, W]`` (smp's input-size rules apply:
         most architectures need ``H, W`` divisible by the encoder's output stride).
+
+    smp's global encoder registry is not written to: for the time of the call, smp's lookup is pointed at a private
+    copy that holds the encoder, then back at the registry (see :func:`register_smp_encoders` to use the
+    ``"resdense-<name>"`` encoders with smp's classes directly).
     """
     vit = {n.lower(): reason for n, reason in _VIT_ONLY.items()}
     if isinstance(arch, str) and arch.lower() in vit:
@@ -197,9 +216,9 @@ def smp_model(
     if isinstance(backbone, str):
         if backbone not in list_backbones():
             create_backbone(backbone)  # raises the backbone registry's ConfigError with a suggestion
-        (name,) = register_smp_encoders([backbone])
-        model = smp.create_model(arch, encoder_name=name, encoder_weights=None, in_channels=in_channels or 3,
-                                 classes=classes, **kwargs)
+        with _encoder_view(SMP_PREFIX + backbone, {"backbone": backbone}) as name:
+            model = smp.create_model(arch, encoder_name=name, encoder_weights=None, in_channels=in_channels or 3,
+                                     classes=classes, **kwargs)
         if weights_backbone is not None:
             model.encoder.backbone.load_report = load_weights(model.encoder.backbone, weights_backbone, arch=backbone)
         return model
@@ -210,6 +229,7 @@ def smp_model(
     own_in = getattr(backbone, "in_channels", 3)
     if in_channels is not None and in_channels != own_in:
         raise ConfigError(f"smp_model: in_channels={in_channels} but the backbone instance takes {own_in} channels")
-    with _transient_encoder(backbone) as name:
+    key = SMP_PREFIX + getattr(backbone, "name", type(backbone).__name__)
+    with _encoder_view(key, {"backbone": _Ref(backbone)}) as name:
         return smp.create_model(arch, encoder_name=name, encoder_weights=None, in_channels=own_in,
                                 classes=classes, **kwargs)

@@ -76,10 +76,33 @@ def test_detection_eval_and_predict(det_run, tmp_path, capsys):
     assert main(["eval", str(cfg), "--checkpoint", str(run / "last.pt"), "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert {"bbox/AP", "bbox/AP50", "bbox/AR100"} <= set(metrics)
-    image = sorted((run.parent / "shapes" / "val" / "images").glob("*.jpg"))[0]
-    assert main(["predict", str(cfg), str(image), "--checkpoint", str(run / "last.pt"), "--out",
-                 str(tmp_path / "p"), "--score-threshold", "0.0"]) == 0
-    assert (tmp_path / "p" / f"{image.stem}.png").exists()
+    images = sorted((run.parent / "shapes" / "val" / "images").glob("*.jpg"))[:2]
+    gt = run.parent / "shapes" / "val" / "instances.json"
+    assert main(["predict", str(cfg), *map(str, images), "--checkpoint", str(run / "last.pt"), "--out",
+                 str(tmp_path / "p"), "--score-threshold", "0.0", "--json", str(tmp_path / "p" / "dets.json"),
+                 "--coco", str(gt), "--set", "model.box_score_thresh=0.0"]) == 0
+    assert all((tmp_path / "p" / f"{image.stem}.png").exists() for image in images)
+    # COCO results with the ground truth's ids (by file name and class name), which pycocotools reads and scores
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    results = json.loads((tmp_path / "p" / "dets.json").read_text())
+    truth = json.loads(gt.read_text())
+    ids = {im["file_name"]: im["id"] for im in truth["images"]}
+    assert results and {r["image_id"] for r in results} == {ids[im.name] for im in images}
+    assert {r["category_id"] for r in results} <= {c["id"] for c in truth["categories"]}
+    coco = COCO(str(gt))
+    ev = COCOeval(coco, coco.loadRes(str(tmp_path / "p" / "dets.json")), "bbox")
+    ev.params.imgIds = sorted(ids[im.name] for im in images)
+    ev.evaluate()
+    ev.accumulate()
+    assert ev.eval["precision"].shape[2] == len(truth["categories"])
+    capsys.readouterr()
+    elsewhere = tmp_path / "elsewhere.jpg"
+    elsewhere.write_bytes(images[0].read_bytes())
+    assert main(["predict", str(cfg), str(elsewhere), "--checkpoint", str(run / "last.pt"), "--out",
+                 str(tmp_path / "q"), "--json", str(tmp_path / "q.json"), "--coco", str(gt)]) == 2
+    assert "no file_name 'elsewhere.jpg'" in capsys.readouterr().err and not (tmp_path / "q.json").exists()
 
 
 def test_classify_and_classifier_training(tmp_path, capsys):

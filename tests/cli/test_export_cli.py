@@ -15,10 +15,14 @@ def test_export_a_checkpoint_to_onnx_prints_the_difference(tmp_path, capsys):
     capsys.readouterr()
     out = tmp_path / "model.onnx"
     assert main(["export", str(cfg), "--checkpoint", str(tmp_path / "run" / "last.pt"), "--out", str(out),
-                 "--size", "64", "96"]) == 0
+                 "--size", "64", "96", "--batch", "3"]) == 0
     printed = capsys.readouterr().out
-    assert "1x64x96 logits: max abs diff" in printed and "2x128x64 logits: max abs diff" in printed
+    assert "1x64x96 logits: max abs diff" in printed and "3x128x64 logits: max abs diff" in printed
     assert out.exists() and onnx.load(str(out)).graph.input[0].name == "image"
+    assert main(["export", str(cfg), "--checkpoint", str(tmp_path / "run" / "last.pt"), "--out",
+                 str(tmp_path / "again.onnx"), "--verify-image", "a.png"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("resdense export: error: export: verify_images are for detectors") and "\n" not in err
 
 
 def test_export_refuses_a_bad_size_in_one_line(tmp_path, capsys):

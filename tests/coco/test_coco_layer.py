@@ -7,14 +7,19 @@ import math
 
 import numpy as np
 import pytest
+from pycocotools import mask as mask_utils
 
 from resdense.coco import (
     CocoFileError,
     check_ground_truth,
+    detection_results,
+    encode_crop,
+    encode_masks,
     pack_masks,
     pack_segms,
     quiet,
     read_json,
+    union_rle,
     unpack_masks,
 )
 from resdense.data.coco_parse import parse_coco
@@ -100,3 +105,34 @@ def _counts(mask: np.ndarray) -> list[int]:
     edges = np.flatnonzero(np.diff(flat)) + 1
     runs = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist()
     return ([0] + runs) if flat[0] else runs
+
+
+def test_a_crop_placed_in_an_image_is_the_rle_of_the_whole_image_with_the_crop_pasted():
+    rng = np.random.default_rng(0)
+    cases = [(8, 17, 3, 4, 5, 13, 1.0), (6, 5, 6, 5, 0, 0, 0.5), (6, 5, 6, 2, 0, 3, 1.0), (9, 9, 0, 0, 4, 4, 1.0),
+             (9, 9, 2, 3, 0, 0, 0.0)]  # at the bottom-right corner, the whole image, as tall as it, empty, blank
+    for _ in range(300):
+        height, width = (int(v) for v in rng.integers(1, 16, 2))
+        h, w = int(rng.integers(0, height + 1)), int(rng.integers(0, width + 1))
+        cases.append((height, width, h, w, int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)),
+                      float(rng.choice([0.3, 0.7]))))
+    for height, width, h, w, top, left, density in cases:
+        crop = rng.random((h, w)) < density
+        image = np.zeros((height, width), np.uint8, order="F")
+        image[top:top + h, left:left + w] = crop
+        want = mask_utils.encode(image)
+        assert encode_crop(crop, top, left, height, width) == {"size": want["size"], "counts": want["counts"].decode()}
+    with pytest.raises(ValueError, match="does not fit"):
+        encode_crop(np.ones((3, 3), bool), 8, 0, 10, 10)
+
+
+def test_encoded_masks_and_unions_decode_in_pycocotools_and_results_carry_them():
+    rng = np.random.default_rng(1)
+    masks = rng.random((3, 7, 5)) < 0.5
+    rles = encode_masks(masks)
+    assert all(isinstance(r["counts"], str) for r in rles) and encode_masks(masks[:0]) == []
+    assert (mask_utils.decode(rles).transpose(2, 0, 1) == masks).all()
+    assert (mask_utils.decode(union_rle(rles)) == masks.any(0)).all()
+    results = detection_results(4, [1, 2, 1], [0.9, 0.5, 0.1], boxes=[[1, 2, 4, 6]] * 3, segmentations=rles)
+    assert results[1] == {"image_id": 4, "category_id": 2, "score": 0.5, "bbox": [1.0, 2.0, 3.0, 4.0],
+                          "segmentation": rles[1]}

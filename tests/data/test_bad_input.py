@@ -212,9 +212,17 @@ def test_rle_counts_that_do_not_add_up(tmp_path):
 
 def test_compressed_rle_that_does_not_decode(tmp_path):
     a = _ann(1, segmentation={"size": [40, 60], "counts": "\x01garbage"})
-    ds = CocoDetection(tmp_path / "img", make_coco(tmp_path, [a]), masks=True)
-    with pytest.raises(DataError, match=r"ann\.json: image id 1: segmentation does not decode"):
-        ds[0]
+    with pytest.raises(DataError, match=r"ann\.json: annotation id 1: field 'segmentation' RLE 'counts' string does "
+                                        r"not decode \(the string ends inside a count\)"):
+        CocoDetection(tmp_path / "img", make_coco(tmp_path, [a]), masks=True)
+
+
+def test_compressed_rle_that_does_not_cover_the_image(tmp_path):
+    # pycocotools would decode it into uninitialised memory
+    a = _ann(1, segmentation={"size": [40, 60], "counts": "0"})
+    with pytest.raises(DataError, match=r"annotation id 1: field 'segmentation' RLE 'counts' sum to 0, not height x "
+                                        r"width = 2400"):
+        CocoDetection(tmp_path / "img", make_coco(tmp_path, [a]), masks=True)
 
 
 @pytest.mark.parametrize("data, match", [

@@ -148,7 +148,8 @@ def test_bad_arguments_and_ambiguous_folders(masks_root, tmp_path, capsys):
     assert make_split(masks_root, kind="masks").layout.kind == "masks"
     with pytest.raises(DataError, match=r"masks: found no voc dataset here$"):
         make_split(masks_root / "masks", kind="voc")
-    with pytest.raises(DataError, match=r"images: found no COCO \.json, VOC Annotations/ or images/ \+ masks/ "):
+    with pytest.raises(DataError, match=r"images: found no COCO \.json, VOC Annotations/, images/ \+ masks/ or "
+                                        r"instance-mask \(e\.g\. PNGImages/ \+ PedMasks/\) folders here$"):
         make_split(masks_root / "images")
     tiny = tmp_path / "tiny"
     make_mask_folder(tiny, [[0]])

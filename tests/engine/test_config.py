@@ -10,10 +10,10 @@ from resdense.config import Config, TrainConfig, check_type, list_configs
 from resdense.engine import load_config
 from resdense.errors import ConfigError
 
-from .recipes import seg_recipe, write
+from .recipes import det_recipe, seg_recipe, write
 
-SHIPPED = ["demo_shapes_unet_r18", "demo_shapes_frcnn_r18_fpn", "unet_r34_membrane", "unet_r50_camvid",
-           "fasterrcnn_r18_fpn_raccoon", "fasterrcnn_r50_fpn_coco", "maskrcnn_r50_fpn_coco",
+SHIPPED = ["demo_shapes_unet_r18", "demo_shapes_frcnn_r18_fpn", "demo_shapes_maskrcnn_r18_fpn", "unet_r34_membrane",
+           "unet_r50_camvid", "fasterrcnn_r18_fpn_raccoon", "fasterrcnn_r50_fpn_coco", "maskrcnn_r50_fpn_coco",
            "classifier_r50_finetune_imagefolder", "unet_r18_membrane_cpu", "unet_r18_camvid_cpu",
            "fasterrcnn_r18_fpn_raccoon_cpu"]
 
@@ -50,6 +50,21 @@ def test_unknown_dataset_argument(tmp_path):
     raw["data"]["train_transforms"]["flip"] = 0.5
     with pytest.raises(ConfigError, match=r"unknown key 'data\.train_transforms\.flip' \(did you mean 'hflip'"):
         load_config(write(raw, tmp_path / "bad.yaml"))
+
+
+def test_instance_masks_dataset_section(tmp_path):
+    raw = det_recipe(tmp_path / "shapes", tmp_path / "run")
+    folder = {"images_dir": "leftImg8bit", "masks_dir": "gtFine", "classes": {24: "person", 26: "car"},
+              "id_rule": "cityscapes", "mask_suffix": "_gtFine_instanceIds"}
+    raw["data"] = {"dataset": "instance_masks", "train": folder, "val": folder}
+    assert load_config(write(raw, tmp_path / "ok.yaml")).data["train"]["classes"] == {24: "person", 26: "car"}
+    raw["data"]["train"] = {**folder, "mask_sufix": "_mask"}
+    with pytest.raises(ConfigError, match=r"unknown key 'data\.train\.mask_sufix' \(did you mean 'mask_suffix'"):
+        load_config(write(raw, tmp_path / "typo.yaml"))
+    raw["task"], raw["model"] = "segmentation", seg_recipe(tmp_path, tmp_path)["model"]
+    raw["data"]["train"] = folder
+    with pytest.raises(ConfigError, match=r"data\.dataset = 'instance_masks' serves detection, not segmentation"):
+        load_config(write(raw, tmp_path / "seg.yaml"))
 
 
 def test_set_overrides_are_type_checked(tmp_path):

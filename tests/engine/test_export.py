@@ -1,5 +1,6 @@
 """Whole-model export (resdense.engine.export): onnxruntime / TorchScript / torch.export against eager, on tiny
-random-init models at two input sizes (the export size and another one, batch 2 for dense models)."""
+random-init models at two input sizes (the export size and another one, batch 2 for dense models), detectors also
+with zero detections (a blank image under a raised score threshold)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 from torch.testing import assert_close
 
@@ -65,11 +67,30 @@ def _ort_detections(session, image: torch.Tensor) -> dict[str, torch.Tensor]:
                                                                  strict=True)}
 
 
+def blank_finds_nothing(model: nn.Module) -> None:
+    """Raise a two-stage detector's score threshold just above its best score on a blank grey image: that image
+    then has zero detections, as it has for a trained detector, while random images keep most of theirs (a random
+    one-stage head scores the blank image as high as noise, so this is for Faster / Mask R-CNN)."""
+    with torch.no_grad():
+        top = float(model([torch.full((3, *SIZE), 0.5)])[0]["scores"].max())
+    model.roi_heads.score_thresh = top + 0.02
+
+
 @pytest.mark.parametrize("kind", KINDS)
-def test_detector_onnx_matches_eager_at_two_sizes(kind, tmp_path):
+def test_detector_onnx_matches_eager_at_two_sizes_and_with_zero_detections(kind, tmp_path):
     model = tiny_detector(kind)
-    result = export_model(model, tmp_path / f"{kind}.onnx", input_size=SIZE)
-    assert {c.size for c in result.checks} == {(3, *SIZE), (3, 192, 128)} and all(c.ok for c in result.checks)
+    zero = kind in ("faster_rcnn", "mask_rcnn")
+    if zero:
+        blank_finds_nothing(model)
+    given = torch.rand(3, 100, 140, generator=torch.Generator().manual_seed(5))
+    Image.fromarray((given[:, :80, :96] * 255).byte().permute(1, 2, 0).numpy()).save(tmp_path / "photo.png")
+    result = export_model(model, tmp_path / f"{kind}.onnx", input_size=SIZE,
+                          verify_images=[given, tmp_path / "photo.png"])
+    assert all(c.ok for c in result.checks)
+    seen = {(c.size, c.image): c.detections for c in result.checks}
+    assert set(seen) == {((3, *SIZE), "random"), ((3, 192, 128), "random"), ((3, *SIZE), "blank"),
+                         ((3, 100, 140), "given image"), ((3, 80, 96), "photo.png")}
+    assert seen[(3, *SIZE), "random"] >= 20 and (seen[(3, *SIZE), "blank"] == 0) == zero
     session = ort.InferenceSession(str(tmp_path / f"{kind}.onnx"))
     torch.manual_seed(1)
     for size in [SIZE, (144, 112)]:
@@ -81,11 +102,38 @@ def test_detector_onnx_matches_eager_at_two_sizes(kind, tmp_path):
         assert_close(got["scores"].sort().values, want["scores"].sort().values, atol=TOLERANCES["scores"], rtol=0)
         diffs = match_detections(want, got)
         assert all(diffs[k] <= TOLERANCES[k] for k in diffs), diffs
+    # zero detections, at the export size and another: empty outputs of the eager shapes (masks [0, 1, H, W])
+    for size in [SIZE, (96, 144)] if zero else []:
+        blank = torch.full((3, *size), 0.5)
+        with torch.no_grad():
+            want = model([blank])[0]
+        got = _ort_detections(session, blank)
+        assert len(want["boxes"]) == 0 and set(got) == set(want)
+        assert {k: tuple(v.shape) for k, v in got.items()} == {k: tuple(v.shape) for k, v in want.items()}
+        assert all(got[k].dtype == want[k].dtype for k in want)
+
+
+def test_onnx_detectors_refuse_a_batch_in_one_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"batch=2: a detector's ONNX graph takes one image .* format='torchscript'"):
+        export_model(tiny_detector("faster_rcnn"), tmp_path / "d.onnx", batch=2)
+    assert not (tmp_path / "d.onnx").exists()
+    with pytest.raises(ConfigError, match="verify_images are for detectors"):
+        export_model(tiny_unet(), tmp_path / "u.onnx", verify_images=[torch.rand(3, 64, 64)])
+
+
+def test_match_detections_sees_a_missing_output_or_a_wrong_shape():
+    empty = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64),
+             "masks": torch.zeros(0, 1, 32, 48)}
+    assert match_detections(empty, dict(empty)) == {"boxes": 0.0, "scores": 0.0, "labels": 0.0, "masks": 0.0}
+    assert match_detections(empty, dict(empty, masks=torch.zeros(0, 1, 48, 32)))["masks"] == float("inf")
+    assert match_detections(empty, {k: v for k, v in empty.items() if k != "masks"})["masks"] == float("inf")
 
 
 def test_detector_torchscript_takes_any_number_of_images(tmp_path):
     model = tiny_detector("fcos")
-    export_model(model, tmp_path / "fcos.pt", format="torchscript", input_size=SIZE)
+    result = export_model(model, tmp_path / "fcos.pt", format="torchscript", input_size=SIZE, batch=3)
+    assert [c.image for c in result.checks if c.output == "boxes"][-3:] == [f"image {i} of 3" for i in (1, 2, 3)]
+    assert all(c.ok for c in result.checks)
     scripted = torch.jit.load(str(tmp_path / "fcos.pt"))
     images = [torch.rand(3, 128, 160), torch.rand(3, 96, 128)]
     with torch.no_grad():

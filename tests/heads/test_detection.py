@@ -153,6 +153,111 @@ def test_fpn_width_and_anchors_are_arguments(kind):
     sum(losses.values()).backward()
 
 
+def test_mask_head_width_and_resolution_are_arguments():
+    """A narrower mask head on a coarser RoI grid: the convolutions have the widths asked for, the predictor keeps
+    the last one, the masks are twice the grid before pasting, a step trains, and predictions are full-size."""
+    torch.manual_seed(0)
+    model = build_detector("mask_rcnn", backbone="resnet18", num_classes=3, fpn_channels=64, mask_head_layers=[48, 32],
+                           mask_roi_size=7, min_size=128, max_size=160, **FAST["mask_rcnn"])
+    convs = [m for m in model.roi_heads.mask_head.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(64, 48), (48, 32)]
+    predictor = model.roi_heads.mask_predictor
+    assert (predictor.conv5_mask.in_channels, predictor.conv5_mask.out_channels) == (32, 32)
+    assert predictor.mask_fcn_logits.out_channels == 3
+    assert model.roi_heads.mask_roi_pool.output_size == (7, 7)
+    assert model.roi_heads.box_predictor.cls_score.out_features == 3
+    assert model.roi_heads.box_head.fc7.out_features == 1024  # torchvision's box head width when not asked otherwise
+    assert predictor(torch.zeros(5, 32, 7, 7)).shape == (5, 3, 14, 14)
+    images, targets = batch()
+    losses = model.train()(images, targets)
+    assert set(losses) == LOSSES["mask_rcnn"] and all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    with torch.no_grad():
+        out = model.eval()(images)
+    assert out[0]["masks"].shape[1:] == (1, 120, 160)
+
+
+def test_default_mask_head_is_torchvisions():
+    """Without mask arguments, and with only the box head's width changed, the mask branch is torchvision's own
+    (same module names and shapes), so its checkpoints keep loading."""
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+    reference = {k: v.shape for k, v in maskrcnn_resnet50_fpn(weights=None, weights_backbone=None).state_dict().items()
+                 if k.startswith("roi_heads.mask")}
+    for extra in ({}, {"representation_size": 1024}):
+        model = build_detector("mask_rcnn", backbone="resnet50", num_classes=91, **extra)
+        ours = {k: v.shape for k, v in model.state_dict().items() if k.startswith("roi_heads.mask")}
+        assert ours == reference, extra
+        assert model.roi_heads.mask_roi_pool.output_size == (14, 14)
+
+
+def test_train_resize_false_trains_at_the_datas_size_and_evaluates_resized():
+    """train_resize=False (torchvision's _skip_resize): a 96 px training crop reaches the network at 96 px although
+    min_size is 192; evaluation still resizes to min_size, as with the default, which enlarges the crop in training."""
+    image = torch.rand(3, 96, 96)
+    target = {"boxes": torch.tensor([[10.0, 10.0, 40.0, 50.0]]), "labels": torch.tensor([1])}
+    for train_resize, trained_side in ((False, 96), (True, 192)):
+        model = build_detector("faster_rcnn", backbone="resnet18", num_classes=3, min_size=192, max_size=192,
+                               train_resize=train_resize)
+        images, targets = model.train().transform([image], [dict(target)])
+        assert images.image_sizes == [(trained_side, trained_side)]
+        assert targets[0]["boxes"].tolist() == [[v * trained_side / 96 for v in (10.0, 10.0, 40.0, 50.0)]]
+        images, _ = model.eval().transform([image])
+        assert images.image_sizes == [(192, 192)]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_box_deltas_stay_float32_under_bf16_autocast(kind):
+    """Under CPU bf16 autocast torchvision would decode boxes and encode targets in bf16 (1 px steps between 128 and
+    256): a ground-truth box 0.8 px wide at x = 200 rounds to an empty one and the R-CNN box loss to NaN. The box
+    deltas leave the heads in float32, so the losses stay finite, near float32's, and detections are float32."""
+    torch.manual_seed(0)
+    model = build_detector(kind, backbone="resnet18", num_classes=2, min_size=256, max_size=256, fpn_channels=32,
+                           **FAST[kind])
+    image = torch.rand(3, 256, 256)
+    masks = torch.zeros(2, 256, 256, dtype=torch.uint8)
+    masks[0, 50:80, 201] = 1
+    masks[1, 20:60, 20:60] = 1
+    target = {"boxes": torch.tensor([[200.6, 50.0, 201.4, 80.0], [20.0, 20.0, 60.0, 60.0]]),
+              "labels": torch.tensor([1, 1]), "masks": masks}
+    model.train()
+    fp32 = model([image], [target])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = model([image], [target])
+    for key, value in bf16.items():
+        assert torch.isfinite(value), key
+        assert value.item() == pytest.approx(fp32[key].item(), rel=0.1, abs=0.02), key
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model([image])[0]
+    assert out["boxes"].dtype == torch.float32 and len(out["boxes"])
+    assert not torch.equal(out["boxes"], out["boxes"].bfloat16().float())  # not on bf16's grid
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(mask_head_layers=[]), r"mask_head_layers=\[\] must be a non-empty list of positive ints"),
+    (dict(mask_head_layers=[64, 0]), r"mask_head_layers=\[64, 0\] must be a non-empty list of positive ints"),
+    (dict(mask_head_layers=64), r"mask_head_layers=64 must be a non-empty list"),
+    (dict(mask_head_layers=[True]), r"mask_head_layers=\[True\] must be a non-empty list"),
+    (dict(mask_roi_size=0), r"mask_roi_size=0 must be a positive int \(torchvision: 14\)"),
+    (dict(mask_roi_size=7.0), r"mask_roi_size=7.0 must be a positive int"),
+    (dict(mask_head_layers=[64], mask_head=nn.Identity()), "give mask_head / mask_predictor or mask_head_layers"),
+    (dict(mask_roi_size=7, mask_roi_pool=nn.Identity()), "give mask_roi_pool or mask_roi_size, not both"),
+    (dict(train_resize="no"), r"train_resize='no' must be true or false"),
+])
+def test_bad_mask_head_arguments_are_refused(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        build_detector("mask_rcnn", backbone="resnet18", num_classes=3, **kwargs)
+
+
+def test_mask_head_arguments_on_other_kinds_or_against_a_checkpoint_are_refused():
+    for kind in ("faster_rcnn", "retinanet"):
+        with pytest.raises(ConfigError, match=f"shape a Mask R-CNN's mask head; {kind} has none"):
+            build_detector(kind, backbone="resnet18", num_classes=3, mask_roi_size=7)
+    with pytest.raises(ConfigError, match=r"mask_head_layers=\[64, 64\] change layer shapes"):
+        build_detector("mask_rcnn", num_classes=91, weights="coco", mask_head_layers=[64, 64])
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_returned_layers_choose_the_fpn_inputs(kind, tmp_path):
     """torchvision's returned_layers: the backbone is built only up to the last layer asked for, the pyramid and

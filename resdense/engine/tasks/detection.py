@@ -26,15 +26,18 @@ class DetectionTask(Task):
         class_names: the K class names (label k <-> ``class_names[k - 1]``).
         iou_types: ``("bbox",)`` or ``("bbox", "segm")`` for Mask R-CNN.
         backend: COCO evaluation backend (``faster`` or ``pycocotools``).
+        max_dets: COCO's detections per image (see :class:`~resdense.evaluation.DetectionEvaluator`).
     """
 
     name = "detection"
     default_metric = "bbox/AP"
 
-    def __init__(self, class_names: list[str], iou_types: tuple[str, ...] = ("bbox",), backend: str = "faster") -> None:
+    def __init__(self, class_names: list[str], iou_types: tuple[str, ...] = ("bbox",), backend: str = "faster",
+                 max_dets: tuple[int, ...] = (1, 10, 100)) -> None:
         self.class_names = list(class_names)
         self.iou_types = tuple(iou_types)
         self.backend = backend
+        self.max_dets = tuple(max_dets)
 
     def collate(self, items: list[tuple[int, Any]]) -> Batch:
         return Batch([i for i, _ in items], [s[0] for _, s in items], [s[1] for _, s in items])
@@ -60,7 +63,7 @@ class DetectionTask(Task):
         (the engine's arrays, for per-class AP and precision-recall curves)."""
         dataset = _base_dataset(loader.dataset)
         evaluator = DetectionEvaluator(dataset.coco, dataset.label_to_cat_id, iou_types=self.iou_types,
-                                       backend=self.backend)
+                                       backend=self.backend, max_dets=self.max_dets)
         for batch in loader:
             batch = self.to_device(batch, device)
             if autocast is not None:
