@@ -9,6 +9,11 @@ duplicate annotation ids (collapsed by the id index), unless ``renumber_ann_ids`
 category that is not listed; boxes that are not 4 finite numbers or have a negative size; a non-finite area.
 What the datasets then repair or drop for training (boxes outside their image, zero-size boxes, short polygons)
 is theirs (``resdense.data.coco_parse``).
+
+The rules below are written once, per value, and word every message. The annotations are not walked value by value,
+though: their columns (:class:`~resdense.coco.table.AnnotationTable`) are screened whole, with numpy, and only what
+the screen cannot vouch for goes through the rules, in file order, so the problems are the same, in the same order,
+as a walk would give.
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .rle import rle_counts
+from .table import AREA_NUMBER, AnnotationTable, int_array
 
 __all__ = ["Problem", "CheckedAnnotation", "CheckedCoco", "check_ground_truth", "check_segmentation", "id_list",
-           "is_number"]
+           "is_number", "POLYGON_LIMIT"]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # Per image field: (valid?, what is wrong otherwise).
@@ -40,7 +46,7 @@ _IMAGE_FIELDS = {
 # pycocotools rasterises polygons at 5x resolution in C ints, with memory in proportion to the edges' lengths: the
 # window where polygon points may lie (the image and its size again on each side) is capped at this many pixels,
 # so that a point of a file claiming a huge image cannot overflow those ints or exhaust the memory.
-_POLYGON_LIMIT = 2**20
+POLYGON_LIMIT = 2**20
 
 
 @dataclass(frozen=True)
@@ -68,25 +74,56 @@ class CheckedAnnotation:
     ann: dict
     bbox: tuple[float, float, float, float]
     segmentation: object = None
+    segmentation: object = None
 
 
 @dataclass
 class CheckedCoco:
     """What :func:`check_ground_truth` found: the valid categories and images by id (file order), the annotations
-    that passed, and every problem. ``ok`` when there is none."""
+    that passed, and every problem. ``ok`` when there is none.
+
+    The annotations are the columns of ``table`` (:class:`~resdense.coco.table.AnnotationTable`); ``passed`` (int64
+    ``[M]``) are the positions of those that passed, whose ``table`` values (image and category ids, boxes, crowd
+    flags) are all numbers then (:meth:`~resdense.coco.table.AnnotationTable.set_row`), and ``new_ids`` (``[M]``,
+    int64 unless an id is not one) their ids, or 1..N when renumbered. ``annotations`` views them as
+    :class:`CheckedAnnotation` s."""
 
     source: str
     categories: dict = field(default_factory=dict)
     images: dict = field(default_factory=dict)
-    annotations: list[CheckedAnnotation] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    table: AnnotationTable | None = None
+    passed: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    new_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    segmentations: dict = field(default_factory=dict)  # file index -> checked segmentation, where checked
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
+    @property
+    def annotations(self) -> Sequence[CheckedAnnotation]:
+        return _CheckedAnnotations(self)
+
     def add(self, kind: str, message: str, values: tuple = ()) -> None:
         self.problems.append(Problem(kind, f"{self.source}: {message}", values))
+
+
+class _CheckedAnnotations(Sequence):
+    def __init__(self, checked: CheckedCoco) -> None:
+        self.checked = checked
+
+    def __len__(self) -> int:
+        return len(self.checked.passed)
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[j] for j in range(*k.indices(len(self)))]
+        c, t = self.checked, self.checked.table
+        i = int(c.passed[k])
+        new_id = c.new_ids[k]
+        return CheckedAnnotation(i, t.id_of(i), new_id.item() if isinstance(new_id, np.generic) else new_id,
+                                 t.fetch(i), tuple(t.bboxes[i].tolist()), c.segmentations.get(i))
 
 
 def _is_int(v) -> bool:
@@ -111,7 +148,8 @@ def id_list(ids: Sequence, limit: int = 8) -> str:
 
 def check_ground_truth(data, source: str, *, renumber_ann_ids: bool = False,
                        image_fields: Sequence[str] = ("file_name", "height", "width"),
-                       annotation_fields: Sequence[str] = ()) -> CheckedCoco:
+                       annotation_fields: Sequence[str] = (), annotations: AnnotationTable | None = None
+                       ) -> CheckedCoco:
     """Validate a COCO instances dict (``images``, ``annotations``, ``categories``).
 
     Args:
@@ -124,42 +162,87 @@ def check_ground_truth(data, source: str, *, renumber_ann_ids: bool = False,
         annotation_fields: annotation fields required besides ``image_id``, ``category_id`` and ``bbox``:
             ``area`` (a finite number), ``segmentation`` (present, and valid for its image's size as
             :func:`check_segmentation` says: needs the image fields ``height`` and ``width``).
+        annotations: the table of the annotations when it is already built (a file decoded by
+            :func:`~resdense.coco.io.walk_instances`); ``data["annotations"]`` is not read then.
     """
     out = CheckedCoco(source)
     if not isinstance(data, Mapping):
         out.add("structure", f"top level is a {type(data).__name__}, expected a COCO object with 'images'")
         return out
     for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
+        if not isinstance(data.get(key), list) and not (key == "annotations" and annotations is not None):
             found = "missing or not a list" if key not in data else f"a {type(data[key]).__name__}, expected a list"
             out.add("structure", f"field '{key}' is {found}")
     if out.problems:
         return out
     _check_categories(data["categories"], out)
     _check_images(data["images"], image_fields, out)
-    anns = data["annotations"]
-    ids = [a.get("id") if isinstance(a, Mapping) else None for a in anns]
-    new_ids = list(range(1, len(anns) + 1)) if renumber_ann_ids else ids
+    table = annotations if annotations is not None else AnnotationTable.of_list(data["annotations"],
+                                                                                segmentations=False)
+    out.table = table
     if not renumber_ann_ids:
-        _check_annotation_ids(anns, ids, out)
-    for i, a in enumerate(anns):
+        _check_annotation_ids(table, out)
+    ok = _screen_annotations(table, annotation_fields, out)
+    check_segm = "segmentation" in annotation_fields
+    # What the screen cannot vouch for goes through the rules, in file order; segmentations (only where asked:
+    # the evaluation's ground truth) are checked one by one, in the same order.
+    for i in (range(len(table)) if check_segm else np.flatnonzero(~ok).tolist()):
+        a = table.fetch(i)
         if not isinstance(a, Mapping):
             out.add("annotation", f"annotations[{i}] is a {type(a).__name__}, expected an object")
             continue
-        problem = _annotation_problem(a, annotation_fields, out)
-        segm = None
-        if problem is None and "segmentation" in annotation_fields:
+        problem = None if ok[i] else _annotation_problem(a, annotation_fields, out)
+        if problem is None and check_segm:
             im = out.images[a["image_id"]]
             segm, wrong = check_segmentation(a["segmentation"], im["height"], im["width"])
             if wrong:
                 problem = "annotation", f"field 'segmentation' {wrong}", ()
+            else:
+                out.segmentations[i] = segm
         if problem is None:
-            bbox = tuple(float(v) for v in a["bbox"])
-            out.annotations.append(CheckedAnnotation(i, ids[i], new_ids[i], a, bbox, segm))
+            if not ok[i]:
+                ok[i] = True
+                table.set_row(i, a, [float(v) for v in a["bbox"]])
         else:
+            ok[i] = False
             kind, message, values = problem
-            out.add(kind, f"annotation id {ids[i]}: {message}", values)
+            out.add(kind, f"annotation id {table.id_of(i)}: {message}", values)
+    out.passed = np.flatnonzero(ok)
+    out.new_ids = np.arange(1, len(table) + 1)[out.passed] if renumber_ann_ids else _ids(table, out.passed)
     return out
+
+
+def _ids(t: AnnotationTable, rows: np.ndarray) -> np.ndarray:
+    """The ``id`` of annotations ``rows``: int64, or objects where some is not an int64 (``10**20``, ``"x"``)."""
+    odd = np.flatnonzero(~t.id_plain[rows])
+    if not odd.size:
+        return t.ids[rows]
+    ids = t.ids[rows].astype(object)
+    for j in odd.tolist():
+        ids[j] = t.id_of(int(rows[j]))
+    return ids
+
+
+def _members(values: np.ndarray, keys) -> np.ndarray:
+    """bool ``[n]``: each int64 value is one of ``keys`` (integers)."""
+    keys = int_array(list(keys))
+    if keys.dtype == object:  # integers beyond int64: none of the int64 values is one of those
+        keys = np.asarray([k for k in keys.tolist() if -2**63 <= k < 2**63], dtype=np.int64)
+    return np.isin(values, keys)
+
+
+def _screen_annotations(t: AnnotationTable, fields: Sequence[str], out: CheckedCoco) -> np.ndarray:
+    """bool ``[n]``: where :func:`_annotation_problem` certainly finds nothing (plain values that pass)."""
+    box = t.bboxes
+    ok = t.is_dict & t.bbox_plain & np.isfinite(box).all(axis=1) & (box[:, 2] >= 0) & (box[:, 3] >= 0)
+    ok &= t.image_plain & _members(t.image_ids, out.images)
+    ok &= t.category_plain & _members(t.category_ids, out.categories)
+    ok &= t.crowd_plain
+    if "area" in fields:
+        ok &= (t.area_kind == AREA_NUMBER) & np.isfinite(t.areas)
+    if "segmentation" in fields:
+        ok &= t.has_segmentation
+    return ok
 
 
 def _check_categories(categories: list, out: CheckedCoco) -> None:
@@ -174,6 +257,9 @@ def _check_categories(categories: list, out: CheckedCoco) -> None:
 
 
 def _check_images(images: list, fields: Sequence[str], out: CheckedCoco) -> None:
+    if _images_plain(images, fields):
+        out.images = {im["id"]: im for im in images}
+        return
     for i, im in enumerate(images):
         if not isinstance(im, Mapping):
             out.add("image", f"images[{i}] is a {type(im).__name__}, expected an object")
@@ -195,8 +281,33 @@ def _check_images(images: list, fields: Sequence[str], out: CheckedCoco) -> None
             out.images[iid] = im
 
 
-def _check_annotation_ids(anns: list, ids: list, out: CheckedCoco) -> None:
-    bad_type = [i for i, v in enumerate(ids) if not _is_int(v) and isinstance(anns[i], Mapping)]
+def _images_plain(images: list, fields: Sequence[str]) -> bool:
+    """Whether every image passes in the plain form (dicts, unique int ids, the fields valid): one pass per field
+    instead of one per image."""
+    if not set(map(type, images)) <= {dict}:
+        return False
+    ids = [im.get("id") for im in images]
+    if not set(map(type, ids)) <= {int} or len(set(ids)) != len(ids):
+        return False
+    for k in fields:
+        values = [im.get(k) for im in images]
+        if k == "file_name" and not (set(map(type, values)) <= {str} and all(values)
+                                     and not _CONTROL.search("".join(values))):
+            return False
+        if k in ("height", "width") and not (set(map(type, values)) <= {int} and min(values, default=1) > 0):
+            return False
+    return True
+
+
+def _check_annotation_ids(t: AnnotationTable, out: CheckedCoco) -> None:
+    ids = np.sort(t.ids)
+    if t.id_plain.all() and not (ids == 0).any() and not (ids[1:] == ids[:-1]).any():
+        return  # plain ints, unique, no 0: nothing to report
+    ids = [t.id_of(i) for i in range(len(t))]
+    mapping = t.is_dict.copy()
+    for i in np.flatnonzero(~mapping).tolist():
+        mapping[i] = isinstance(t.fetch(i), Mapping)
+    bad_type = [i for i, v in enumerate(ids) if not _is_int(v) and mapping[i]]
     for i in bad_type[:20]:
         out.add("annotation id", f"annotations[{i}]: field 'id' = {ids[i]!r} is not an integer")
     zero = [i for i, v in enumerate(ids) if _is_int(v) and v == 0]
@@ -213,17 +324,29 @@ def _check_annotation_ids(anns: list, ids: list, out: CheckedCoco) -> None:
                 "scores wrong; make ids unique (renumber_ann_ids=True)", tuple(dups))
 
 
+def _is_key(value, mapping: Mapping) -> bool:
+    try:
+        return value in mapping
+    except TypeError:  # unhashable: a list where an id should be
+        return False
+
+
+def _key(value):
+    """``value``, or its ``repr`` where it cannot be a key (a list): callers put problem values in sets."""
+    return value if getattr(type(value), "__hash__", None) is not None else repr(value)
+
+
 def _annotation_problem(a: Mapping, fields: Sequence[str], out: CheckedCoco) -> tuple | None:
     """The first problem of one annotation as ``(kind, message, values)``, or None."""
     iid, cid = a.get("image_id"), a.get("category_id")
     for key, v in (("image_id", iid), ("category_id", cid)):
         if not isinstance(v, Hashable):
             return "annotation", f"field '{key}' = {v!r} is not an id", ()
-    if iid not in out.images:
-        return "orphan", f"field 'image_id' = {iid!r} is not in images", (iid,)
-    if cid not in out.categories:
+    if not _is_key(iid, out.images):
+        return "orphan", f"field 'image_id' = {iid!r} is not in images", (_key(iid),)
+    if not _is_key(cid, out.categories):
         known = id_list(sorted(out.categories))
-        return "unknown category", f"field 'category_id' = {cid!r} is not in categories (ids {known})", (cid,)
+        return "unknown category", f"field 'category_id' = {cid!r} is not in categories (ids {known})", (_key(cid),)
     if "bbox" not in a:
         return "annotation", "field 'bbox' is missing", ()
     bbox = a["bbox"]
@@ -258,7 +381,7 @@ def check_segmentation(segm, height: int, width: int):
         if all(isinstance(v, int | float) for v in segm):  # a single flat polygon not wrapped in a list
             segm = [segm]
         polys = []
-        xs, ys = min(width, _POLYGON_LIMIT), min(height, _POLYGON_LIMIT)
+        xs, ys = min(width, POLYGON_LIMIT), min(height, POLYGON_LIMIT)
         for j, poly in enumerate(segm):
             if not isinstance(poly, list) or not all(isinstance(v, int | float) and not isinstance(v, bool)
                                                      for v in poly):

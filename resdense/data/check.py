@@ -230,7 +230,7 @@ def _check_coco(js: Path, images_dir, decode: bool, report: CheckReport) -> None
     if not isinstance(data, dict):  # the top level is not a COCO object: reported by parse_coco
         return
     images = data.get("images") if isinstance(data.get("images"), list) else []
-    valid = parsed.dataset.get("images", [])  # the entries that passed (the others are among the problems)
+    valid = parsed.store.images  # the entries that passed (the others are among the problems)
     root = Path(images_dir) if images_dir is not None else images_root_for(js, [im["file_name"] for im in valid])
     for im in valid:
         hw = (im["height"], im["width"])

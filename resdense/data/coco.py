@@ -15,7 +15,8 @@ from resdense.coco.packing import pack_segms
 from resdense.coco.rle import decode_segms
 from resdense.errors import DataError
 
-from .coco_parse import ImageRecord, ParsedCoco, load_json, parse_coco, raise_first
+from .coco_parse import ParsedCoco, parse_coco_file, raise_first
+from .coco_store import ImageRecord, Records
 from .common import SkipBadImages, check_choice, warn
 from .image_io import read_image, to_image_tensor
 from .split_names import SplitArg, name_keys, select_split
@@ -26,14 +27,26 @@ __all__ = ["CocoDetection", "CocoSource"]
 logger = logging.getLogger(__name__)
 
 
-def _subset(dataset: dict, image_ids: set[int]) -> dict:
-    """A COCO dict keeping only the images ``image_ids`` and their annotations."""
-    return {**dataset, "images": [im for im in dataset["images"] if im["id"] in image_ids],
-            "annotations": [a for a in dataset["annotations"] if a["image_id"] in image_ids]}
+def _missing(images_dir: Path, names: list[str]) -> np.ndarray:
+    """bool ``[n]``: ``images_dir / name`` does not exist. One listing of ``images_dir`` answers for the names of
+    files directly in it (no system call per image: train2017 has 118k); links and other names are looked up."""
+    try:
+        with os.scandir(images_dir) as entries:
+            present = {e.name for e in entries if not e.is_symlink()}
+    except OSError:
+        present = set()
+    root = str(images_dir)
+    return np.fromiter((n not in present and not os.path.exists(os.path.join(root, n)) for n in names), bool,
+                       len(names))
 
 
 class CocoSource(SkipBadImages, Dataset):
-    """Parsing, validation, the empty-image policy and the lazily built ``coco`` shared by the COCO datasets."""
+    """Parsing, validation, the empty-image policy and the lazily built ``coco`` shared by the COCO datasets.
+
+    Annotations live in the parse's :class:`~resdense.data.coco_store.AnnotationStore` (flat arrays, so that
+    DataLoader workers share them without copy-on-write growth); ``_rows`` are the store's images this dataset
+    serves, ``_records`` views them.
+    """
 
     def _setup(self, images_dir, parsed: ParsedCoco, *, empty: str, bad_images: str,
                split: SplitArg | None = None) -> None:
@@ -48,37 +61,38 @@ class CocoSource(SkipBadImages, Dataset):
         self.num_classes = len(self.class_names)
         self.cat_id_to_label = dict(parsed.cat_id_to_label)
         self.label_to_cat_id = dict(parsed.label_to_cat_id)
-        self._dataset = parsed.dataset
+        self._store = store = parsed.store
         self._source = parsed.source
         self._coco = None
-        records = parsed.records
+        rows = np.arange(len(store))
         if split is not None:
-            records = [records[i] for i in select_split([name_keys(r.file_name) for r in records], split,
-                                                        parsed.source)]
-            self._dataset = _subset(self._dataset, {r.image_id for r in records})
-        missing = [r for r in records if not os.path.exists(self.images_dir / r.file_name)]
-        if missing:
-            first = self.images_dir / missing[0].file_name
+            rows = rows[select_split([name_keys(n) for n in store.file_names], split, parsed.source)]
+        self._coco_rows = rows  # the evaluation ground truth: every image of the split
+        missing = _missing(self.images_dir, [store.file_names[r] for r in rows.tolist()])
+        if missing.any():
+            first_row = int(rows[np.argmax(missing)])
+            first = self.images_dir / store.file_names[first_row]
             if bad_images == "raise":
-                raise DataError(f"{first}: image file not found (image id {missing[0].image_id}; "
-                                f"{len(missing)} of {len(records)} images missing; bad_images='skip' drops them)")
-            warn(f"{parsed.source}: skipped {len(missing)} image(s) whose file is missing, e.g. {first}")
-            gone = {id(r) for r in missing}
-            records = [r for r in records if id(r) not in gone]
+                raise DataError(f"{first}: image file not found (image id {int(store.image_id[first_row])}; "
+                                f"{int(missing.sum())} of {len(rows)} images missing; bad_images='skip' drops them)")
+            warn(f"{parsed.source}: skipped {int(missing.sum())} image(s) whose file is missing, e.g. {first}")
+            rows = rows[~missing]
         if empty == "drop":
-            n = len(records)
-            records = [r for r in records if len(r.boxes)]
-            if n - len(records):
+            n = len(rows)
+            rows = rows[store.n_targets(rows) > 0]
+            if n - len(rows):
                 logger.info("%s: dropped %d image(s) without training annotations (empty='drop')",
-                            parsed.source, n - len(records))
-        self._records: list[ImageRecord] = records
-        self.image_ids = [r.image_id for r in records]
+                            parsed.source, n - len(rows))
+        self._rows = rows
+        self._records = Records(store, rows)
+        self.image_ids = store.image_id[rows].tolist()
 
     @property
     def coco(self):
-        """pycocotools ``COCO`` of the validated ground truth (crowd kept, boxes clipped, all images of the split)."""
+        """pycocotools ``COCO`` of the validated ground truth (crowd kept, boxes clipped, all images of the split),
+        built on first use (:meth:`~resdense.data.coco_store.AnnotationStore.coco_dataset`)."""
         if self._coco is None:
-            self._coco = build_coco(self._dataset)
+            self._coco = build_coco(self._store.coco_dataset(self._coco_rows))
         return self._coco
 
     def __getstate__(self) -> dict:
@@ -92,7 +106,7 @@ class CocoSource(SkipBadImages, Dataset):
 
     @property
     def image_paths(self) -> list[Path]:
-        return [self.images_dir / r.file_name for r in self._records]
+        return [self.images_dir / self._store.file_names[r] for r in self._rows.tolist()]
 
     def _read(self, rec: ImageRecord) -> np.ndarray:
         path = self.images_dir / rec.file_name
@@ -123,6 +137,10 @@ class CocoDetection(CocoSource):
             one per line, ``#`` comments) or a list of them; ``coco`` then holds only those images. The order
             stays the file's. ``None``: every image.
 
+    Construction reads the file once and keeps its annotations in flat arrays (a train2017-sized file costs what
+    pycocotools' ``COCO()`` costs, or less: ``benchmarks/data_speed.py``); ``coco`` is built on first use, from
+    them, with the fields evaluation reads (other annotation fields are not kept).
+
     Item: ``image`` float32 ``[3, H, W]`` in ``[0, 1]`` (never mean/std-normalised unless the transform says so)
     and ``target`` with ``boxes`` float32 ``[N, 4]`` xyxy pixels, ``labels`` int64 ``[N]`` in ``1..K``, ``masks``
     uint8 ``[N, H, W]`` (``masks=True``), ``image_id`` int, ``area`` float32 ``[N]``, ``iscrowd`` int64 ``[N]``
@@ -138,7 +156,7 @@ class CocoDetection(CocoSource):
     def __init__(self, images_dir, ann_file, transforms=None, masks: bool = False, empty: str = "keep", *,
                  renumber_ann_ids: bool = False, split: SplitArg | None = None, bad_images: str = "raise") -> None:
         self.ann_file = Path(ann_file)
-        parsed = parse_coco(load_json(ann_file), str(ann_file), renumber_ann_ids=renumber_ann_ids)
+        parsed = parse_coco_file(ann_file, renumber_ann_ids=renumber_ann_ids)
         self._init_from(images_dir, parsed, transforms, masks, empty, bad_images, split)
 
     def _init_from(self, images_dir, parsed: ParsedCoco, transforms, masks, empty, bad_images, split) -> None:
@@ -146,7 +164,7 @@ class CocoDetection(CocoSource):
         self.masks = bool(masks)
         self.transforms = as_detection_transform(transforms)
         if self.masks:
-            n = sum(s is None for r in self._records for s in r.segms)
+            n = self._store.n_box_masks(self._rows)
             if n:
                 warn(f"{parsed.source}: {n} annotation(s) have no usable segmentation; their mask is the filled box")
 
@@ -158,16 +176,16 @@ class CocoDetection(CocoSource):
     def _load(self, index: int) -> tuple[torch.Tensor, dict]:
         rec = self._records[index]
         img = self._read(rec)
-        n = len(rec.boxes)
-        target = {"boxes": rec.boxes.copy(), "labels": rec.labels.copy(), "area": rec.areas.copy(),
-                  "iscrowd": np.zeros(n, dtype=np.int64)}
+        boxes = rec.boxes.copy()
+        target = {"boxes": boxes, "labels": rec.labels.copy(), "area": rec.areas.copy(),
+                  "iscrowd": np.zeros(len(boxes), dtype=np.int64)}
         if self.masks:
             try:
                 if isinstance(self.transforms, DetectionTransform) and self.transforms.packs_masks:
                     # Decoded straight into 8-instances-per-byte planes: one warp instead of N downstream.
-                    target["masks"] = pack_segms(rec.segms, rec.height, rec.width, rec.boxes)
+                    target["masks"] = pack_segms(rec.segms, rec.height, rec.width, boxes)
                 else:
-                    masks = decode_segms(rec.segms, rec.height, rec.width, rec.boxes)
+                    masks = decode_segms(rec.segms, rec.height, rec.width, boxes)
                     target["masks"] = np.ascontiguousarray(masks)
             except DataError as err:
                 raise DataError(f"{self._source}: image id {rec.image_id}: {err}") from None

@@ -11,7 +11,7 @@ from resdense.coco.rle import decode_segms
 from resdense.errors import ConfigError, DataError
 
 from .coco import CocoSource
-from .coco_parse import load_json, parse_coco
+from .coco_parse import parse_coco_file
 from .image_io import to_image_tensor
 from .split_names import SplitArg
 from .transforms import as_segmentation_transform
@@ -42,7 +42,7 @@ class CocoSemantic(CocoSource):
     def __init__(self, images_dir, ann_file, transforms=None, ignore_index: int = 255, empty: str = "keep", *,
                  renumber_ann_ids: bool = False, split: SplitArg | None = None, bad_images: str = "raise") -> None:
         self.ann_file = Path(ann_file)
-        parsed = parse_coco(load_json(ann_file), str(ann_file), renumber_ann_ids=renumber_ann_ids)
+        parsed = parse_coco_file(ann_file, renumber_ann_ids=renumber_ann_ids)
         self._setup(images_dir, parsed, empty=empty, bad_images=bad_images, split=split)
         self.class_names = ["background", *self.class_names]
         self.num_classes = len(self.class_names)
@@ -68,10 +68,9 @@ class CocoSemantic(CocoSource):
                 clash = m & (sem != 0) & (sem != label)
                 sem[m] = label
                 sem[clash] = self.ignore_index
-        if rec.crowd_segms:
-            segms = [s if not _is_box(s) else None for _, s in rec.crowd_segms]
-            boxes = [s if _is_box(s) else (0, 0, 0, 0) for _, s in rec.crowd_segms]
-            sem[decode_segms(segms, h, w, boxes).any(axis=0)] = self.ignore_index
+        crowd = rec.crowd_segms
+        if crowd:
+            sem[decode_segms(crowd, h, w, rec.crowd_boxes).any(axis=0)] = self.ignore_index
         return sem
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,7 +84,3 @@ class CocoSemantic(CocoSource):
         if self.transforms is not None:
             return self.transforms(img, mask)
         return to_image_tensor(img), torch.from_numpy(mask)
-
-
-def _is_box(s) -> bool:
-    return isinstance(s, list) and len(s) == 4 and all(isinstance(v, int | float) for v in s)

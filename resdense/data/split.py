@@ -31,7 +31,7 @@ from resdense.errors import ConfigError, DataError
 from resdense.files import make_dir, write_text
 
 from .check import DataLayout, mask_layout, pick_layout
-from .coco_parse import load_json, parse_coco, raise_first
+from .coco_parse import parse_coco, parse_coco_file, raise_first
 from .image_io import read_mask
 from .instance_masks import read_instance_folder
 from .masks import pair_by_stem
@@ -154,7 +154,7 @@ def _samples(layout: DataLayout) -> tuple[list[str], list[frozenset[str]], str]:
     elif layout.kind == "instances":
         parsed = parse_coco(read_instance_folder(layout.images, layout.path).data, str(layout.path))
     else:
-        parsed = parse_coco(load_json(layout.path), str(layout.path))
+        parsed = parse_coco_file(layout.path)
     raise_first(parsed)
     stem = layout.kind != "coco"  # VOC ids and folder samples are stems; COCO names are the file_name fields
     return ([Path(r.file_name).stem if stem else r.file_name for r in parsed.records],
