@@ -13,10 +13,10 @@ inheritance)::
 :class:`~resdense.errors.ConfigError` naming the file and the key, and ``--set key=value`` overrides are parsed as YAML
 and type-checked against the same schema.
 
-This module is pure (YAML and dataclasses; it imports no model or data code, so reading a recipe is cheap). The
-``model`` and ``data`` sections are checked against the signatures of the constructors they feed one floor up, by
-:func:`resdense.engine.load_config` (= ``resdense.load_config``), which the CLI and the runners use: this module's
-:func:`load_config` checks everything else.
+This module is pure (YAML and dataclasses; it imports no model or data code, so reading a recipe is cheap): its
+:func:`parse_recipe` / :func:`parse_config` check everything but the ``model`` and ``data`` sections, whose keys are
+the arguments of the constructors they feed. The one public loader, :func:`resdense.load_config`
+(= :func:`resdense.engine.load_config`), which the CLI and the runners use, checks those too, one floor up.
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ __all__ = [
     "Config",
     "TrainConfig",
     "EvalConfig",
-    "load_config",
-    "config_from_dict",
+    "parse_recipe",
+    "parse_config",
     "apply_overrides",
     "save_config",
     "find_config",
@@ -376,7 +376,7 @@ def _dataclass_section(cls: type, raw: Any, section: str, source: str):
 
 
 # ---- loading -----------------------------------------------------------------------------------------------------
-def config_from_dict(raw: Mapping[str, Any], source: str = "<dict>") -> Config:
+def parse_config(raw: Mapping[str, Any], source: str = "<dict>") -> Config:
     """Validate a recipe dict and build a :class:`Config`: sections, task, ``train`` and ``eval``. The keys of
     ``model`` and ``data`` are checked against their constructors by :func:`resdense.engine.config_from_dict`."""
     if not isinstance(raw, Mapping):
@@ -402,9 +402,9 @@ def config_from_dict(raw: Mapping[str, Any], source: str = "<dict>") -> Config:
     )
 
 
-def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
+def parse_recipe(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
     """Read a recipe (a path, or the name of a shipped recipe such as ``demo_shapes_unet_r18``) and validate it,
-    all but the keys of ``model`` / ``data`` (which :func:`resdense.engine.load_config` checks as well).
+    all but the keys of ``model`` / ``data`` (which :func:`resdense.load_config` checks as well).
 
     Args:
         path: YAML file, or a name found by :func:`find_config`.
@@ -425,7 +425,7 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Confi
     if overrides:
         raw = apply_overrides(raw, overrides, source)
         source = f"{source} (with --set {' '.join(o if o.isprintable() else repr(o) for o in overrides)})"
-    config = config_from_dict(raw, source)
+    config = parse_config(raw, source)
     if not (written or {}).get("name"):
         config.name = Path(path).stem
     return config

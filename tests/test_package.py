@@ -70,7 +70,7 @@ def test_installed_cli_lists_and_trains_a_shipped_recipe_from_another_folder(ins
         assert (work / "run" / name).exists(), name
     # a real-data recipe's split files are found beside the installed recipe, not in the working directory
     split = _run([sys.executable, "-c", "import resdense.config as c; "
-                  "print(c.load_config('unet_r18_membrane_cpu').data['val']['split'])"], cwd=work, env=env).strip()
+                  "print(c.parse_recipe('unet_r18_membrane_cpu').data['val']['split'])"], cwd=work, env=env).strip()
     assert Path(split).is_relative_to(installed / "site") and Path(split).read_text().split() == [
         line for line in (ROOT / "configs/splits/membrane/val.txt").read_text().split()]
 

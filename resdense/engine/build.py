@@ -12,9 +12,10 @@ feeds, checked against that constructor's signature (unknown keys and wrong type
 ``classifier``                                :class:`resdense.heads.Classifier`
 ============================================  =========================================================
 
-This is also where a recipe is checked as a whole: :func:`load_config` / :func:`config_from_dict` are
-:mod:`resdense.config`'s (sections, task, ``train``, ``eval``) plus :func:`check_config` (``model`` and ``data``
-against the constructors below); the CLI, the runners and ``resdense.load_config`` go through them.
+This is also where a recipe is checked as a whole: :func:`load_config` (= ``resdense.load_config``, the one public
+loader) and :func:`config_from_dict` are :mod:`resdense.config`'s parsing (sections, task, ``train``, ``eval``) plus
+:func:`check_config` (``model`` and ``data`` against the constructors below); the CLI and the runners go through
+them.
 
 ``data.dataset`` picks the dataset class (``mask``, ``coco_semantic``, ``coco``, ``voc``, ``instance_masks``
 (:class:`resdense.data.InstanceMaskDataset`), ``imagefolder``, or ``shapes``: :func:`resdense.data.make_shapes`
@@ -111,18 +112,20 @@ def check_config(config: Config) -> Config:
 
 
 def config_from_dict(raw: Mapping[str, Any], source: str = "<dict>") -> Config:
-    """:func:`resdense.config.config_from_dict` and :func:`check_config`: every section validated."""
-    return check_config(recipe.config_from_dict(raw, source))
+    """A recipe dict as a :class:`Config`, every section validated: :func:`resdense.config.parse_config` and
+    :func:`check_config`."""
+    return check_config(recipe.parse_config(raw, source))
 
 
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
     """Read and validate a recipe, every section: a path or a shipped recipe's name, and ``--set`` style
-    ``overrides`` (see :func:`resdense.config.load_config`), with ``model`` / ``data`` checked by :func:`check_config`.
+    ``overrides`` (see :func:`resdense.config.parse_recipe`), with ``model`` / ``data`` checked by
+    :func:`check_config`.
 
     Raises:
         ConfigError: missing file, bad YAML, unknown key (naming file and key), wrong type or value.
     """
-    return check_config(recipe.load_config(path, overrides))
+    return check_config(recipe.parse_recipe(path, overrides))
 
 
 # ---- signatures --------------------------------------------------------------------------------------------------
