@@ -160,10 +160,11 @@ def test_config_alone_reads_a_recipe_and_the_engine_checks_model_and_data(tmp_pa
 
 
 def test_recipe_detector_archs_are_build_detectors_kinds():
-    from resdense.config import DETECTOR_ARCHS, MODEL_ARCHS
     from resdense.heads import KINDS
+    from resdense.registry import ARCHITECTURES
 
-    assert DETECTOR_ARCHS == KINDS and all(MODEL_ARCHS[k] == "detection" for k in KINDS)
+    DETECTOR_ARCHS = tuple(n for n, e in ARCHITECTURES.items() if e.task == "detection")
+    assert DETECTOR_ARCHS == KINDS and all(ARCHITECTURES.get(k).task == "detection" for k in KINDS)
 
 
 def test_recipes_are_found_from_any_folder_and_the_working_directory_comes_first(tmp_path, monkeypatch):
