@@ -79,7 +79,8 @@ EXPORTS = {
     "create_backbone": "resdense.backbones", "create_classifier": "resdense.heads",
     "optimize_for_inference": "resdense.backbones", "build_detector": "resdense.heads", "UNet": "resdense.heads",
     "FPN": "resdense.heads", "smp_model": "resdense.heads", "load_config": "resdense.engine",
-    "Predictor": "resdense.engine", "TTA": "resdense.engine",
+    "Predictor": "resdense.engine", "TTA": "resdense.engine", "register_architecture": "resdense.registry",
+    "register_dataset": "resdense.registry", "register_hook": "resdense.registry",
 }
 ALIASES = {"train": "run_training", "evaluate": "run_evaluation", "predict": "run_prediction"}
 
