@@ -71,8 +71,7 @@ def _recipe_pair(quick: bool):
     """The recipe's model, task and optimizer, and the plain smp loop's model; batch and crop size of the recipe."""
     import segmentation_models_pytorch as smp
 
-    from resdense.config import load_config
-    from resdense.engine import build_optimizer
+    from resdense.engine import build_optimizer, load_config
     from resdense.engine.build import build_model, build_task
 
     cfg = load_config(RECIPE)

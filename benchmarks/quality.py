@@ -70,9 +70,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from resdense.config import Config, load_config
+from resdense.config import Config
 from resdense.data import CocoDetection, DetectionTransform, MaskDataset, SegmentationTransform, VocDetection
-from resdense.engine import load_model, run_training
+from resdense.engine import load_config, load_model, run_training
 from resdense.engine.build import build_dataset
 from resdense.evaluation import DetectionEvaluator, SegmentationMetrics
 from resdense.files import append_text, make_dir, write_json

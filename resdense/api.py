@@ -27,8 +27,10 @@ from resdense.engine import (
     run_prediction,
     run_training,
 )
+from resdense.engine.architectures import builder_name
 from resdense.errors import ConfigError
-from resdense.heads import KINDS, create_classifier, smp_architectures
+from resdense.heads import create_classifier
+from resdense.registry import ARCHITECTURES, DATASETS
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +89,12 @@ def _imagenet_categories(arch: str) -> list[str] | None:
 
 
 def available() -> dict[str, list[tuple[str, str]]]:
-    """What ``resdense list`` prints: backbones, heads (with the recipe ``model.arch`` that selects them), recipes."""
+    """What ``resdense list`` prints: backbones, heads (the registered architectures: the recipe ``model.arch``
+    that selects each, its task and builder), datasets (``data.dataset``, the tasks it serves and its class) and the
+    shipped recipes."""
     backbones = [(name, "") for name in list_backbones()]
-    heads = [("unet", "segmentation: resdense.heads.UNet (smp decoder)")]
-    heads += [(f"smp.{a}", "segmentation: smp architecture on a resdense backbone") for a in smp_architectures()]
-    heads += [(k, "detection: torchvision detector + resdense FPN") for k in KINDS]
-    heads += [("classifier", "classification: pooled backbone + linear layer")]
+    heads = [(name, f"{entry.task}: {builder_name(entry.builder)}") for name, entry in ARCHITECTURES.items()]
+    datasets = [(name, f"{' / '.join(entry.tasks)}: {builder_name(entry.cls)}") for name, entry in DATASETS.items()]
     configs = []
     for path in list_configs():
         try:
@@ -102,4 +104,4 @@ def available() -> dict[str, list[tuple[str, str]]]:
         except ConfigError as err:
             note = f"(unreadable: {err})"
         configs.append((path.stem, note))
-    return {"backbones": backbones, "heads": heads, "configs": configs}
+    return {"backbones": backbones, "heads": heads, "datasets": datasets, "configs": configs}

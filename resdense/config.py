@@ -3,20 +3,27 @@
 A recipe has four sections that map one-to-one onto keyword arguments (house style: no defaults file, no
 inheritance)::
 
-    task: segmentation            # or detection / classification; inferred from model.arch when absent
+    task: segmentation            # or detection / classification; the architecture's when absent
     model: {arch: unet, backbone: resnet18, num_classes: 4}     # -> resdense.heads.UNet(backbone=..., ...)
     data:  {dataset: mask, train: {...}, val: {...}, ...}       # -> dataset constructors and transform presets
     train: {lr: 0.001, iterations: 500, ...}                    # -> TrainConfig (below)
     eval:  {every_iters: 100, ...}                              # -> EvalConfig (below)
 
+and, to use architectures and datasets the library does not ship, the modules that register them
+(:func:`resdense.register_architecture`, :func:`resdense.register_dataset`), imported before ``model`` and ``data``
+are checked (mmengine's ``custom_imports``)::
+
+    imports: [my_pkg.models, my_models]   # module names; the recipe's folder comes first on sys.path meanwhile
+    imports_from: null                    # that folder (the resolved recipe records it, absolute)
+
 ``train`` and ``eval`` are dataclasses, so their schema is their fields; unknown keys raise
 :class:`~resdense.errors.ConfigError` naming the file and the key, and ``--set key=value`` overrides are parsed as YAML
 and type-checked against the same schema.
 
-This module is pure (YAML and dataclasses; it imports no model or data code, so reading a recipe is cheap). The
-``model`` and ``data`` sections are checked against the signatures of the constructors they feed one floor up, by
-:func:`resdense.engine.load_config` (= ``resdense.load_config``), which the CLI and the runners use: this module's
-:func:`load_config` checks everything else.
+This module is pure (YAML and dataclasses; it imports no model or data code, so reading a recipe is cheap): its
+:func:`parse_recipe` / :func:`parse_config` check everything but the ``model`` and ``data`` sections, whose keys are
+the arguments of the constructors they feed. The one public loader, :func:`resdense.load_config`
+(= :func:`resdense.engine.load_config`), which the CLI and the runners use, checks those too, one floor up.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from resdense.recipes import (  # re-exported: this module's API
     read_yaml,
     splits_beside_recipe,
 )
+from resdense.registry import TASK_NAMES
 from resdense.typecheck import (  # re-exported
     NOT_SET,
     check_type,
@@ -54,43 +62,25 @@ __all__ = [
     "Config",
     "TrainConfig",
     "EvalConfig",
-    "load_config",
-    "config_from_dict",
+    "parse_recipe",
+    "parse_config",
     "apply_overrides",
     "save_config",
     "find_config",
     "list_configs",
     "check_type",
     "read_yaml",
-    "task_of",
     "unknown_key_error",
     "wrong_type_error",
     "first_difference",
     "NOT_SET",
     "TASKS",
-    "MODEL_ARCHS",
-    "DETECTOR_ARCHS",
 ]
 
-TASKS = ("segmentation", "detection", "classification")
+TASKS = TASK_NAMES  # what a registered architecture or dataset may serve
 LOGGERS = ("csv", "tensorboard", "mlflow")  # train.loggers: what each writes, see TrainConfig
 SEGMENTATION_LOSSES = ("ce", "dice", "ce+dice", "focal", "focal+dice", "lovasz", "ce+lovasz")
-SECTIONS = ("task", "name", "model", "data", "train", "eval")
-# model.arch -> the task it serves (the constructor behind each arch is resdense.engine.build's business).
-DETECTOR_ARCHS = ("faster_rcnn", "mask_rcnn", "retinanet", "fcos")
-MODEL_ARCHS = {"unet": "segmentation", "smp.<Arch>": "segmentation", "classifier": "classification",
-               **{k: "detection" for k in DETECTOR_ARCHS}}
-
-
-def task_of(arch: str, source: str = "<dict>") -> str:
-    """The task of a ``model.arch`` (``smp.<Arch>``: any smp architecture name, checked by the engine)."""
-    if isinstance(arch, str) and arch.startswith("smp."):
-        return "segmentation"
-    if not isinstance(arch, str) or arch not in MODEL_ARCHS:
-        raise ConfigError(f"{source}: model.arch = {arch!r} is not one of {', '.join(MODEL_ARCHS)}")
-    return MODEL_ARCHS[arch]
-
-
+SECTIONS = ("task", "name", "imports", "imports_from", "model", "data", "train", "eval")
 @dataclass
 class TrainConfig:
     """Optimisation settings of one run (the ``train:`` section).
@@ -315,21 +305,37 @@ class EvalConfig:
 
 @dataclass
 class Config:
-    """A loaded recipe. ``model`` and ``data`` are plain dicts of constructor keyword arguments."""
+    """A loaded recipe. ``model`` and ``data`` are plain dicts of constructor keyword arguments.
 
-    task: str
+    ``task`` is ``None`` only in a recipe parsed here that leaves it out: the engine's loader fills it in from
+    ``model.arch``'s registration (:data:`resdense.registry.ARCHITECTURES`), which this layer does not read.
+
+    ``imports``: modules the engine's loader imports before it checks ``model`` and ``data``, with ``imports_from``
+    first on ``sys.path`` meanwhile (``None``: the working directory). Read from a file, ``imports_from`` defaults to
+    the recipe's folder and a relative one is relative to it; :meth:`to_dict` writes both (when ``imports`` is not
+    empty) with the folder absolute, so the run's ``config.yaml`` and checkpoints import them again from anywhere.
+    """
+
+    task: str | None
     model: dict[str, Any]
     data: dict[str, Any]
     train: TrainConfig
     eval: EvalConfig
     name: str = "run"
     source: str = "<dict>"
+    # What the engine's loader checked (this recipe's to_dict() then), so that a checked recipe handed on unchanged
+    # is not checked again; None: not checked (parsed here only, or built by hand).
+    checked: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    imports: list[str] = field(default_factory=list)
+    imports_from: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (YAML- and ``torch.load(weights_only=True)``-safe)."""
+        extensions = {"imports": list(self.imports), "imports_from": self.imports_from} if self.imports else {}
         return {
             "task": self.task,
             "name": self.name,
+            **extensions,
             "model": _plain(self.model),
             "data": _plain(self.data),
             "train": _plain(dataclasses.asdict(self.train)),
@@ -376,7 +382,7 @@ def _dataclass_section(cls: type, raw: Any, section: str, source: str):
 
 
 # ---- loading -----------------------------------------------------------------------------------------------------
-def config_from_dict(raw: Mapping[str, Any], source: str = "<dict>") -> Config:
+def parse_config(raw: Mapping[str, Any], source: str = "<dict>") -> Config:
     """Validate a recipe dict and build a :class:`Config`: sections, task, ``train`` and ``eval``. The keys of
     ``model`` and ``data`` are checked against their constructors by :func:`resdense.engine.config_from_dict`."""
     if not isinstance(raw, Mapping):
@@ -390,21 +396,41 @@ def config_from_dict(raw: Mapping[str, Any], source: str = "<dict>") -> Config:
     data = raw.get("data") or {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: section 'data' must be a mapping, got {type(data).__name__}")
-    task = raw.get("task") or task_of(model["arch"], source)
-    if task not in TASKS:
+    task = raw.get("task") or None
+    if task is not None and task not in TASKS:
         raise ConfigError(f"{source}: task = {task!r} is not one of {', '.join(TASKS)}")
     name = raw.get("name") or (Path(source).stem if source != "<dict>" else "run")
+    imports, imports_from = raw.get("imports") or [], raw.get("imports_from")
+    if not (isinstance(imports, list) and all(isinstance(m, str) and _is_module_name(m) for m in imports)):
+        raise ConfigError(f"{source}: imports = {imports!r} must be a list of module names (e.g. [my_pkg.models])")
+    if imports_from is not None and not isinstance(imports_from, str):
+        raise wrong_type_error(source, "imports_from", imports_from, str | None)
     return Config(
         task=task, model=copy.deepcopy(dict(model)), data=copy.deepcopy(dict(data)),
         train=_dataclass_section(TrainConfig, raw.get("train"), "train", source),
         eval=_dataclass_section(EvalConfig, raw.get("eval"), "eval", source),
-        name=str(name), source=source,
+        name=str(name), source=source, imports=list(imports), imports_from=imports_from,
     )
 
 
-def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
+def _is_module_name(name: str) -> bool:
+    return all(part.isidentifier() for part in name.split("."))
+
+
+def _imports_beside_recipe(raw: Any, folder: Path, base: Path) -> Any:
+    """``raw`` with an absolute ``imports_from``: the recipe's ``folder`` when ``imports`` is given without it, a
+    relative one taken from ``base``."""
+    if not isinstance(raw, Mapping) or not raw.get("imports"):
+        return raw
+    where = raw.get("imports_from")
+    if where is None or (isinstance(where, str) and not Path(where).is_absolute()):
+        raw = {**raw, "imports_from": os.path.abspath(folder if where is None else base / where)}
+    return raw
+
+
+def parse_recipe(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
     """Read a recipe (a path, or the name of a shipped recipe such as ``demo_shapes_unet_r18``) and validate it,
-    all but the keys of ``model`` / ``data`` (which :func:`resdense.engine.load_config` checks as well).
+    all but the keys of ``model`` / ``data`` (which :func:`resdense.load_config` checks as well).
 
     Args:
         path: YAML file, or a name found by :func:`find_config`.
@@ -412,20 +438,21 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Confi
 
     Raises:
         ConfigError: missing file, bad YAML, unknown section / ``train`` / ``eval`` key (naming file and key), wrong
-            type or value, unknown ``model.arch``.
+            type or value, ``imports`` that is not a list of module names.
 
     A relative ``data.<part>.split`` file in the recipe is read relative to the recipe's folder, as the recipe's
     own part (``split: splits/membrane/train.txt`` beside ``configs/unet_r18_membrane_cpu.yaml``, installed with it),
-    while data folders stay relative to the working directory, and so does a ``--set`` value typed on the command
-    line.
+    and so is ``imports_from`` (default: that folder), while data folders stay relative to the working directory,
+    and so does a ``--set`` value typed on the command line.
     """
     path = find_config(path)
     raw = splits_beside_recipe(written := read_yaml(path), Path(path).parent)
+    raw = _imports_beside_recipe(raw, Path(path).parent, Path(path).parent)
     source = str(path)
     if overrides:
-        raw = apply_overrides(raw, overrides, source)
+        raw = _imports_beside_recipe(apply_overrides(raw, overrides, source), Path(path).parent, Path.cwd())
         source = f"{source} (with --set {' '.join(o if o.isprintable() else repr(o) for o in overrides)})"
-    config = config_from_dict(raw, source)
+    config = parse_config(raw, source)
     if not (written or {}).get("name"):
         config.name = Path(path).stem
     return config

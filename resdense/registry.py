@@ -17,6 +17,7 @@ Registering a name twice is an error unless ``override=True``.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -62,7 +63,10 @@ class Registry(Generic[E]):
             return self._entries[name]
         except (KeyError, TypeError):
             where = f"{source}: {key} = {name!r}" if key else f"{source}: {self.kind} {name!r}"
-            raise ConfigError(f"{where} is not a registered {self.kind}; one of {', '.join(self._entries)}") from None
+            close = difflib.get_close_matches(name, self._entries, n=1) if isinstance(name, str) else []
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where} is not a registered {self.kind}{hint}; one of "
+                              f"{', '.join(self._entries)}") from None
 
     def remove(self, name: str) -> None:
         self._entries.pop(name, None)

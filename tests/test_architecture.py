@@ -256,7 +256,7 @@ HEAVY = ("torch", "torchvision", "segmentation_models_pytorch", "albumentations"
 @pytest.mark.parametrize("statement", [
     "import resdense",
     "import resdense.cli; resdense.cli.build_parser()",  # `resdense --help`: the subcommands import the library late
-    "from resdense.config import load_config; load_config('demo_shapes_frcnn_r18_fpn', ['train.lr=0.01'])",
+    "from resdense.config import parse_recipe; parse_recipe('demo_shapes_frcnn_r18_fpn', ['train.lr=0.01'])",
 ])
 def test_reading_recipes_and_importing_the_package_load_no_model_code(statement):
     loaded = _fresh_python(f"import sys; {statement}; print(sorted(m for m in {HEAVY!r} if m in sys.modules))")

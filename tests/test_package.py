@@ -70,7 +70,7 @@ def test_installed_cli_lists_and_trains_a_shipped_recipe_from_another_folder(ins
         assert (work / "run" / name).exists(), name
     # a real-data recipe's split files are found beside the installed recipe, not in the working directory
     split = _run([sys.executable, "-c", "import resdense.config as c; "
-                  "print(c.load_config('unet_r18_membrane_cpu').data['val']['split'])"], cwd=work, env=env).strip()
+                  "print(c.parse_recipe('unet_r18_membrane_cpu').data['val']['split'])"], cwd=work, env=env).strip()
     assert Path(split).is_relative_to(installed / "site") and Path(split).read_text().split() == [
         line for line in (ROOT / "configs/splits/membrane/val.txt").read_text().split()]
 
@@ -79,7 +79,8 @@ EXPORTS = {
     "create_backbone": "resdense.backbones", "create_classifier": "resdense.heads",
     "optimize_for_inference": "resdense.backbones", "build_detector": "resdense.heads", "UNet": "resdense.heads",
     "FPN": "resdense.heads", "smp_model": "resdense.heads", "load_config": "resdense.engine",
-    "Predictor": "resdense.engine", "TTA": "resdense.engine",
+    "Predictor": "resdense.engine", "TTA": "resdense.engine", "register_architecture": "resdense.registry",
+    "register_dataset": "resdense.registry", "register_hook": "resdense.registry",
 }
 ALIASES = {"train": "run_training", "evaluate": "run_evaluation", "predict": "run_prediction"}
 

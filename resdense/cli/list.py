@@ -1,4 +1,5 @@
-"""``resdense list [backbones|heads|configs]``: what can be built and which recipes ship."""
+"""``resdense list [backbones|heads|datasets|configs]``: what can be built (the registered architectures and datasets)
+and which recipes ship."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("list", help="list backbones, heads and shipped recipes")
-    p.add_argument("what", nargs="?", choices=("backbones", "heads", "configs"), help="one section only")
+    p = sub.add_parser("list", help="list backbones, heads (model.arch), datasets (data.dataset) and shipped recipes")
+    p.add_argument("what", nargs="?", choices=("backbones", "heads", "datasets", "configs"), help="one section only")
     p.set_defaults(func=run)
 
 

@@ -1,89 +1,64 @@
 """From a recipe's ``model`` and ``data`` sections to objects: each key is a keyword argument of the constructor it
 feeds, checked against that constructor's signature (unknown keys and wrong types name the file and the key).
 
-``model.arch`` picks the constructor:
+``model.arch`` and ``data.dataset`` are names of :data:`resdense.registry.ARCHITECTURES` and
+:data:`resdense.registry.DATASETS`: the library's own are registered in :mod:`resdense.engine.architectures` and
+:mod:`resdense.engine.datasets` (their tables), a user's by the modules a recipe names in ``imports:``. Each entry holds
+the builder or class, the task it serves and, for an architecture, its class-count argument, default metric and
+export formats; checking, building, ``resdense list`` and export read them.
 
-============================================  =========================================================
-``unet``                                      :class:`resdense.heads.UNet`
-``smp.<Arch>`` (e.g. ``smp.DeepLabV3Plus``)   :func:`resdense.heads.smp_model` with ``arch=<Arch>``
-``faster_rcnn``, ``mask_rcnn``,               :func:`resdense.heads.build_detector` (``kind=arch``); extra keys go
-``retinanet``, ``fcos``                       to the torchvision class (``anchor_sizes``, ``aspect_ratios``,
-                                              ``fpn_channels``, ``representation_size`` are its own arguments).
-``classifier``                                :class:`resdense.heads.Classifier`
-============================================  =========================================================
+This is also where a recipe is checked as a whole: :func:`load_config` (= ``resdense.load_config``, the one public
+loader) and :func:`config_from_dict` are :mod:`resdense.config`'s parsing (sections, task, ``train``, ``eval``) plus
+:func:`check_config` (``model`` and ``data`` against the constructors below); the CLI and the runners go through
+them.
 
-This is also where a recipe is checked as a whole: :func:`load_config` / :func:`config_from_dict` are
-:mod:`resdense.config`'s (sections, task, ``train``, ``eval``) plus :func:`check_config` (``model`` and ``data``
-against the constructors below); the CLI, the runners and ``resdense.load_config`` go through them.
+``data.train`` / ``data.val`` are the dataset class's keyword arguments; ``data.train_transforms`` /
+``data.val_transforms`` those of the task's preset (:func:`resdense.data.segmentation_transforms`,
+:func:`resdense.data.detection_transforms`, or :func:`classification_transforms` below); ``null`` means no
+transforms. ``dataset: shapes`` takes ``data.shapes``, the arguments of :func:`resdense.data.make_shapes`.
 
-``data.dataset`` picks the dataset class (``mask``, ``coco_semantic``, ``coco``, ``voc``, ``instance_masks``
-(:class:`resdense.data.InstanceMaskDataset`), ``imagefolder``, or ``shapes``: :func:`resdense.data.make_shapes`
-writes the synthetic set first). ``data.train`` / ``data.val`` are
-that class's keyword arguments; ``data.train_transforms`` / ``data.val_transforms`` those of the task's preset
-(:func:`resdense.data.segmentation_transforms`, :func:`resdense.data.detection_transforms`, or
-:func:`classification_transforms` below); ``null`` means no transforms.
-
-Every dataset class takes ``split`` (a text file of sample names, or a list of them) to serve part of a folder or an
-annotation file. Training and validation sets that share images are refused when they are built
+Every shipped dataset class takes ``split`` (a text file of sample names, or a list of them) to serve part of a
+folder or an annotation file. Training and validation sets that share images are refused when they are built
 (:func:`build_datasets`): ``data.allow_overlap: true`` permits it, for smoke tests only, since the validation
 scores then measure memorised images.
 """
 
 from __future__ import annotations
 
-import inspect
-import json
+import importlib
 import os
-import typing
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import segmentation_models_pytorch as smp
 from torch import nn
 from torch.utils.data import Dataset
 from torchvision import transforms as T
-from torchvision.models import detection as tvd
 
 from resdense import config as recipe
-from resdense.config import (
-    DETECTOR_ARCHS,
-    MODEL_ARCHS,
-    Config,
-    check_type,
-    task_of,
-    unknown_key_error,
-    wrong_type_error,
-)
+from resdense.config import Config, check_type, unknown_key_error, wrong_type_error
 from resdense.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    SHAPES_CLASSES,
-    CocoDetection,
-    CocoSemantic,
-    ImageFolder,
-    InstanceMaskDataset,
-    MaskDataset,
-    ShapesDataset,
-    ShapesSplit,
-    VocDetection,
     detection_transforms,
     make_shapes,
     segmentation_transforms,
 )
 from resdense.errors import ConfigError
-from resdense.files import write_text
-from resdense.heads import Classifier, UNet, build_detector, smp_architectures, smp_model
+from resdense.registry import DATASETS
+from resdense.registry import Dataset as DatasetEntry
 
+from .architectures import architecture, model_params, signature_params
+from .datasets import SHAPES, shapes_class
 from .tasks import ClassificationTask, DetectionTask, SegmentationTask
 
 __all__ = [
-    "MODEL_ARCHS",
-    "DATASETS",
-    "task_of",
     "load_config",
     "config_from_dict",
     "check_config",
+    "import_extensions",
+    "is_checked",
     "build_model",
     "build_dataset",
     "build_datasets",
@@ -93,68 +68,84 @@ __all__ = [
     "check_data_section",
     "classification_transforms",
     "fill_num_classes",
+    "classes_key",
 ]
 
-DETECTOR_KINDS = DETECTOR_ARCHS  # = resdense.heads.KINDS (tests/engine/test_config.py)
-DATASETS = {"mask": "segmentation", "coco_semantic": "segmentation", "coco": "detection", "voc": "detection",
-            "instance_masks": "detection", "imagefolder": "classification", "shapes": "segmentation|detection"}
 _DATA_KEYS = ("dataset", "train", "val", "shapes", "train_transforms", "val_transforms", "allow_overlap")
 
 
 # ---- whole recipes -----------------------------------------------------------------------------------------------
 def check_config(config: Config) -> Config:
-    """Check a recipe's ``model`` and ``data`` keys against the constructors they feed (unknown keys and wrong types
-    are one-line :class:`ConfigError` naming ``config.source`` and the key); returns ``config``."""
+    """Import the recipe's ``imports`` (:func:`import_extensions`), check its ``model`` and ``data`` keys against the
+    constructors they feed (unknown keys and wrong types are one-line :class:`ConfigError` naming ``config.source``
+    and the key), and fill in what the architecture's registration decides: ``task`` when the recipe leaves it
+    out, and ``eval.metric`` / ``eval.mode`` when the architecture has a default metric and the recipe names none.
+    Returns ``config``."""
+    import_extensions(config)
+    entry = architecture(config.model["arch"], config.source)
+    if config.task is None:
+        config.task = entry.task
+    elif config.task != entry.task:
+        raise ConfigError(f"{config.source}: task = {config.task!r} but model.arch = {config.model['arch']!r} is a "
+                          f"{entry.task} architecture")
     check_model_section(config.model, config.source)
     check_data_section(config.data, config.task, config.source)
+    if config.eval.metric is None and entry.metric is not None:
+        config.eval.metric, config.eval.mode = entry.metric, config.eval.mode or entry.mode
+    config.checked = config.to_dict()
     return config
 
 
+def import_extensions(config: Config) -> None:
+    """Import the modules of ``config.imports`` (the architectures, datasets and hooks they register become names a
+    recipe can use), with ``config.imports_from`` (default: the working directory) first on ``sys.path`` while
+    they are imported, as mmengine's ``custom_imports`` do with the working directory. A module imported before is
+    not run again.
+
+    Raises:
+        ConfigError: one line naming ``config.source``, ``imports``, the module and why it could not be imported.
+    """
+    if not config.imports:
+        return
+    folder = config.imports_from or os.getcwd()
+    sys.path.insert(0, folder)
+    importlib.invalidate_caches()  # a module written since the last import (beside a recipe just made) is seen
+    try:
+        for name in config.imports:
+            try:
+                importlib.import_module(name)
+            except Exception as err:  # whatever the module's own code raised: the user's to fix, named in one line
+                why = (str(err).strip().splitlines() or [""])[0]
+                raise ConfigError(f"{config.source}: imports: cannot import {name!r} from {folder} or sys.path "
+                                  f"({type(err).__name__}: {why})") from err
+    finally:
+        sys.path.remove(folder)
+
+
+def is_checked(config: Config) -> bool:
+    """Whether :func:`check_config` passed ``config`` as it is now (it has not been changed since)."""
+    return config.checked is not None and config.checked == config.to_dict()
+
+
 def config_from_dict(raw: Mapping[str, Any], source: str = "<dict>") -> Config:
-    """:func:`resdense.config.config_from_dict` and :func:`check_config`: every section validated."""
-    return check_config(recipe.config_from_dict(raw, source))
+    """A recipe dict as a :class:`Config`, every section validated: :func:`resdense.config.parse_config` and
+    :func:`check_config`."""
+    return check_config(recipe.parse_config(raw, source))
 
 
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
     """Read and validate a recipe, every section: a path or a shipped recipe's name, and ``--set`` style
-    ``overrides`` (see :func:`resdense.config.load_config`), with ``model`` / ``data`` checked by :func:`check_config`.
+    ``overrides`` (see :func:`resdense.config.parse_recipe`), with ``model`` / ``data`` checked by
+    :func:`check_config`.
 
     Raises:
-        ConfigError: missing file, bad YAML, unknown key (naming file and key), wrong type or value.
+        ConfigError: missing file, bad YAML, unknown key (naming file and key), wrong type or value, a name that is
+            not a registered architecture or dataset (naming the registered ones).
     """
-    return check_config(recipe.load_config(path, overrides))
+    return check_config(recipe.parse_recipe(path, overrides))
 
 
 # ---- signatures --------------------------------------------------------------------------------------------------
-def _model_targets(arch: str) -> list[Callable]:
-    if arch == "unet":
-        return [UNet]
-    if arch.startswith("smp."):
-        names = {n.lower(): n for n in smp_architectures()}
-        name = names.get(arch[4:].lower())
-        return [smp_model] + ([getattr(smp, name)] if name else [])
-    if arch == "classifier":
-        return [Classifier]
-    cls = {"faster_rcnn": tvd.FasterRCNN, "mask_rcnn": tvd.MaskRCNN, "retinanet": tvd.RetinaNet, "fcos": tvd.FCOS}[arch]
-    return [build_detector, cls]
-
-
-def _params(targets: list[Callable]) -> dict[str, Any]:
-    """Keyword parameters accepted by a chain of callables (the first forwards ``**kwargs`` to the next)."""
-    out: dict[str, Any] = {}
-    for fn in targets:
-        init = fn.__init__ if inspect.isclass(fn) else fn
-        try:
-            hints = typing.get_type_hints(init)
-        except Exception:  # annotations that do not resolve at runtime: accept any value, the constructor judges
-            hints = {}
-        for name, p in inspect.signature(init).parameters.items():
-            if name == "self" or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) or name in out:
-                continue
-            out[name] = hints.get(name, Any)
-    return out
-
-
 def _check_kwargs(kwargs: Mapping[str, Any], params: Mapping[str, Any], section: str, source: str) -> None:
     for key, value in kwargs.items():
         if key not in params:
@@ -164,21 +155,19 @@ def _check_kwargs(kwargs: Mapping[str, Any], params: Mapping[str, Any], section:
 
 
 def check_model_section(model: Mapping[str, Any], source: str) -> None:
-    arch = model["arch"]
-    task_of(arch, source)
-    if arch.startswith("smp."):
-        if arch[4:].lower() not in {n.lower() for n in smp_architectures()}:
-            raise ConfigError(f"{source}: model.arch = {arch!r}: smp has no {arch[4:]!r}; "
-                              f"choose from {', '.join('smp.' + n for n in smp_architectures())}")
-    params = _params(_model_targets(arch))
-    params.pop("kind", None)
-    params.pop("arch", None)
-    _check_kwargs({k: v for k, v in model.items() if k != "arch"}, params, "model", source)
+    """``model.arch`` is a registered architecture and the other keys are arguments of its builder."""
+    entry = architecture(model["arch"], source)
+    _check_kwargs({k: v for k, v in model.items() if k != "arch"}, model_params(entry), "model", source)
 
 
-def _dataset_class(name: str):
-    return {"mask": MaskDataset, "coco_semantic": CocoSemantic, "coco": CocoDetection, "voc": VocDetection,
-            "instance_masks": InstanceMaskDataset, "imagefolder": ImageFolder}[name]
+def _dataset_entry(section: Mapping[str, Any], task: str, source: str) -> DatasetEntry:
+    name = section.get("dataset")
+    if name is None:
+        raise ConfigError(f"{source}: data.dataset is missing; one of {', '.join(DATASETS)}")
+    entry = DATASETS.get(name, source, "data.dataset")
+    if task not in entry.tasks:
+        raise ConfigError(f"{source}: data.dataset = {name!r} serves {' or '.join(entry.tasks)}, not {task}")
+    return entry
 
 
 def _transforms_fn(task: str) -> Callable:
@@ -186,39 +175,39 @@ def _transforms_fn(task: str) -> Callable:
             "classification": classification_transforms}[task]
 
 
+def _split_params(entry: DatasetEntry, task: str) -> dict[str, Any]:
+    """The ``data.train`` / ``data.val`` keys of a dataset: its class's arguments but the transforms."""
+    if entry.name == SHAPES:  # the set's paths and classes come from make_shapes
+        fixed = ("images_dir", "masks_dir", "ann_file", "classes")
+        params = {k: v for k, v in signature_params([shapes_class(task)]).items() if k not in fixed}
+    else:
+        params = signature_params([entry.cls])
+    params.pop("transforms", None)
+    params.pop("transform", None)
+    return params
+
+
 def check_data_section(section: Mapping[str, Any], task: str, source: str) -> None:
     for key in section:
         if key not in _DATA_KEYS:
             raise unknown_key_error(source, f"data.{key}", _DATA_KEYS)
-    name = section.get("dataset")
-    if name is None:
-        raise ConfigError(f"{source}: data.dataset is missing; one of {', '.join(DATASETS)}")
-    if not isinstance(name, str) or name not in DATASETS:
-        raise ConfigError(f"{source}: data.dataset = {name!r} is not one of {', '.join(DATASETS)}")
-    if task not in DATASETS[name]:
-        raise ConfigError(f"{source}: data.dataset = {name!r} serves {DATASETS[name]}, not {task}")
+    entry = _dataset_entry(section, task, source)
     if not isinstance(section.get("allow_overlap", False), bool):
         raise recipe.wrong_type_error(source, "data.allow_overlap", section["allow_overlap"], bool)
-    if name == "shapes":
+    if entry.name == SHAPES:
         if not isinstance(section.get("shapes"), Mapping):
             raise ConfigError(f"{source}: data.shapes (make_shapes arguments: root, n_train, n_val, size, seed) "
                               "is missing")
-        _check_kwargs(section["shapes"], _params([make_shapes]), "data.shapes", source)
-        cls = _dataset_class("mask" if task == "segmentation" else "coco")
-        fixed = ("images_dir", "masks_dir", "ann_file", "classes")
-        params = {k: v for k, v in _params([cls]).items() if k not in fixed}
-    else:
-        if "shapes" in section:
-            raise ConfigError(f"{source}: data.shapes applies only to dataset: shapes")
-        params = _params([_dataset_class(name)])
-    params.pop("transforms", None)
-    params.pop("transform", None)
+        _check_kwargs(section["shapes"], signature_params([make_shapes]), "data.shapes", source)
+    elif "shapes" in section:
+        raise ConfigError(f"{source}: data.shapes applies only to dataset: shapes")
+    params = _split_params(entry, task)
     for split in ("train", "val"):
         sub = section.get(split) or {}
         if not isinstance(sub, Mapping):
-            raise ConfigError(f"{source}: data.{split} must be a mapping of {name} arguments")
+            raise ConfigError(f"{source}: data.{split} must be a mapping of {entry.name} arguments")
         _check_kwargs(sub, params, f"data.{split}", source)
-    tparams = _params([_transforms_fn(task)])
+    tparams = signature_params([_transforms_fn(task)])
     tparams.pop("train", None)
     for key in ("train_transforms", "val_transforms"):
         sub = section.get(key)
@@ -247,43 +236,24 @@ def _transforms(section: Mapping[str, Any], task: str, split: str):
     return _transforms_fn(task)(train=split == "train", **section[key])
 
 
-def _shapes(kwargs: Mapping[str, Any]):
-    """``make_shapes(**kwargs)``, skipped when ``root`` already holds the set made with the same arguments (a
-    marker file records them), so train and val, and later ``eval`` / ``predict`` runs, reuse one generation."""
-    root = Path(kwargs["root"])
-    marker = root / ".resdense_shapes.json"
-    key = json.dumps({k: v for k, v in sorted(kwargs.items()) if k != "root"})
-    if marker.exists() and marker.read_text() == key:
-        splits = {}
-        for name in ("train", "val"):
-            d = root / name
-            splits[name] = ShapesSplit(root=d, images=d / "images", masks=d / "masks",
-                                       instances=d / "instances.json",
-                                       num_images=len(list((d / "images").glob("*.jpg"))))
-        if all(s.instances.exists() for s in splits.values()):
-            return ShapesDataset(root=root, **splits)
-    marker.unlink(missing_ok=True)
-    made = make_shapes(**kwargs)
-    write_text(marker, key)
-    return made
+def _construct(entry: DatasetEntry, transforms: Any, kwargs: Mapping[str, Any]) -> Dataset:
+    """``entry.cls(**kwargs)`` with the transforms passed as its signature names them (``transforms`` or, as
+    torchvision's folder datasets have it, ``transform``)."""
+    params = signature_params([entry.cls])
+    if "transforms" in params or "transform" not in params:
+        return entry.cls(transforms=transforms, **kwargs)
+    return entry.cls(transform=transforms, **kwargs)
 
 
 def build_dataset(section: Mapping[str, Any], task: str, split: str, transforms_of: str | None = None) -> Dataset:
     """The ``split`` (``"train"`` or ``"val"``) dataset of a recipe's ``data`` section, with the transforms of the
     ``transforms_of`` split (default: its own; ``"val"`` for deterministic training images, e.g. to calibrate)."""
-    name = section["dataset"]
+    entry = DATASETS.get(section["dataset"], key="data.dataset")
     kwargs = dict(section.get(split) or {})
     transforms = _transforms(section, task, transforms_of or split)
-    if name == "shapes":
-        part = _shapes(section["shapes"]).split(split)
-        if task == "segmentation":
-            return MaskDataset(part.images, part.masks, classes=["background", *SHAPES_CLASSES],
-                               transforms=transforms, **kwargs)
-        return CocoDetection(part.images, part.instances, transforms=transforms, **kwargs)
-    cls = _dataset_class(name)
-    if name == "imagefolder":
-        return cls(transform=transforms, **kwargs)
-    return cls(transforms=transforms, **kwargs)
+    if entry.name == SHAPES:
+        kwargs.update(shapes=section["shapes"], part=split, task=task)
+    return _construct(entry, transforms, kwargs)
 
 
 def build_datasets(section: Mapping[str, Any], task: str, splits: Sequence[str] = ("train", "val"),
@@ -297,7 +267,8 @@ def build_datasets(section: Mapping[str, Any], task: str, splits: Sequence[str] 
 
 
 def _image_files(dataset: Dataset) -> list[str]:
-    """The dataset's image files as absolute paths (each folder resolved once, so links to one folder agree)."""
+    """The dataset's image files (its ``image_paths``) as absolute paths (each folder resolved once, so links to one
+    folder agree)."""
     folders: dict[Path, str] = {}
     out = []
     for p in dataset.image_paths:
@@ -309,11 +280,14 @@ def _image_files(dataset: Dataset) -> list[str]:
 
 
 def check_disjoint(train: Dataset, val: Dataset, source: str = "<dict>") -> None:
-    """Refuse a validation set that shares image files with the training set.
+    """Refuse a validation set that shares image files with the training set (datasets that do not list their
+    files as ``image_paths``, as a user's may not, are not compared).
 
     Raises:
         ConfigError: naming ``source``, how many images are shared and the first of them.
     """
+    if not (hasattr(train, "image_paths") and hasattr(val, "image_paths")):
+        return
     seen = set(_image_files(train))
     shared = [p for p in _image_files(val) if p in seen]
     if shared:
@@ -331,10 +305,15 @@ def dataset_classes(dataset: Dataset, task: str) -> list[str]:
     return [str(n) for n in names]
 
 
+def classes_key(model: Mapping[str, Any], source: str = "<dict>") -> str:
+    """The builder argument that holds the class count (smp's ``classes``, resdense's ``num_classes``)."""
+    return architecture(model["arch"], source).classes_key
+
+
 def fill_num_classes(model: dict[str, Any], task: str, class_names: list[str]) -> dict[str, Any]:
     """Fill the model's class count from the dataset when the recipe leaves it out (detectors count background)."""
     model = dict(model)
-    key = "classes" if model["arch"].startswith("smp.") else "num_classes"
+    key = classes_key(model)
     if model.get(key) is None:
         model[key] = len(class_names) + (1 if task == "detection" else 0)
     return model
@@ -342,17 +321,12 @@ def fill_num_classes(model: dict[str, Any], task: str, class_names: list[str]) -
 
 # ---- models ------------------------------------------------------------------------------------------------------
 def build_model(model: Mapping[str, Any], source: str = "<dict>") -> nn.Module:
-    """Build the ``model`` section (see the module docstring); a refused value names ``source`` and the section."""
+    """Build the ``model`` section with its architecture's builder; a refused value names ``source`` and the
+    section."""
     kwargs = dict(model)
-    arch = kwargs.pop("arch")
+    entry = architecture(kwargs.pop("arch"), source)
     try:
-        if arch == "unet":
-            return UNet(**kwargs)
-        if arch.startswith("smp."):
-            return smp_model(arch[4:], **kwargs)
-        if arch == "classifier":
-            return Classifier(**kwargs)
-        return build_detector(arch, **kwargs)
+        return entry.builder(**kwargs)
     except ConfigError as err:
         raise ConfigError(f"{source}: model: {err}") from None
 
@@ -361,7 +335,7 @@ def build_task(task: str, class_names: list[str], config) -> Any:
     """The task adapter for ``task`` (see :mod:`resdense.engine.tasks`)."""
     if task == "segmentation":
         ignore = config.data.get("train", {}).get("ignore_index", 255) if isinstance(config.data.get("train"), Mapping) else 255
-        num = config.model.get("classes" if config.model["arch"].startswith("smp.") else "num_classes")
+        num = config.model.get(classes_key(config.model, config.source))
         try:
             return SegmentationTask(num or len(class_names), ignore_index=ignore, loss=config.train.loss,
                                     class_weights=config.train.class_weights, class_names=class_names,
@@ -369,6 +343,6 @@ def build_task(task: str, class_names: list[str], config) -> Any:
         except ConfigError as err:
             raise ConfigError(f"{config.source}: {err}") from None
     if task == "detection":
-        iou = ("bbox", "segm") if config.model["arch"] == "mask_rcnn" else ("bbox",)
+        iou = ("bbox", "segm") if architecture(config.model["arch"], config.source).name == "mask_rcnn" else ("bbox",)
         return DetectionTask(class_names, iou_types=iou, backend=config.eval.backend, max_dets=config.eval.max_dets)
     return ClassificationTask(class_names)

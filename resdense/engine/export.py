@@ -43,15 +43,18 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
 from resdense import _torch_private as tp
 from resdense.backbones import trace_to_onnx
+from resdense.config import Config
 from resdense.data import read_image, to_image_tensor
 from resdense.errors import ConfigError, ResdenseError
 from resdense.files import make_dir, write_with
 from resdense.optional import require
 
+from .architectures import architecture
 from .runner import load_model
 from .tasks.segmentation import model_divisor
 
-__all__ = ["FORMATS", "TOLERANCES", "ExportError", "ExportResult", "Check", "export_model", "is_detector"]
+__all__ = ["FORMATS", "TOLERANCES", "ExportError", "ExportResult", "Check", "export_model", "is_detector",
+           "check_export_format"]
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +155,8 @@ def export_model(model_or_checkpoint: nn.Module | str | os.PathLike, path: str |
     if isinstance(model_or_checkpoint, nn.Module):
         model = copy.deepcopy(model_or_checkpoint).cpu().float().eval()
     else:
-        model, _ = load_model(model_or_checkpoint, config, device="cpu")
+        model, run = load_model(model_or_checkpoint, config, device="cpu")
+        check_export_format(run.config, format)
         model.float()
     detector = is_detector(model)
     if detector and format == "pt2":
@@ -185,6 +189,14 @@ def export_model(model_or_checkpoint: nn.Module | str | os.PathLike, path: str |
         if bad:
             raise ExportError(f"{path}: the {format} export differs from the eager model: {bad[0]}")
     return result
+
+
+def check_export_format(config: Config, format: str) -> None:
+    """Refuse a format that the recipe's architecture does not list in its registration's ``exports``."""
+    entry = architecture(config.model["arch"], config.source)
+    if format not in entry.exports:
+        raise ConfigError(f"export: format={format!r} is not available for model.arch = {entry.name!r} of "
+                          f"{config.source}; it exports to {', '.join(entry.exports) or 'no format'}")
 
 
 def _check_size(input_size: Sequence[int] | None) -> tuple[int, int]:

@@ -16,9 +16,10 @@ from torch.utils.data import Dataset
 
 from resdense.config import Config
 from resdense.errors import ConfigError, WeightsError
+from resdense.heads import KINDS
 
+from .architectures import architecture
 from .build import (
-    DETECTOR_KINDS,
     build_datasets,
     build_model,
     build_task,
@@ -26,6 +27,7 @@ from .build import (
     config_from_dict,
     dataset_classes,
     fill_num_classes,
+    is_checked,
     load_config,
 )
 from .checkpoint import evaluated_weights, load_checkpoint, seed_everything
@@ -50,13 +52,15 @@ class Run:
 
 def as_config(config: Config | str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
     """A checked :class:`Config` from a recipe path / name or a package folder (its ``config.yaml``, see
-    :func:`~resdense.engine.package.package_config`), or a checked copy of the given one (one made with
-    :mod:`resdense.config` alone has not had its ``model`` / ``data`` keys checked; the caller's object is never
-    changed by what the run does with its copy)."""
+    :func:`~resdense.engine.package.package_config`), or a checked copy of the given one: checked here unless
+    :func:`~resdense.engine.load_config` checked it and it is unchanged since (one parsed with :mod:`resdense.config`
+    alone has not had its ``model`` / ``data`` keys checked). The caller's object is never changed by what the run
+    does with its copy."""
     if isinstance(config, Config):
         if overrides:
             raise ConfigError("overrides apply to a recipe file; edit the Config object instead")
-        return check_config(copy.deepcopy(config))
+        own = copy.deepcopy(config)
+        return own if is_checked(own) else check_config(own)
     if is_package(config):
         return package_config(config, overrides)
     return load_config(config, overrides)
@@ -138,7 +142,8 @@ def _build_for_checkpoint(model_kwargs: dict[str, Any], source: str) -> nn.Modul
     for key in ("weights", "weights_backbone"):
         if kwargs.get(key) is not None:
             kwargs[key] = None
-    if not (pretrained and kwargs.get("arch") in DETECTOR_KINDS and isinstance(kwargs.get("backbone", ""), str)):
+    detector = architecture(kwargs["arch"], source).name in KINDS  # build_detector's
+    if not (pretrained and detector and isinstance(kwargs.get("backbone", ""), str)):
         return build_model(kwargs, source)
     kwargs["norm"] = kwargs.get("norm") or "frozen_bn"
     with warnings.catch_warnings():

@@ -25,6 +25,7 @@ from resdense.files import make_dir, write_bytes, write_json, write_text
 from resdense.version import VERSION
 
 from .checkpoint import evaluated_weights, load_checkpoint
+from .export import check_export_format
 from .loading import load_model
 from .package import CARD_FILE, CONFIG_FILE, INFO_FILE, PACKAGE_FORMAT, PACKAGE_KIND, WEIGHTS_FILE, is_package
 from .predictor import Predictor
@@ -67,6 +68,7 @@ def export_package(checkpoint: str | os.PathLike, out: str | os.PathLike, *,
         raise WeightsError(f"{path}: already a package folder; export the checkpoint it was made from")
     ckpt = load_checkpoint(path)
     model, run = load_model(path, config, device="cpu")
+    check_export_format(run.config, "package")
     predictor = Predictor(model, run.task, class_names=run.class_names, config=run.config)
     data = save(_plain_tensors(evaluated_weights(ckpt)), metadata={"format": "pt"})
     info = _info(ckpt, run.config, run.class_names, model, predictor.preprocessing, data, path.parent / "metrics.json")

@@ -26,7 +26,6 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 
 from resdense.backbones import FeatureExtractor, ResNet
-from resdense.config import DETECTOR_ARCHS
 from resdense.errors import ConfigError
 
 from .backbone_features import resolve_backbone
@@ -36,7 +35,6 @@ from .targets import install_target_check
 
 __all__ = ["KINDS", "DetectionBackbone", "build_detector", "anchor_generator_for", "install_float32_box_deltas"]
 
-KINDS = DETECTOR_ARCHS  # the recipe schema's list: one list of detector kinds
 TWO_STAGE = ("faster_rcnn", "mask_rcnn")  # region-proposal detectors (RPN, RoI heads)
 # Which backbone maps feed the FPN and which extra levels it adds, as torchvision's ResNet-50 recipes do:
 # two-stage detectors use C2-C5 -> P2-P6 (P6 by subsampling), one-stage ones C3-C5 -> P3-P7 (Lin et al. 2017).
@@ -47,6 +45,7 @@ _RECIPE = {
     "fcos": (("c3", "c4", "c5"), "p6p7"),
 }
 _CLASSES = {"faster_rcnn": FasterRCNN, "mask_rcnn": MaskRCNN, "retinanet": RetinaNet, "fcos": FCOS}
+KINDS = tuple(_RECIPE)  # build_detector's kinds (each a model.arch: resdense.engine.architectures registers them)
 
 
 class DetectionBackbone(FeatureExtractor):

@@ -47,8 +47,7 @@ def fault(recipe: str, term_at: int | None, kill_at: int | None) -> int:
 
 def checks(out: Path, shapes: Path, seg_recipe: str, det_recipe: str) -> None:
     from resdense.cli import main
-    from resdense.config import load_config
-    from resdense.engine import distributed, run_evaluation, run_training
+    from resdense.engine import distributed, load_config, run_evaluation, run_training
 
     seen: dict = {}
     seg_ckpt, det_ckpt = (load_config(r).output_dir / "last.pt" for r in (seg_recipe, det_recipe))

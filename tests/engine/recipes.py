@@ -66,8 +66,8 @@ def gn_unet_trainer(shapes_root: Path, run_dir: Path, **train):
     import torch
 
     from resdense.backbones import create_backbone
-    from resdense.config import TrainConfig, config_from_dict
-    from resdense.engine import SegmentationTask, Trainer
+    from resdense.config import TrainConfig
+    from resdense.engine import SegmentationTask, Trainer, config_from_dict
     from resdense.engine.build import build_dataset
     from resdense.heads import UNet
 
@@ -119,7 +119,8 @@ def oracle_evaluation(recipe_path) -> tuple[dict[str, float], int]:
     batches of 2 (sharded under torch.distributed): the statistics, and how many images this process scored."""
     import torch
 
-    from resdense.config import EvalConfig, load_config
+    from resdense.config import EvalConfig
+    from resdense.engine import load_config
     from resdense.engine.build import build_dataset, build_task, dataset_classes
     from resdense.engine.evaluate import evaluate
 

@@ -149,21 +149,22 @@ def test_config_alone_reads_a_recipe_and_the_engine_checks_model_and_data(tmp_pa
     raw = seg_recipe(tmp_path / "shapes", tmp_path / "run")
     raw["model"]["decoder_chanels"] = 1
     path = write(raw, tmp_path / "bad.yaml")
-    cfg = pure.load_config(path)
+    cfg = pure.parse_recipe(path)
     assert cfg.model["decoder_chanels"] == 1 and cfg.task == "segmentation"
     for check in (lambda: check_config(cfg), lambda: as_config(cfg), lambda: config_from_dict(raw, str(path)),
                   lambda: load_config(path)):
         with pytest.raises(ConfigError, match=r"bad\.yaml: unknown key 'model\.decoder_chanels'"):
             check()
     with pytest.raises(ConfigError, match=r"train\.lr = 'fast' is not a float"):
-        pure.load_config(path, ["train.lr=fast"])
+        pure.parse_recipe(path, ["train.lr=fast"])
 
 
 def test_recipe_detector_archs_are_build_detectors_kinds():
-    from resdense.config import DETECTOR_ARCHS, MODEL_ARCHS
     from resdense.heads import KINDS
+    from resdense.registry import ARCHITECTURES
 
-    assert DETECTOR_ARCHS == KINDS and all(MODEL_ARCHS[k] == "detection" for k in KINDS)
+    DETECTOR_ARCHS = tuple(n for n, e in ARCHITECTURES.items() if e.task == "detection")
+    assert DETECTOR_ARCHS == KINDS and all(ARCHITECTURES.get(k).task == "detection" for k in KINDS)
 
 
 def test_recipes_are_found_from_any_folder_and_the_working_directory_comes_first(tmp_path, monkeypatch):
@@ -184,10 +185,10 @@ def test_a_recipes_split_files_are_read_beside_it_and_set_values_from_the_workin
     raw["data"]["val"] = {"split": str(tmp_path / "abs.txt")}
     (tmp_path / "recipes").mkdir()
     path = write(raw, tmp_path / "recipes" / "x.yaml")
-    cfg = resdense_config.load_config(path)
+    cfg = resdense_config.parse_recipe(path)
     assert cfg.data["train"]["split"] == str(tmp_path / "recipes" / "splits" / "train.txt")
     assert cfg.data["val"]["split"] == str(tmp_path / "abs.txt")  # absolute: as written
-    cfg = resdense_config.load_config(path, ["data.train.split=mine.txt"])
+    cfg = resdense_config.parse_recipe(path, ["data.train.split=mine.txt"])
     assert cfg.data["train"]["split"] == "mine.txt"  # typed on the command line: the working directory's
 
 
@@ -196,8 +197,8 @@ def test_a_value_map_keeps_its_integer_keys_through_checkpoints_and_saved_recipe
     which MaskDataset then refused when a checkpoint's recipe was loaded)."""
     raw = seg_recipe(tmp_path / "shapes", tmp_path / "run")
     raw["data"]["train"] = {"value_map": {0: 0, 255: 1}}
-    cfg = resdense_config.config_from_dict(raw)
+    cfg = resdense_config.parse_config(raw)
     assert cfg.to_dict()["data"]["train"]["value_map"] == {0: 0, 255: 1}
     resdense_config.save_config(cfg, tmp_path / "saved.yaml")
-    again = resdense_config.load_config(tmp_path / "saved.yaml")
+    again = resdense_config.parse_recipe(tmp_path / "saved.yaml")
     assert again.data["train"]["value_map"] == {0: 0, 255: 1}

@@ -21,8 +21,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from resdense.config import load_config
-from resdense.engine import World, distributed, load_checkpoint, run_evaluation
+from resdense.engine import World, distributed, load_checkpoint, load_config, run_evaluation
 from resdense.engine.build import build_dataset
 from resdense.errors import ConfigError
 

@@ -19,8 +19,8 @@ import torch
 import yaml
 
 from resdense.cli import main
-from resdense.config import config_from_dict, save_config
-from resdense.engine import atomic_save, load_checkpoint, run_training
+from resdense.config import save_config
+from resdense.engine import atomic_save, config_from_dict, load_checkpoint, run_training
 from resdense.engine.report import write_report
 from resdense.errors import CheckpointError, DataError, WriteError
 from resdense.visualize import save_image

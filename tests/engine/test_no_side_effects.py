@@ -7,8 +7,7 @@ import logging
 
 import torch
 
-from resdense.config import config_from_dict
-from resdense.engine import run_evaluation, run_prediction, run_training
+from resdense.engine import config_from_dict, run_evaluation, run_prediction, run_training
 
 from .recipes import det_recipe, seg_recipe
 

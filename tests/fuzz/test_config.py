@@ -1,5 +1,5 @@
 """Fuzzing the readers of recipes and ``--set`` overrides (``resdense.engine.load_config``: ``recipes.read_yaml``,
-``apply_overrides``, ``config.config_from_dict`` and the ``model`` / ``data`` checks against the constructors).
+``apply_overrides``, ``config.parse_config`` and the ``model`` / ``data`` checks against the constructors).
 
 Arbitrary YAML trees, mutated shipped recipes, raw text and bytes, and arbitrary ``key=value`` strings must give
 a valid :class:`~resdense.config.Config` or one line of ConfigError; a loaded recipe holds the values written (and
