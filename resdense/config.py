@@ -1,6 +1,6 @@
 """YAML recipes <-> constructor keyword arguments.
 
-A recipe has four sections that map one-to-one onto keyword arguments (house style: no defaults file, no
+A recipe has four sections that map one-to-one onto keyword arguments (no defaults file, no
 inheritance)::
 
     task: segmentation            # or detection / classification; the architecture's when absent
