@@ -12,6 +12,7 @@ from .export import export_onnx, trace_to_onnx
 from .factory import ARCHS, BACKBONES, create_backbone, list_backbones, register_backbone
 from .inference import fold_batchnorm, optimize_for_inference
 from .norm import get_norm_layer
+from .padding import pad_to_multiple
 from .quantize import quantize_backbone
 from .resnet import DEFAULT_OUT_FEATURES, STAGE_NAMES, ResNet
 from .summary import format_summary, layer_summary
@@ -51,6 +52,7 @@ __all__ = [
     "load_pretrained",
     "load_weights",
     "optimize_for_inference",
+    "pad_to_multiple",
     "quantize_backbone",
     "read_state_dict",
     "read_weights",

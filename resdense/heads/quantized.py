@@ -11,11 +11,11 @@ from collections.abc import Iterable
 
 from torch import Tensor, nn
 
-from resdense.backbones import ResNet
+from resdense.backbones import ResNet, pad_to_multiple
 from resdense.backbones.quantize import QuantizedModule, ResNetGraph, calibration_batches, quantize_module
 from resdense.errors import ConfigError
 
-from .unet import UNet, pad_to_multiple
+from .unet import UNet
 
 __all__ = ["QuantizedUNet", "quantize_unet"]
 
