@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from resdense.errors import EvaluationError
-from resdense.evaluation import CocoEvaluation
+from resdense.evaluation import CocoEvaluation, scalar_metrics
 from resdense.files import atomic_open, make_dir, write_json, write_text
 from resdense.visualize import plot_confusion_matrix, plot_pr_curves
 
@@ -39,11 +39,6 @@ _SEG_COLUMNS = (("class", "class", "str"), ("IoU", "IoU %", "pct"), ("Dice", "Di
                 ("pred_pixels", "predicted pixels", "int"))
 _DET_COLUMNS = (("category_id", "id", "int"), ("name", "class", "str"), ("AP", "AP %", "pct"),
                 ("AP50", "AP50 %", "pct"), ("AP75", "AP75 %", "pct"))
-
-
-def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """The int / float entries of a task's metrics as floats (tables, tensors and arrays left out)."""
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def check_report_folder(out_dir: str | os.PathLike) -> Path:
