@@ -31,7 +31,7 @@ from resdense.evaluation import CocoEvaluation, scalar_metrics
 from resdense.files import atomic_open, make_dir, write_json, write_text
 from resdense.visualize import plot_confusion_matrix, plot_pr_curves
 
-__all__ = ["check_report_folder", "scalar_metrics", "write_report"]
+__all__ = ["check_report_folder", "markdown_table", "scalar_metrics", "write_report"]
 
 # (CSV column, Markdown header, kind): kind "pct" is a fraction shown in percent, "int" a count, "str" text.
 _SEG_COLUMNS = (("class", "class", "str"), ("IoU", "IoU %", "pct"), ("Dice", "Dice %", "pct"),
@@ -72,8 +72,8 @@ def write_report(metrics: Mapping[str, Any], class_names: Sequence[str], out_dir
         files, section = _detection(evaluation, iou_type, out)
         written += files
         sections.append(section)
-    summary = _table(["metric", "value"], [[k, f"{v:.4f}"] for k, v in scalars.items() if "/" not in k or
-                                            k.rsplit("/", 1)[1] in ("AP", "AP50", "AP75", "AR100")])
+    summary = markdown_table(["metric", "value"], [[k, f"{v:.4f}"] for k, v in scalars.items() if "/" not in k or
+                                                   k.rsplit("/", 1)[1] in ("AP", "AP50", "AP75", "AR100")])
     page = [f"# {title}", "", summary, "", *sections]
     write_text(out / "report.md", "\n".join(page).rstrip() + "\n")
     return [*written, out / "report.md"]
@@ -131,7 +131,8 @@ def _cell(value: Any, kind: str) -> str:
     return str(value)
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table (no trailing newline): ``headers`` then one line per row of already formatted cells."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
@@ -143,7 +144,7 @@ def _write_table(rows: list[dict[str, Any]], columns: Sequence[tuple[str, str, s
         writer.writerow([key for key, _, _ in columns])
         writer.writerows([row[key] if kind != "pct" or _defined(row[key]) else "" for key, _, kind in columns]
                          for row in rows)
-    md = _table([header for _, header, _ in columns],
-                [[_cell(row[key], kind) for key, _, kind in columns] for row in rows]) + "\n\n" + note
+    md = markdown_table([header for _, header, _ in columns],
+                        [[_cell(row[key], kind) for key, _, kind in columns] for row in rows]) + "\n\n" + note
     write_text(stem.with_suffix(".md"), md + "\n")
     return md
