@@ -7,7 +7,7 @@ last requested one are not built. Module names are torchvision's, so its ImageNe
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import Tensor, nn
@@ -198,7 +198,8 @@ class ResNet(FeatureExtractor):
 
     def _checkpointed(self, stage: int, x: Tensor) -> Tensor:
         layer = getattr(self, f"layer{stage}")
-        return checkpoint(layer, x, use_reentrant=False, context_fn=lambda: (_noop(), _keep_norm_stats(layer)))
+        return checkpoint(layer, x, use_reentrant=False,
+                          context_fn=lambda: (nullcontext(), _keep_norm_stats(layer)))
 
     def forward_features(self, x: Tensor) -> dict[str, Tensor]:
         if not torch.jit.is_tracing() and (x.ndim != 4 or x.shape[1] != self.in_channels):
@@ -240,11 +241,6 @@ class ResNet(FeatureExtractor):
 
     def extra_repr(self) -> str:
         return f"name={self.name}, out_features={self.out_features}, output_stride={self.output_stride}"
-
-
-@contextmanager
-def _noop():
-    yield
 
 
 @contextmanager
