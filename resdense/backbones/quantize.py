@@ -26,9 +26,9 @@ from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
 from resdense.errors import ConfigError
 
-from .resnet import ResNet
+from .contract import FeatureExtractor
 
-__all__ = ["QuantizedModule", "ResNetGraph", "calibration_batches", "quantize_backbone", "quantize_module"]
+__all__ = ["QuantizedModule", "calibration_batches", "quantize_backbone", "quantize_module"]
 
 ENGINE = "x86"  # fbgemm (AVX2 / AVX-512 VNNI) for most convolutions, oneDNN where it is faster
 
@@ -122,33 +122,6 @@ def quantize_module(module: nn.Module, calibration: Tensor | Iterable, *, n: int
         return convert_fx(prepared)
 
 
-class ResNetGraph(nn.Module):
-    """An FX-traceable view of a :class:`ResNet` sharing its layers: the stem and stages spelled out without the
-    input check and the gradient-checkpointing branch (neither traces), returning the same ``dict[str, Tensor]``."""
-
-    def __init__(self, resnet: ResNet) -> None:
-        super().__init__()
-        self.conv1, self.bn1, self.relu = resnet.conv1, resnet.bn1, resnet.relu
-        self.maxpool = getattr(resnet, "maxpool", None)
-        self.stage_names = tuple(name for name, _ in resnet.stages())
-        for name, layer in resnet.stages():
-            self.add_module(name, layer)
-        self.out_features = resnet.out_features
-
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        out: dict[str, Tensor] = {}
-        x = self.relu(self.bn1(self.conv1(x)))
-        if "c1" in self.out_features:
-            out["c1"] = x
-        if self.stage_names:
-            x = self.maxpool(x)
-        for name in self.stage_names:
-            x = getattr(self, name)(x)
-            if name in self.out_features:
-                out[name] = x
-        return out
-
-
 class QuantizedModule(nn.Module):
     """An int8 graph for inference: no autograd, float input cast to float32 channels-last (fbgemm's layout), input
     checked against ``in_channels``; keeps ``feature_info`` (a backbone's contract) when given one."""
@@ -166,15 +139,21 @@ class QuantizedModule(nn.Module):
             return self.graph(x.float().contiguous(memory_format=torch.channels_last))
 
 
-def quantize_backbone(backbone: ResNet, calibration: Tensor | Iterable, *, n: int = 32,
+def quantize_backbone(backbone: FeatureExtractor, calibration: Tensor | Iterable, *, n: int = 32,
                       batch_size: int = 8) -> QuantizedModule:
-    """int8 copy of a resdense :class:`ResNet` (BatchNorm norms; any ``out_features``) for CPU inference,
-    calibrated on the first ``n`` images of ``calibration`` (a tensor ``[N, C, H, W]``, a loader or a dataset,
-    normalised as the backbone expects). ``forward(x[N, C, H, W])`` returns ``{name: float32 map}`` as the backbone.
+    """int8 copy of a feature extractor for CPU inference, calibrated on the first ``n`` images of ``calibration``
+    (a tensor ``[N, C, H, W]``, a loader or a dataset, normalised as the backbone expects).
+    ``forward(x[N, C, H, W])`` returns ``{name: float32 map}`` as the backbone.
 
-    Outputs agree with the float model to a cosine similarity of about 0.999 per map (tests: >= 0.99).
+    Any :class:`FeatureExtractor` whose ``forward`` ``torch.fx`` can trace works; a resdense :class:`ResNet`
+    (BatchNorm norms, any ``out_features``) does. Each returned map agrees with the float model's to a cosine
+    similarity of at least 0.99 on images like the calibration ones.
+
+    Raises:
+        ConfigError: ``backbone`` is not a feature extractor, or ``torch.fx`` cannot trace it.
     """
-    if not isinstance(backbone, ResNet):
-        raise ConfigError(f"quantize_backbone: expected a resdense ResNet, got {type(backbone).__name__}")
-    graph = quantize_module(ResNetGraph(backbone), calibration, n=n, batch_size=batch_size)
-    return QuantizedModule(graph, backbone.in_channels, backbone.feature_info).eval()
+    if not isinstance(backbone, FeatureExtractor):
+        raise ConfigError(f"quantize_backbone: expected a resdense ResNet, got {type(backbone).__name__} (or "
+                          "another FeatureExtractor that torch.fx can trace)")
+    graph = quantize_module(backbone, calibration, n=n, batch_size=batch_size)
+    return QuantizedModule(graph, getattr(backbone, "in_channels", 3), backbone.feature_info).eval()

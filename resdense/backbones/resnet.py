@@ -202,8 +202,8 @@ class ResNet(FeatureExtractor):
                           context_fn=lambda: (nullcontext(), _keep_norm_stats(layer)))
 
     def forward_features(self, x: Tensor) -> dict[str, Tensor]:
-        if not torch.jit.is_tracing() and (x.ndim != 4 or x.shape[1] != self.in_channels):
-            raise ValueError(f"{self.name}: expected input [N, {self.in_channels}, H, W], got {list(x.shape)}")
+        if not torch.jit.is_tracing():  # the ONNX exporter's trace would warn that a shape becomes a constant
+            check_input(x, self.in_channels, self.name)
         out: dict[str, Tensor] = {}
         x = self.relu(self.bn1(self.conv1(x)))
         if "c1" in self._return:
@@ -241,6 +241,19 @@ class ResNet(FeatureExtractor):
 
     def extra_repr(self) -> str:
         return f"name={self.name}, out_features={self.out_features}, output_stride={self.output_stride}"
+
+
+def check_input(x: Tensor, in_channels: int, name: str) -> None:
+    """Refuse an input that is not ``[N, in_channels, H, W]``: a one-line ``ValueError`` naming both shapes.
+
+    ``torch.fx`` records a call to this function instead of tracing into it (``torch.fx.wrap`` below), so
+    ``torch.fx.symbolic_trace`` traces the ResNet itself and the traced graph still checks its input.
+    """
+    if x.ndim != 4 or x.shape[1] != in_channels:
+        raise ValueError(f"{name}: expected input [N, {in_channels}, H, W], got {list(x.shape)}")
+
+
+torch.fx.wrap("check_input")
 
 
 @contextmanager
