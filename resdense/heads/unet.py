@@ -30,8 +30,8 @@ class UNet(nn.Module):
     """U-Net with skips from ``c1..c5`` of a ResNet backbone, returning logits ``[N, num_classes, H, W]``.
 
     Args:
-        backbone: a backbone name (``"resnet34"``) or a feature extractor instance (a resdense ResNet built with
-            fewer ``out_features`` is widened to return ``c1..c5``).
+        backbone: a backbone name (``"resnet34"``) or a feature extractor instance (widened with its
+            ``set_out_features`` to return the ``c1..c5`` the decoder reads).
         num_classes: output channels: 1 for binary segmentation (use a sigmoid / BCE), K for K classes (softmax).
         in_channels: input channels (1 for grayscale); loaded RGB weights are adapted by ``create_backbone``.
         decoder_channels: output channels of the decoder blocks, coarse to fine; its length (1..5) is the depth,
