@@ -1,11 +1,10 @@
 """int8 post-training quantization (PTQ) for CPU inference: FX graph mode with torch's ``x86`` quantized engine.
 
-Why this route (torch 2.14): the PT2E flow (``torch.export`` + ``prepare_pt2e`` / ``convert_pt2e`` with the
-``X86InductorQuantizer``) has left torch for the separate ``torchao`` package and runs fast only through
-``torch.compile``; FX graph mode (``torch.ao.quantization.quantize_fx``) ships with torch, needs no compiler and runs
-eagerly on fbgemm / oneDNN int8 kernels, the same kernels as ``torchvision.models.quantization``.
-torch marks ``torch.ao.quantization`` deprecated in favour of torchao; its warnings are silenced here and the
-route is kept behind :func:`quantize_module`, the one place to change when it goes.
+Why FX graph mode (``torch.ao.quantization.quantize_fx``): it ships with torch, needs no compiler and runs eagerly
+on fbgemm / oneDNN int8 kernels, the kernels of ``torchvision.models.quantization``; the PT2E flow
+(``torch.export`` with ``prepare_pt2e`` / ``convert_pt2e``) needs the separate ``torchao`` package and runs fast
+only through ``torch.compile``. torch marks ``torch.ao.quantization`` deprecated in favour of torchao: its warnings are silenced
+here, and :func:`quantize_module` is the one place to change when it goes.
 
 What gets quantized: each convolution with its folded BatchNorm and ReLU becomes one int8 ``ConvReLU2d`` (weights
 per output channel, activations per tensor with histogram calibration), a residual addition + ReLU one int8
@@ -107,7 +106,10 @@ def quantize_module(module: nn.Module, calibration: Tensor | Iterable, *, n: int
     first ``n`` images of ``calibration`` (see :func:`calibration_batches`); ``module`` is left untouched.
 
     Returns the converted ``torch.fx.GraphModule``: float32 in, float32 out, int8 inside. Calibration runs the
-    observed model once per batch (histogram observers: a few seconds per batch of 224 px images on two cores).
+    observed model (histogram observers) once per batch.
+
+    Raises:
+        ConfigError: ``torch.fx`` cannot trace ``module`` (naming the reason), or bad ``n`` / ``calibration``.
     """
     batches = calibration_batches(calibration, n, batch_size)
     model = copy.deepcopy(module).eval()

@@ -184,16 +184,16 @@ def build_detector(
         returned_layers: which of ``layer1..layer4`` (``c2..c5``) feed the FPN, as in torchvision's
             ``resnet_fpn_backbone``: default ``[1, 2, 3, 4]`` for the two-stage detectors, ``[2, 3, 4]`` for the
             one-stage ones. Consecutive; the backbone is built up to the last one, so ``[1, 2, 3]`` drops
-            ``layer4`` (small objects on a CPU: a cheaper step, and backbone weights without ``layer4`` load).
-        fpn_channels: width of every pyramid level; the RPN, box, mask and one-stage heads follow it. torchvision's
-            256 is sized for 800 px images on a GPU; small images on a CPU train faster with 64-128.
+            ``layer4`` (a cheaper step, for small objects; backbone weights without ``layer4`` load).
+        fpn_channels: width of every pyramid level; the RPN, box, mask and one-stage heads follow it (torchvision:
+            256; narrower is cheaper per step).
         anchor_sizes, aspect_ratios: anchors per pyramid level (see :func:`anchor_generator_for`); default
             torchvision's, derived from the strides.
         representation_size: width of the two-stage box head's MLP (torchvision: 1024).
         mask_head_layers: Mask R-CNN: the widths of the mask head's 3x3 convolutions (torchvision's
             ``MaskRCNNHeads(layers=...)``, default ``[256, 256, 256, 256]``); the predictor's transposed convolution
-            keeps the last width. On a CPU with small objects the default head is most of a training step: four
-            256-wide convolutions over every positive RoI.
+            keeps the last width. The head runs on every positive RoI, so narrower or fewer convolutions make each
+            step cheaper.
         mask_roi_size: Mask R-CNN: the side of the RoIAlign grid the mask head sees (torchvision: 14); the
             predicted masks are twice that (28 x 28) before they are pasted into the image.
         train_resize: ``False``: in training the images reach the network at the size the data pipeline gave them
@@ -250,10 +250,10 @@ def install_float32_box_deltas(model: nn.Module) -> list[nn.Module]:
 
     Why: torchvision decodes boxes in the dtype of the predicted deltas (``BoxCoder.decode``:
     ``boxes.to(rel_codes.dtype)``) and its RoI heads cast the ground-truth boxes to the proposals' dtype. bf16 (the
-    CPU autocast type) keeps 8 significant bits: coordinates between 256 and 512 fall on every other pixel, so every
-    proposal, training target and detection is rounded to 2 px there, and a ground-truth box under a pixel wide (a
-    cell cut by a crop) becomes empty and its regression target 0/0, a NaN ``loss_box_reg``. mmdetection's
-    ``force_fp32`` on its box heads does the same. Class scores and features stay in the autocast type.
+    CPU autocast type) keeps 8 significant bits, so coordinates between 256 and 512 would be rounded to 2 px, and a
+    ground-truth box under a pixel wide would become empty, its regression target 0/0 (a NaN ``loss_box_reg``).
+    mmdetection's ``force_fp32`` on its box heads does the same. Class scores and features stay in the autocast
+    type.
     """
     if isinstance(model, (FasterRCNN, MaskRCNN)):
         modules = [model.rpn.head, model.roi_heads.box_predictor]
