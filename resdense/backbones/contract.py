@@ -116,9 +116,10 @@ class FeatureExtractor(nn.Module):
 
     def train(self, mode: bool = True) -> FeatureExtractor:
         super().train(mode)
-        for stage in self.stage_modules()[: self.frozen_stages + 1]:  # frozen stages keep their norm statistics
-            for m in stage:
-                m.eval()
+        if self.frozen_stages >= 0:  # frozen stages keep their norm statistics
+            for stage in self.stage_modules()[: self.frozen_stages + 1]:
+                for m in stage:
+                    m.eval()
         return self
 
     # ---- memory ------------------------------------------------------------------------------------------------
