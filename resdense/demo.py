@@ -20,6 +20,7 @@ from PIL import Image
 from resdense.data import read_image
 from resdense.engine import Predictor, load_config, run_evaluation, run_training
 from resdense.engine.build import build_dataset
+from resdense.engine.report import markdown_table
 from resdense.errors import ConfigError
 from resdense.files import make_dir, write_json, write_text
 from resdense.hardware import cpu_capability, machine_summary, native_bf16
@@ -162,15 +163,16 @@ def _report(summary: dict[str, Any], out: Path) -> str:
              "A U-Net with a ResNet-18 encoder is trained from scratch on the synthetic shapes set; a Faster R-CNN "
              "ResNet-18 FPN then starts from that encoder (FPN and heads from scratch) and is trained on the same "
              "images. Metrics are on the validation split.", "",
-             f"Machine: {summary['machine']}. Total wall time: {summary['total_s'] / 60:.1f} min.", "",
-             "| task | model | recipe | precision | iterations | train s | eval s | wall s | metric | value |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             f"Machine: {summary['machine']}. Total wall time: {summary['total_s'] / 60:.1f} min.", ""]
+    rows = []
     for task, r in summary["tasks"].items():
         key = HEADLINE[task]
         model = "U-Net ResNet-18" if task == "segmentation" else "Faster R-CNN ResNet-18 FPN"
-        lines.append(f"| {task} | {model} | `{Path(r['config']).name}` | {r['precision']['amp']} | {r['iterations']} | "
-                     f"{r['timings']['train_s']:.0f} | {r['timings']['eval_s']:.0f} | {r['wall_s']:.0f} | {key} | "
-                     f"**{_fmt(r['final'].get(key))}** |")
+        rows.append([task, model, f"`{Path(r['config']).name}`", str(r["precision"]["amp"]), str(r["iterations"]),
+                     f"{r['timings']['train_s']:.0f}", f"{r['timings']['eval_s']:.0f}", f"{r['wall_s']:.0f}", key,
+                     f"**{_fmt(r['final'].get(key))}**"])
+    lines.append(markdown_table(["task", "model", "recipe", "precision", "iterations", "train s", "eval s", "wall s",
+                                 "metric", "value"], rows))
     lines += [""] + [f"Precision of the {task} run: {r['precision']['amp']} ({r['precision']['reason']})."
                      for task, r in summary["tasks"].items()]
     for task, r in summary["tasks"].items():
@@ -181,8 +183,7 @@ def _report(summary: dict[str, Any], out: Path) -> str:
         else:
             keys = [k for k in ("bbox/AP", "bbox/AP50", "bbox/AP75", "bbox/APs", "bbox/APm", "bbox/APl",
                                 "bbox/AR100") if k in f]
-        lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys),
-                  "| " + " | ".join(_fmt(f.get(k)) for k in keys) + " |", ""]
+        lines += [markdown_table(keys, [[_fmt(f.get(k)) for k in keys]]), ""]
         lines.append(f"Best checkpoint: {r['metric']} = {_fmt(r['best'].get('value'))} at iteration "
                      f"{r['best'].get('iteration')}; run directory `{task}/` (config.yaml, log.csv, eval.csv, "
                      "last.pt, best.pt, metrics.json).")

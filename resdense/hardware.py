@@ -1,4 +1,4 @@
-"""What this machine can run fast, and the precision chosen from it.
+"""What this machine can run fast, and the precision chosen from it: hardware-aware defaults, stated and overridable.
 
 The rule behind ``train.amp: auto`` (and every shipped recipe):
 

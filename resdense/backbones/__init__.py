@@ -12,6 +12,7 @@ from .export import export_onnx, trace_to_onnx
 from .factory import ARCHS, BACKBONES, create_backbone, list_backbones, register_backbone
 from .inference import fold_batchnorm, optimize_for_inference
 from .norm import get_norm_layer
+from .padding import pad_to_multiple
 from .quantize import quantize_backbone
 from .resnet import DEFAULT_OUT_FEATURES, STAGE_NAMES, ResNet
 from .summary import format_summary, layer_summary
@@ -22,6 +23,7 @@ from .weights import (
     adapt_input_conv,
     load_pretrained,
     load_weights,
+    match_state_dict,
     read_state_dict,
     read_weights,
     torchvision_key_map,
@@ -50,7 +52,9 @@ __all__ = [
     "list_backbones",
     "load_pretrained",
     "load_weights",
+    "match_state_dict",
     "optimize_for_inference",
+    "pad_to_multiple",
     "quantize_backbone",
     "read_state_dict",
     "read_weights",

@@ -6,7 +6,7 @@ convolution kernels. On a CPU, each convolution then runs as one oneDNN primitiv
 residual block, the shortcut addition and ReLU, written into the shortcut's buffer) applied in the kernel's epilogue
 and its weight reordered once into the kernel's blocked layout instead of on every call: the same kernels
 ``torch.compile`` emits for a frozen graph (``torch/_inductor/fx_passes/mkldnn_fusion.py``). Elsewhere (CUDA, other dtypes, a torch without those kernels) the
-same modules run ``F.conv2d`` + add + ReLU. Outputs stay within float rounding of the eager model (tested to 1e-4).
+same modules run ``F.conv2d`` + add + ReLU. Outputs agree with the eager model within float32 rounding (1e-4).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def _probe(dtype: torch.dtype, op: str) -> bool:
 
 @functools.cache
 def _onednn_ops(dtype: torch.dtype = torch.float32) -> frozenset[str]:
-    """Which of oneDNN's fused convolution ops (used by inductor since torch 2.0) this torch has for ``dtype`` on
+    """Which of oneDNN's fused convolution ops (those inductor emits) this torch has for ``dtype`` on
     this CPU and agree with ``F.conv2d`` on a small case: ``unary`` (conv + ReLU), ``binary`` (conv + add + ReLU
     into a new tensor), ``binary_`` (the same, written into the residual's buffer). Checked once per dtype, whatever
     ``torch.backends.mkldnn.enabled`` says then. bfloat16 counts only with native bf16 instructions (AVX512-BF16,
@@ -348,16 +348,15 @@ def optimize_for_inference(backbone: nn.Module, *, channels_last: bool = True, f
     - ``channels_last``: weights and inputs in NHWC memory order.
     - ``compile``: ``torch.compile`` the folded model with inductor's freezing (weights as constants, prepacked and
       fused by inductor itself, so ``fuse`` is not applied). ``compile_mode`` is passed on ("max-autotune", ...).
-      The first call compiles (about a minute on a small CPU). Freezing makes the weights constants of the compiled
-      code: later changes to them (``load_state_dict`` refuses; in-place edits, ``.to()``) are not seen, so build a
-      new one from the updated backbone instead.
+      The first call (and the first with a new input shape) compiles. Freezing makes the weights constants of the
+      compiled code: later changes to them (``load_state_dict`` refuses; in-place edits, ``.to()``) are not seen,
+      so build a new one from the updated backbone instead.
     - ``dtype``: run in ``torch.bfloat16`` or ``torch.float16`` (weights folded in float32 first, then converted;
       floating-point inputs are cast on the way in, and follow later ``.to()`` / ``.float()`` of the module; the
-      features come out in ``dtype``). Not within the float32 tolerance: about
-      1e-2 relative for bfloat16 on ResNet-50, as with autocast. On a CPU with native bf16 instructions (AVX512-BF16,
-      AMX) bfloat16 takes the fused oneDNN path at about twice the float32 speed; on any other CPU bf16 is emulated,
-      several times *slower* than float32 (measured 0.17x torchvision fp32 on an AVX2-only Zen 3), and this warns
-      once. float16 on CPU runs ``F.conv2d``.
+      features come out in ``dtype``), with the precision of that dtype, as under autocast, not the float32
+      tolerance. On a CPU with native bf16 instructions (AVX512-BF16, AMX) bfloat16 takes the fused oneDNN path;
+      on any other CPU bf16 is emulated and slower than float32, and this warns once. float16 on CPU runs
+      ``F.conv2d``.
       ``None`` keeps the backbone's dtype.
     """
     if dtype is not None and dtype not in (torch.float32, torch.bfloat16, torch.float16):

@@ -1,11 +1,10 @@
 """int8 post-training quantization (PTQ) for CPU inference: FX graph mode with torch's ``x86`` quantized engine.
 
-Why this route (torch 2.14): the PT2E flow (``torch.export`` + ``prepare_pt2e`` / ``convert_pt2e`` with the
-``X86InductorQuantizer``) has left torch for the separate ``torchao`` package and runs fast only through
-``torch.compile``; FX graph mode (``torch.ao.quantization.quantize_fx``) ships with torch, needs no compiler and runs
-eagerly on fbgemm / oneDNN int8 kernels, the same kernels as ``torchvision.models.quantization``.
-torch marks ``torch.ao.quantization`` deprecated in favour of torchao; its warnings are silenced here and the
-route is kept behind :func:`quantize_module`, the one place to change when it goes.
+Why FX graph mode (``torch.ao.quantization.quantize_fx``): it ships with torch, needs no compiler and runs eagerly
+on fbgemm / oneDNN int8 kernels, the kernels of ``torchvision.models.quantization``; the PT2E flow
+(``torch.export`` with ``prepare_pt2e`` / ``convert_pt2e``) needs the separate ``torchao`` package and runs fast
+only through ``torch.compile``. torch marks ``torch.ao.quantization`` deprecated in favour of torchao: its warnings are silenced
+here, and :func:`quantize_module` is the one place to change when it goes.
 
 What gets quantized: each convolution with its folded BatchNorm and ReLU becomes one int8 ``ConvReLU2d`` (weights
 per output channel, activations per tensor with histogram calibration), a residual addition + ReLU one int8
@@ -26,9 +25,9 @@ from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
 from resdense.errors import ConfigError
 
-from .resnet import ResNet
+from .contract import FeatureExtractor
 
-__all__ = ["QuantizedModule", "ResNetGraph", "calibration_batches", "quantize_backbone", "quantize_module"]
+__all__ = ["QuantizedModule", "calibration_batches", "quantize_backbone", "quantize_module"]
 
 ENGINE = "x86"  # fbgemm (AVX2 / AVX-512 VNNI) for most convolutions, oneDNN where it is faster
 
@@ -107,7 +106,10 @@ def quantize_module(module: nn.Module, calibration: Tensor | Iterable, *, n: int
     first ``n`` images of ``calibration`` (see :func:`calibration_batches`); ``module`` is left untouched.
 
     Returns the converted ``torch.fx.GraphModule``: float32 in, float32 out, int8 inside. Calibration runs the
-    observed model once per batch (histogram observers: a few seconds per batch of 224 px images on two cores).
+    observed model (histogram observers) once per batch.
+
+    Raises:
+        ConfigError: ``torch.fx`` cannot trace ``module`` (naming the reason), or bad ``n`` / ``calibration``.
     """
     batches = calibration_batches(calibration, n, batch_size)
     model = copy.deepcopy(module).eval()
@@ -120,33 +122,6 @@ def quantize_module(module: nn.Module, calibration: Tensor | Iterable, *, n: int
         for batch in batches:
             prepared(batch)
         return convert_fx(prepared)
-
-
-class ResNetGraph(nn.Module):
-    """An FX-traceable view of a :class:`ResNet` sharing its layers: the stem and stages spelled out without the
-    input check and the gradient-checkpointing branch (neither traces), returning the same ``dict[str, Tensor]``."""
-
-    def __init__(self, resnet: ResNet) -> None:
-        super().__init__()
-        self.conv1, self.bn1, self.relu = resnet.conv1, resnet.bn1, resnet.relu
-        self.maxpool = getattr(resnet, "maxpool", None)
-        self.stage_names = tuple(name for name, _ in resnet.stages())
-        for name, layer in resnet.stages():
-            self.add_module(name, layer)
-        self.out_features = resnet.out_features
-
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        out: dict[str, Tensor] = {}
-        x = self.relu(self.bn1(self.conv1(x)))
-        if "c1" in self.out_features:
-            out["c1"] = x
-        if self.stage_names:
-            x = self.maxpool(x)
-        for name in self.stage_names:
-            x = getattr(self, name)(x)
-            if name in self.out_features:
-                out[name] = x
-        return out
 
 
 class QuantizedModule(nn.Module):
@@ -166,15 +141,21 @@ class QuantizedModule(nn.Module):
             return self.graph(x.float().contiguous(memory_format=torch.channels_last))
 
 
-def quantize_backbone(backbone: ResNet, calibration: Tensor | Iterable, *, n: int = 32,
+def quantize_backbone(backbone: FeatureExtractor, calibration: Tensor | Iterable, *, n: int = 32,
                       batch_size: int = 8) -> QuantizedModule:
-    """int8 copy of a resdense :class:`ResNet` (BatchNorm norms; any ``out_features``) for CPU inference,
-    calibrated on the first ``n`` images of ``calibration`` (a tensor ``[N, C, H, W]``, a loader or a dataset,
-    normalised as the backbone expects). ``forward(x[N, C, H, W])`` returns ``{name: float32 map}`` as the backbone.
+    """int8 copy of a feature extractor for CPU inference, calibrated on the first ``n`` images of ``calibration``
+    (a tensor ``[N, C, H, W]``, a loader or a dataset, normalised as the backbone expects).
+    ``forward(x[N, C, H, W])`` returns ``{name: float32 map}`` as the backbone.
 
-    Outputs agree with the float model to a cosine similarity of about 0.999 per map (tests: >= 0.99).
+    Any :class:`FeatureExtractor` whose ``forward`` ``torch.fx`` can trace works; a resdense :class:`ResNet`
+    (BatchNorm norms, any ``out_features``) does. Each returned map agrees with the float model's to a cosine
+    similarity of at least 0.99 on images like the calibration ones.
+
+    Raises:
+        ConfigError: ``backbone`` is not a feature extractor, or ``torch.fx`` cannot trace it.
     """
-    if not isinstance(backbone, ResNet):
-        raise ConfigError(f"quantize_backbone: expected a resdense ResNet, got {type(backbone).__name__}")
-    graph = quantize_module(ResNetGraph(backbone), calibration, n=n, batch_size=batch_size)
-    return QuantizedModule(graph, backbone.in_channels, backbone.feature_info).eval()
+    if not isinstance(backbone, FeatureExtractor):
+        raise ConfigError(f"quantize_backbone: expected a resdense ResNet, got {type(backbone).__name__} (or "
+                          "another FeatureExtractor that torch.fx can trace)")
+    graph = quantize_module(backbone, calibration, n=n, batch_size=batch_size)
+    return QuantizedModule(graph, getattr(backbone, "in_channels", 3), backbone.feature_info).eval()

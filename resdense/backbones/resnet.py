@@ -6,8 +6,8 @@ last requested one are not built. Module names are torchvision's, so its ImageNe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import Tensor, nn
@@ -156,58 +156,34 @@ class ResNet(FeatureExtractor):
         self.feature_info = info
         self._return = list(self.out_features)
 
-    # ---- freezing -------------------------------------------------------------------------------------------
-    def frozen_modules(self) -> list[nn.Module]:
-        """The stem and layer1..layer_k for ``frozen_stages=k`` (empty for -1)."""
-        if self.frozen_stages < 0:
-            return []
-        mods: list[nn.Module] = [self.conv1, self.bn1]
-        mods += [getattr(self, f"layer{i}") for i in range(1, self.frozen_stages + 1) if hasattr(self, f"layer{i}")]
-        return mods
+    # ---- freezing (FeatureExtractor.freeze) ------------------------------------------------------------------
+    def stage_modules(self) -> list[list[nn.Module]]:
+        """Stage 0 the stem (``conv1``, ``bn1``), stages 1..4 ``layer1..layer4`` (empty when not built), so
+        ``freeze(k)`` freezes the stem and layer1..layer_k and ``freeze(4)`` the whole backbone."""
+        layers = [getattr(self, f"layer{i}", None) for i in range(1, 5)]
+        return [[self.conv1, self.bn1]] + [[layer] if layer is not None else [] for layer in layers]
 
-    def freeze(self, stages: int) -> ResNet:
-        """Freeze the stem and layer1..layer_k for ``stages=k`` (``-1``: nothing; ``4``: the whole backbone): their
-        parameters get ``requires_grad=False`` and their norm layers stay in eval mode, also under ``train()``
-        (mmdet's ``frozen_stages``, detectron2's ``freeze_at``). The stages after ``k`` are made trainable, so
-        ``freeze(k)`` also undoes a deeper freeze. The one implementation behind ``frozen_stages=``, the detectors'
-        ``trainable_stages`` and ``Classifier(freeze_backbone=True)``."""
-        if isinstance(stages, bool) or not isinstance(stages, int) or not -1 <= stages <= 4:
-            raise ConfigError(f"{self.name}: freeze({stages!r}): stages must be an int in -1..4")
-        self.frozen_stages = stages
-        frozen = {id(m) for m in self.frozen_modules()}
-        for m in [self.conv1, self.bn1, *(layer for _, layer in self.stages())]:
-            m.requires_grad_(id(m) not in frozen)
-        return self.train(self.training)
-
-    def train(self, mode: bool = True) -> ResNet:
-        super().train(mode)
-        for m in self.frozen_modules():  # frozen stages keep their norm statistics fixed (mmdet/detectron2)
-            m.eval()
-        return self
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each stage's activations in backward (training mode with gradients only)."""
+        self.grad_checkpointing = bool(enable)
 
     # ---- forward --------------------------------------------------------------------------------------------
-    def stages(self) -> Iterator[tuple[str, nn.Module]]:
-        """(feature name, layer) for the built layers, c2..c5."""
-        for i in range(1, 5):
-            layer = getattr(self, f"layer{i}", None)
-            if layer is not None:
-                yield STAGE_NAMES[i], layer
-
     def _checkpointing(self) -> bool:
         return self.grad_checkpointing and self.training and torch.is_grad_enabled()
 
     def _checkpointed(self, stage: int, x: Tensor) -> Tensor:
         layer = getattr(self, f"layer{stage}")
-        return checkpoint(layer, x, use_reentrant=False, context_fn=lambda: (_noop(), _keep_norm_stats(layer)))
+        return checkpoint(layer, x, use_reentrant=False,
+                          context_fn=lambda: (nullcontext(), _keep_norm_stats(layer)))
 
     def forward_features(self, x: Tensor) -> dict[str, Tensor]:
-        if not torch.jit.is_tracing() and (x.ndim != 4 or x.shape[1] != self.in_channels):
-            raise ValueError(f"{self.name}: expected input [N, {self.in_channels}, H, W], got {list(x.shape)}")
+        if not torch.jit.is_tracing():  # the ONNX exporter's trace would warn that a shape becomes a constant
+            check_input(x, self.in_channels, self.name)
         out: dict[str, Tensor] = {}
         x = self.relu(self.bn1(self.conv1(x)))
         if "c1" in self._return:
             out["c1"] = x
-        # The stages spelled out rather than looped over stages(), so that torch.jit.script compiles this method:
+        # The stages spelled out rather than looped over, so that torch.jit.script compiles this method:
         # it resolves hasattr() when it compiles (stages after the last requested one are not built) and cannot
         # take a module as an argument. A scripted backbone ignores grad_checkpointing.
         if hasattr(self, "layer1"):
@@ -242,9 +218,17 @@ class ResNet(FeatureExtractor):
         return f"name={self.name}, out_features={self.out_features}, output_stride={self.output_stride}"
 
 
-@contextmanager
-def _noop():
-    yield
+def check_input(x: Tensor, in_channels: int, name: str) -> None:
+    """Refuse an input that is not ``[N, in_channels, H, W]``: a one-line ``ValueError`` naming both shapes.
+
+    ``torch.fx`` records a call to this function instead of tracing into it (``torch.fx.wrap`` below), so
+    ``torch.fx.symbolic_trace`` traces the ResNet itself and the traced graph still checks its input.
+    """
+    if x.ndim != 4 or x.shape[1] != in_channels:
+        raise ValueError(f"{name}: expected input [N, {in_channels}, H, W], got {list(x.shape)}")
+
+
+torch.fx.wrap("check_input")
 
 
 @contextmanager

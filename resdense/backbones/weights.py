@@ -31,6 +31,7 @@ __all__ = [
     "read_state_dict",
     "load_weights",
     "load_pretrained",
+    "match_state_dict",
     "torchvision_key_map",
     "adapt_input_conv",
     "weights_tags",
@@ -71,6 +72,56 @@ class LoadReport:
         if self.mismatched:
             parts.append(f"shape-mismatched {len(self.mismatched)}: {_preview([k for k, _, _ in self.mismatched])}")
         return "; ".join(parts)
+
+    def refuse_mismatched(self, what: str) -> None:
+        """Raise ``WeightsError`` naming the first shape-mismatched key and both shapes, if there is one."""
+        if self.mismatched:
+            key, got, want = self.mismatched[0]
+            raise WeightsError(
+                f"{self.source}: does not fit {what}: '{key}' has shape {list(got)} in the file but {list(want)} in "
+                f"the model ({len(self.mismatched)} shape-mismatched keys in all)"
+            )
+
+    def refuse_missing_or_unexpected(self, what: str) -> None:
+        """Raise ``WeightsError`` counting and naming the first missing and unexpected keys, if there are any."""
+        if self.missing or self.unexpected:
+            raise WeightsError(
+                f"{self.source}: does not fit {what}: missing {len(self.missing)} keys ({_preview(self.missing)}), "
+                f"unexpected {len(self.unexpected)} ({_preview(self.unexpected)})"
+            )
+
+
+def match_state_dict(sd: Mapping[str, Tensor], own: Mapping[str, Tensor], report: LoadReport, *,
+                     drop: Callable[[str], bool] = lambda key: False,
+                     reshape: Callable[[str, Tensor, Tensor], tuple[Tensor | None, str] | None] = lambda *_: None,
+                     ) -> dict[str, Tensor]:
+    """Sort the keys of a file's state dict ``sd`` against the model's ``own``: return the accepted tensors and
+    record the others on ``report``. The one key matcher of the backbone and the detector loaders.
+
+    Args:
+        drop: for a key the model does not have: True files it under ``dropped`` (a part the model does not build),
+            False under ``unexpected``.
+        reshape: for a key whose shapes differ, ``(tensor, note)`` accepts ``tensor`` (filed under ``adapted`` as
+            ``"key (note)"``), ``(None, note)`` keeps the model's initialisation (under ``dropped``), ``None`` files
+            the key under ``mismatched``.
+    """
+    accepted: dict[str, Tensor] = {}
+    for key, value in sd.items():
+        target = own.get(key)
+        if target is None:
+            (report.dropped if drop(key) else report.unexpected).append(key)
+        elif target.shape == value.shape:
+            accepted[key] = value
+        elif (fixed := reshape(key, value, target)) is not None:
+            tensor, note = fixed
+            if tensor is None:
+                report.dropped.append(f"{key} ({note})")
+            else:
+                accepted[key] = tensor
+                report.adapted.append(f"{key} ({note})")
+        else:
+            report.mismatched.append((key, tuple(value.shape), tuple(target.shape)))
+    return accepted
 
 
 def _preview(keys: list[str], n: int = 4) -> str:
@@ -275,28 +326,25 @@ def _from_own_layout(sd: dict[str, Tensor], names: dict[str, str]) -> dict[str, 
 
 
 def _match(sd: dict[str, Tensor], own: dict[str, Tensor], report: LoadReport, resizable_fc: bool) -> dict[str, Tensor]:
-    """Sort the file's keys into accepted (returned), adapted, dropped, unexpected and mismatched (on ``report``)."""
+    """:func:`match_state_dict` with a ResNet's rules: keys of unbuilt stages, of ``fc`` on a feature extractor and
+    norm statistics for GroupNorm are dropped; ``conv1.weight`` of other input channels is adapted; a classifier's
+    ``fc`` of another ``num_classes`` keeps its initialisation."""
     built_layers = {k.split(".", 1)[0] for k in own}
-    accepted: dict[str, Tensor] = {}
-    for key, value in sd.items():
-        target = own.get(key)
-        if target is None:
-            head = key.split(".", 1)[0]
-            unbuilt = (head.startswith("layer") or head == "fc") and head not in built_layers
-            if unbuilt or key.endswith(_NORM_STATS):
-                report.dropped.append(key)
-            else:
-                report.unexpected.append(key)
-        elif target.shape == value.shape:
-            accepted[key] = value
-        elif (key == "conv1.weight" and value.ndim == 4 and value.shape[1] > 0 and value.shape[0] == target.shape[0]
-              and value.shape[2:] == target.shape[2:]):  # no input channel: nothing to adapt from
-            accepted[key] = adapt_input_conv(value.to(target.dtype), target.shape[1])
-            report.adapted.append(f"conv1.weight ({value.shape[1]} -> {target.shape[1]} input channels)")
-        elif key.startswith("fc.") and resizable_fc:
-            report.dropped.append(f"{key} (num_classes {value.shape[0]} -> {target.shape[0]}, re-initialised)")
-        else:
-            report.mismatched.append((key, tuple(value.shape), tuple(target.shape)))
+
+    def drop(key: str) -> bool:
+        head = key.split(".", 1)[0]
+        return ((head.startswith("layer") or head == "fc") and head not in built_layers) or key.endswith(_NORM_STATS)
+
+    def reshape(key: str, value: Tensor, target: Tensor) -> tuple[Tensor | None, str] | None:
+        if (key == "conv1.weight" and value.ndim == 4 and value.shape[1] > 0 and value.shape[0] == target.shape[0]
+                and value.shape[2:] == target.shape[2:]):  # no input channel: nothing to adapt from
+            return (adapt_input_conv(value.to(target.dtype), target.shape[1]),
+                    f"{value.shape[1]} -> {target.shape[1]} input channels")
+        if key.startswith("fc.") and resizable_fc:
+            return None, f"num_classes {value.shape[0]} -> {target.shape[0]}, re-initialised"
+        return None
+
+    accepted = match_state_dict(sd, own, report, drop=drop, reshape=reshape)
     report.missing = [k for k in own if k not in accepted and not k.endswith("num_batches_tracked")
                       and not (k.startswith("fc.") and any(d.startswith(k) for d in report.dropped))]
     return accepted
@@ -336,19 +384,11 @@ def load_weights(
     layout = "resdense" if own_layout and layout == "torchvision" else layout
     report = LoadReport(source=source, layout=layout, dropped=list(outside))
     accepted = _match(sd, own, report, resizable_fc=hasattr(model, "num_classes"))
-    if report.mismatched:
-        key, got, want = report.mismatched[0]
-        raise WeightsError(
-            f"{source}: does not fit {arch}: '{key}' has shape {list(got)} in the file but {list(want)} in the model"
-            f" ({len(report.mismatched)} shape-mismatched keys in all)"
-        )
+    report.refuse_mismatched(arch)
     if layout == "unknown" or not accepted:
         raise WeightsError(f"{source}: no key matches {arch} (first key in the file: {next(iter(sd))!r})")
-    if strict and (report.missing or report.unexpected):
-        raise WeightsError(
-            f"{source}: does not fit {arch}: missing {len(report.missing)} keys ({_preview(report.missing)}), "
-            f"unexpected {len(report.unexpected)} ({_preview(report.unexpected)})"
-        )
+    if strict:
+        report.refuse_missing_or_unexpected(arch)
     model.load_state_dict({names[k]: v for k, v in accepted.items()}, strict=False)
     report.loaded = list(accepted)
     log.info("%s: %s", arch, report)

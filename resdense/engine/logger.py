@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 # The reader of the files written here lives one floor down, where plot_curves needs it; re-exported.
+from resdense.evaluation import scalar_metrics
 from resdense.files import append_text, write_text
 from resdense.visualize import read_csv
 
@@ -148,7 +149,7 @@ class RunLogger:
         self._scalars("train", iteration, values)
 
     def log_eval(self, iteration: int, metrics: dict[str, float]) -> None:
-        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        scalars = scalar_metrics(metrics)
         self.eval.write({"iteration": iteration, **scalars})
         self._scalars("eval", iteration, scalars)
 

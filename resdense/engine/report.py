@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 
 from resdense.errors import EvaluationError
-from resdense.evaluation import CocoEvaluation
+from resdense.evaluation import CocoEvaluation, scalar_metrics
 from resdense.files import atomic_open, make_dir, write_json, write_text
 from resdense.visualize import plot_confusion_matrix, plot_pr_curves
 
-__all__ = ["check_report_folder", "scalar_metrics", "write_report"]
+__all__ = ["check_report_folder", "markdown_table", "scalar_metrics", "write_report"]
 
 # (CSV column, Markdown header, kind): kind "pct" is a fraction shown in percent, "int" a count, "str" text.
 _SEG_COLUMNS = (("class", "class", "str"), ("IoU", "IoU %", "pct"), ("Dice", "Dice %", "pct"),
@@ -39,11 +39,6 @@ _SEG_COLUMNS = (("class", "class", "str"), ("IoU", "IoU %", "pct"), ("Dice", "Di
                 ("pred_pixels", "predicted pixels", "int"))
 _DET_COLUMNS = (("category_id", "id", "int"), ("name", "class", "str"), ("AP", "AP %", "pct"),
                 ("AP50", "AP50 %", "pct"), ("AP75", "AP75 %", "pct"))
-
-
-def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """The int / float entries of a task's metrics as floats (tables, tensors and arrays left out)."""
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def check_report_folder(out_dir: str | os.PathLike) -> Path:
@@ -77,8 +72,8 @@ def write_report(metrics: Mapping[str, Any], class_names: Sequence[str], out_dir
         files, section = _detection(evaluation, iou_type, out)
         written += files
         sections.append(section)
-    summary = _table(["metric", "value"], [[k, f"{v:.4f}"] for k, v in scalars.items() if "/" not in k or
-                                            k.rsplit("/", 1)[1] in ("AP", "AP50", "AP75", "AR100")])
+    summary = markdown_table(["metric", "value"], [[k, f"{v:.4f}"] for k, v in scalars.items() if "/" not in k or
+                                                   k.rsplit("/", 1)[1] in ("AP", "AP50", "AP75", "AR100")])
     page = [f"# {title}", "", summary, "", *sections]
     write_text(out / "report.md", "\n".join(page).rstrip() + "\n")
     return [*written, out / "report.md"]
@@ -136,7 +131,8 @@ def _cell(value: Any, kind: str) -> str:
     return str(value)
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table (no trailing newline): ``headers`` then one line per row of already formatted cells."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
@@ -148,7 +144,7 @@ def _write_table(rows: list[dict[str, Any]], columns: Sequence[tuple[str, str, s
         writer.writerow([key for key, _, _ in columns])
         writer.writerows([row[key] if kind != "pct" or _defined(row[key]) else "" for key, _, kind in columns]
                          for row in rows)
-    md = _table([header for _, header, _ in columns],
-                [[_cell(row[key], kind) for key, _, kind in columns] for row in rows]) + "\n\n" + note
+    md = markdown_table([header for _, header, _ in columns],
+                        [[_cell(row[key], kind) for key, _, kind in columns] for row in rows]) + "\n\n" + note
     write_text(stem.with_suffix(".md"), md + "\n")
     return md

@@ -23,15 +23,15 @@ import math
 from collections.abc import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import batched_nms
 
+from resdense.backbones import pad_to_multiple
 from resdense.coco import union_rle
 from resdense.errors import ConfigError
 from resdense.heads import paste_rles
 
-__all__ = ["BLENDS", "MATCH_METRICS", "MERGES", "window_starts", "windows", "blend_weight", "pad_to", "sliding_window_logits", "sliced_detection",
+__all__ = ["BLENDS", "MATCH_METRICS", "MERGES", "window_starts", "windows", "blend_weight", "sliding_window_logits", "sliced_detection",
            "merge_detections", "greedy_merge", "select_detections", "check_tiling"]
 
 BLENDS = ("gaussian", "uniform")
@@ -80,13 +80,6 @@ def blend_weight(height: int, width: int, blend: str) -> Tensor:
     return axes[0][:, None] * axes[1][None, :]
 
 
-def pad_to(x: Tensor, divisor: int) -> Tensor:
-    """Zero-pad ``[..., H, W]`` at the bottom/right to multiples of ``divisor``."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % divisor, (-w) % divisor
-    return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
-
-
 def _batches(items: list, size: int) -> Iterator[list]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
@@ -107,12 +100,12 @@ def sliding_window_logits(forward: Callable[[Tensor], Tensor], image: Tensor, ti
     h, w = image.shape[-2:]
     boxes = windows(h, w, tile, overlap) if tile is not None else [(0, 0, h, w)]
     if len(boxes) == 1:  # the tile covers the image: exactly the whole-image prediction
-        return forward(pad_to(image[None], divisor))[0, :, :h, :w].float()
+        return forward(pad_to_multiple(image[None], divisor)[0])[0, :, :h, :w].float()
     out = weight_sum = None
     weights: dict[tuple[int, int], Tensor] = {}
     for group in _batches(boxes, tile_batch):
         # windows in one batch share a shape: a side shorter than the tile is the same short side in every window
-        crops = torch.stack([pad_to(image[:, y0:y1, x0:x1], divisor) for y0, x0, y1, x1 in group])
+        crops = torch.stack([pad_to_multiple(image[:, y0:y1, x0:x1], divisor)[0] for y0, x0, y1, x1 in group])
         logits = forward(crops).float()
         if out is None:
             out = torch.zeros(logits.shape[1], h, w, device=logits.device)

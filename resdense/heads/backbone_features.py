@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from resdense.backbones import FeatureExtractor, ResNet, create_backbone
+from resdense.backbones import FeatureExtractor, create_backbone
 from resdense.errors import ConfigError
 
 __all__ = ["resolve_backbone", "ensure_features", "backbone_of"]
@@ -33,10 +33,10 @@ def resolve_backbone(
     """
     if isinstance(backbone, str):
         return create_backbone(backbone, weights=weights_backbone, out_features=tuple(needed), **create_kwargs)
-    if not isinstance(backbone, nn.Module) or not hasattr(backbone, "feature_info"):
+    if not isinstance(backbone, FeatureExtractor):
         raise ConfigError(
-            f"{owner}: backbone={type(backbone).__name__} is not a feature extractor; pass a name such as 'resnet50' "
-            "or a module from resdense.backbones.create_backbone(...)"
+            f"{owner}: backbone={type(backbone).__name__} is not a feature extractor; pass a name such as 'resnet50', "
+            "a module from resdense.backbones.create_backbone(...) or a subclass of resdense.backbones.FeatureExtractor"
         )
     if weights_backbone is not None:
         raise ConfigError(
@@ -50,24 +50,19 @@ def resolve_backbone(
 def ensure_features(backbone: FeatureExtractor, needed: Sequence[str], owner: str) -> None:
     """Make ``backbone`` return ``needed`` as well as its own ``out_features``, or refuse.
 
-    A resdense :class:`ResNet` built with fewer ``out_features`` (``create_backbone`` returns c2..c5 by default,
-    while a U-Net also needs c1) is widened in place when the stages are built: only its output selection changes,
-    never its weights. Any other extractor must already return ``needed``.
+    The backbone is widened with :meth:`~resdense.backbones.FeatureExtractor.set_out_features` (a resdense ResNet
+    built with fewer ``out_features`` returns more of the stages it built; only its output selection changes, never
+    its weights). An extractor that cannot return ``needed`` raises ``ConfigError`` naming ``owner``.
     """
     have = set(backbone.out_features)
     missing = [n for n in needed if n not in have]
     if not missing:
         return
-    if not isinstance(backbone, ResNet):
-        raise ConfigError(f"{owner}: the backbone returns {sorted(have)} but {list(needed)} are needed (missing {missing})")
-    built = {"c1"} | {name for name, _ in backbone.stages()}
-    unbuilt = [n for n in missing if n not in built]
-    if unbuilt:
-        raise ConfigError(
-            f"{owner}: the backbone was built without the stages of {unbuilt}; create it with "
-            f"out_features={tuple(needed)}"
-        )
-    backbone.set_out_features(sorted(have | set(needed)))
+    try:
+        backbone.set_out_features(sorted(have | set(needed)))
+    except ConfigError as err:
+        raise ConfigError(f"{owner}: the backbone returns {sorted(have)} but {list(needed)} are needed (missing "
+                          f"{missing}): {err}") from None
 
 
 def backbone_of(model: nn.Module) -> nn.Module:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from resdense.backbones import FeatureExtractor, ResNet, create_backbone, load_pretrained, torchvision_key_map
+from resdense.backbones import FeatureExtractor, create_backbone, load_pretrained, torchvision_key_map
 from resdense.errors import ConfigError
 
 from .backbone_features import resolve_backbone
@@ -57,7 +57,7 @@ class Classifier(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.fc = nn.Linear(last.channels, num_classes)
-        self._own_frozen_stages = getattr(self.backbone, "frozen_stages", None)  # what the backbone froze itself
+        self._own_frozen_stages = self.backbone.frozen_stages  # what the backbone froze itself
         self.freeze_backbone = freeze_backbone
         self.register_load_state_dict_pre_hook(_accept_torchvision_layout)
 
@@ -68,10 +68,8 @@ class Classifier(nn.Module):
     @freeze_backbone.setter
     def freeze_backbone(self, value: bool) -> None:
         self._freeze_backbone = bool(value)
-        if isinstance(self.backbone, ResNet):  # stages the backbone froze itself stay frozen when unfreezing
-            self.backbone.freeze(4 if value else self._own_frozen_stages)
-        else:
-            self.backbone.requires_grad_(not value)
+        # all stages, or back to the stages the backbone froze itself
+        self.backbone.freeze(len(self.backbone.stage_modules()) - 1 if value else self._own_frozen_stages)
         self.train(self.training)
 
     def train(self, mode: bool = True) -> Classifier:

@@ -25,7 +25,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 
-from resdense.backbones import FeatureExtractor, ResNet
+from resdense.backbones import FeatureExtractor
 from resdense.errors import ConfigError
 
 from .backbone_features import resolve_backbone
@@ -52,7 +52,8 @@ class DetectionBackbone(FeatureExtractor):
     """Backbone + FPN in the form torchvision's detectors expect (its ``BackboneWithFPN``).
 
     Attributes:
-        body: the backbone (a resdense ResNet; torchvision module names, so ``backbone.body.*`` keys match).
+        body: the backbone, a :class:`~resdense.backbones.FeatureExtractor` (a resdense ResNet has torchvision's
+            module names, so ``backbone.body.*`` keys match torchvision's checkpoints).
         fpn: the :class:`FPN`.
         out_channels: channels of every pyramid level (torchvision reads this attribute).
 
@@ -164,7 +165,7 @@ def build_detector(
     Args:
         kind: ``"faster_rcnn"``, ``"mask_rcnn"``, ``"retinanet"`` or ``"fcos"``.
         backbone: a backbone name (``resnet18`` ... ``wide_resnet101_2``) or a feature extractor instance (used as
-            it is; a resdense ResNet is widened to return the maps the FPN needs).
+            it is; widened with its ``set_out_features`` to return the maps the FPN needs).
         num_classes: number of classes *including background* (torchvision's convention): ``K + 1`` for a dataset
             with ``K`` classes, 91 for torchvision's COCO checkpoints.
         weights: a torchvision detection checkpoint of the same kind: a path, a state dict, or a torchvision tag
@@ -172,8 +173,9 @@ def build_detector(
             ``num_classes`` keep their initialisation.
         weights_backbone: backbone weights (tag or path) passed to ``create_backbone`` when ``weights`` is None.
         trainable_stages: torchvision's ``trainable_backbone_layers``: 0..5 backbone stages trained, counted from
-            layer4 back to the stem (3: layer2-layer4). It applies when weights are loaded; a backbone trained from
-            scratch trains every stage, as torchvision does.
+            layer4 back to the stem (3: layer2-layer4); a backbone instance's stages are its
+            ``stage_modules()``, counted back from the last one in the same way. It applies when weights are loaded;
+            a backbone trained from scratch trains every stage, as torchvision does.
         norm: backbone norm for a backbone name; default ``"frozen_bn"`` (FrozenBatchNorm2d) when weights are loaded,
             else ``"bn"``: frozen statistics of a random backbone are never learnt (torchvision PR 5443); asking
             for ``"frozen_bn"`` without weights warns.
@@ -181,16 +183,16 @@ def build_detector(
         returned_layers: which of ``layer1..layer4`` (``c2..c5``) feed the FPN, as in torchvision's
             ``resnet_fpn_backbone``: default ``[1, 2, 3, 4]`` for the two-stage detectors, ``[2, 3, 4]`` for the
             one-stage ones. Consecutive; the backbone is built up to the last one, so ``[1, 2, 3]`` drops
-            ``layer4`` (small objects on a CPU: a cheaper step, and backbone weights without ``layer4`` load).
-        fpn_channels: width of every pyramid level; the RPN, box, mask and one-stage heads follow it. torchvision's
-            256 is sized for 800 px images on a GPU; small images on a CPU train faster with 64-128.
+            ``layer4`` (a cheaper step, for small objects; backbone weights without ``layer4`` load).
+        fpn_channels: width of every pyramid level; the RPN, box, mask and one-stage heads follow it (torchvision:
+            256; narrower is cheaper per step).
         anchor_sizes, aspect_ratios: anchors per pyramid level (see :func:`anchor_generator_for`); default
             torchvision's, derived from the strides.
         representation_size: width of the two-stage box head's MLP (torchvision: 1024).
         mask_head_layers: Mask R-CNN: the widths of the mask head's 3x3 convolutions (torchvision's
             ``MaskRCNNHeads(layers=...)``, default ``[256, 256, 256, 256]``); the predictor's transposed convolution
-            keeps the last width. On a CPU with small objects the default head is most of a training step: four
-            256-wide convolutions over every positive RoI.
+            keeps the last width. The head runs on every positive RoI, so narrower or fewer convolutions make each
+            step cheaper.
         mask_roi_size: Mask R-CNN: the side of the RoIAlign grid the mask head sees (torchvision: 14); the
             predicted masks are twice that (28 x 28) before they are pasted into the image.
         train_resize: ``False``: in training the images reach the network at the size the data pipeline gave them
@@ -224,7 +226,7 @@ def build_detector(
     if not isinstance(backbone, str):
         pretrained = pretrained or bool((getattr(backbone, "pretrained_cfg", None) or {}).get("weights"))
     trainable = _trainable(trainable_stages, pretrained)
-    body = _body(kind, backbone, in_features, weights_backbone, norm, pretrained, 4 - trainable if trainable < 5 else -1)
+    body = _body(kind, backbone, in_features, weights_backbone, norm, pretrained, trainable)
     in_info = tuple(f for f in body.feature_info if f.name in in_features)
     fpn = FPN(in_info, fpn_channels, extra, p6_from=p6_from)
     detection_backbone = DetectionBackbone(body, fpn)
@@ -247,10 +249,10 @@ def install_float32_box_deltas(model: nn.Module) -> list[nn.Module]:
 
     Why: torchvision decodes boxes in the dtype of the predicted deltas (``BoxCoder.decode``:
     ``boxes.to(rel_codes.dtype)``) and its RoI heads cast the ground-truth boxes to the proposals' dtype. bf16 (the
-    CPU autocast type) keeps 8 significant bits: coordinates between 256 and 512 fall on every other pixel, so every
-    proposal, training target and detection is rounded to 2 px there, and a ground-truth box under a pixel wide (a
-    cell cut by a crop) becomes empty and its regression target 0/0, a NaN ``loss_box_reg``. mmdetection's
-    ``force_fp32`` on its box heads does the same. Class scores and features stay in the autocast type.
+    CPU autocast type) keeps 8 significant bits, so coordinates between 256 and 512 would be rounded to 2 px, and a
+    ground-truth box under a pixel wide would become empty, its regression target 0/0 (a NaN ``loss_box_reg``).
+    mmdetection's ``force_fp32`` on its box heads does the same. Class scores and features stay in the autocast
+    type.
     """
     if isinstance(model, (FasterRCNN, MaskRCNN)):
         modules = [model.rpn.head, model.roi_heads.box_predictor]
@@ -341,18 +343,20 @@ def _returned_features(kind: str, returned_layers: Any, p6_from: str) -> tuple[s
 
 
 def _body(kind: str, backbone: str | FeatureExtractor, in_features: tuple[str, ...], weights_backbone: Any,
-          norm: Any, pretrained: bool, frozen_stages: int) -> FeatureExtractor:
+          norm: Any, pretrained: bool, trainable: int) -> FeatureExtractor:
     """The detector's feature extractor: built from a name (norm default: frozen BN with weights, BN without) or
-    the instance given, widened to the maps the FPN needs, with its stem and first stages frozen."""
+    the instance given, widened to the maps the FPN needs, with all but its last ``trainable`` stages frozen."""
     if isinstance(backbone, str):
         if norm is None:
             norm = "frozen_bn" if pretrained else "bn"
-        body = resolve_backbone(backbone, in_features, kind, weights_backbone, norm=norm, frozen_stages=frozen_stages)
+        body = resolve_backbone(backbone, in_features, kind, weights_backbone, norm=norm, frozen_stages=4 - trainable)
     else:
         if norm is not None:
             raise ConfigError("build_detector: norm applies to a backbone name; the instance has its own norm layers")
         body = resolve_backbone(backbone, in_features, kind)
-        _freeze(body, frozen_stages)
+        frozen_stages = len(body.stage_modules()) - 1 - trainable  # stages counted back from the last one
+        if frozen_stages >= 0:  # never unfreezes what the instance froze itself
+            body.freeze(max(body.frozen_stages, frozen_stages))
     if not pretrained and any(isinstance(m, FrozenBatchNorm2d) for m in body.modules()):
         warnings.warn(
             f"{kind}: FrozenBatchNorm2d on a randomly initialised backbone keeps its statistics at 0/1 forever "
@@ -370,19 +374,6 @@ def _trainable(trainable_stages: int, pretrained: bool) -> int:
             "trained from scratch trains all 5 stages (torchvision's rule)", stacklevel=3,
         )
     return 5
-
-
-def _freeze(body: nn.Module, frozen_stages: int) -> None:
-    """Freeze the stem and layer1..layer_k of a backbone instance (never unfreezes what it already froze)."""
-    if frozen_stages < 0:
-        return
-    if isinstance(body, ResNet):
-        body.freeze(max(body.frozen_stages, frozen_stages))
-        return
-    prefixes = ("conv1", "bn1", *[f"layer{i}" for i in range(1, frozen_stages + 1)])
-    for name, p in body.named_parameters():
-        if name.startswith(prefixes):
-            p.requires_grad_(False)
 
 
 def _assemble(kind: str, backbone: DetectionBackbone, num_classes: int, representation_size: int | None,

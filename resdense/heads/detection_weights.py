@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from torch import Tensor, nn
 from torchvision.models import get_model_weights, list_models
 
-from resdense.backbones import LoadReport, read_weights
+from resdense.backbones import LoadReport, match_state_dict, read_weights
 from resdense.errors import WeightsError
 
 __all__ = ["map_torchvision_detection_keys", "load_detection_weights", "TV_BUILDER_PREFIX"]
@@ -85,30 +85,17 @@ def load_detection_weights(
     own = model.state_dict()
     sd = map_torchvision_detection_keys(raw, own)
     report = LoadReport(source=source, layout="torchvision-detection")
-    accepted: dict[str, Tensor] = {}
-    for key, value in sd.items():
-        target = own.get(key)
-        if target is None:
-            report.unexpected.append(key)
-        elif target.shape == value.shape:
-            accepted[key] = value
-        elif key.startswith(_PREDICTOR_KEYS):
-            report.dropped.append(f"{key} ({list(value.shape)} -> {list(target.shape)}, re-initialised)")
-        else:
-            report.mismatched.append((key, tuple(value.shape), tuple(target.shape)))
+
+    def reinitialise(key: str, value: Tensor, target: Tensor) -> tuple[None, str] | None:
+        if not key.startswith(_PREDICTOR_KEYS):
+            return None
+        return None, f"{list(value.shape)} -> {list(target.shape)}, re-initialised"
+
+    accepted = match_state_dict(sd, own, report, reshape=reinitialise)
     dropped = {d.split(" ", 1)[0] for d in report.dropped}
     report.missing = [k for k in own if k not in accepted and k not in dropped and not k.endswith("num_batches_tracked")]
-    if report.mismatched:
-        key, got, want = report.mismatched[0]
-        raise WeightsError(
-            f"{source}: does not fit this {kind}: '{key}' has shape {list(got)} in the file but {list(want)} in the "
-            f"model ({len(report.mismatched)} shape-mismatched keys in all)"
-        )
-    if report.missing or report.unexpected:
-        raise WeightsError(
-            f"{source}: does not fit this {kind}: missing {len(report.missing)} keys "
-            f"({', '.join(report.missing[:4])}), unexpected {len(report.unexpected)} ({', '.join(report.unexpected[:4])})"
-        )
+    report.refuse_mismatched(f"this {kind}")
+    report.refuse_missing_or_unexpected(f"this {kind}")
     model.load_state_dict(accepted, strict=False)
     report.loaded = list(accepted)
     if report.dropped:

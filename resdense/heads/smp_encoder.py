@@ -222,8 +222,9 @@ def smp_model(
         if weights_backbone is not None:
             model.encoder.backbone.load_report = load_weights(model.encoder.backbone, weights_backbone, arch=backbone)
         return model
-    if not isinstance(backbone, nn.Module) or not hasattr(backbone, "feature_info"):
-        raise ConfigError(f"smp_model: backbone={type(backbone).__name__} is not a name or a feature extractor")
+    if not isinstance(backbone, FeatureExtractor):
+        raise ConfigError(f"smp_model: backbone={type(backbone).__name__} is not a name or a feature extractor "
+                          "(a resdense.backbones.FeatureExtractor)")
     if weights_backbone is not None:
         raise ConfigError("smp_model: weights_backbone applies only to a backbone name")
     own_in = getattr(backbone, "in_channels", 3)

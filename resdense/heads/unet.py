@@ -11,18 +11,17 @@ import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch.nn.functional as F
 from segmentation_models_pytorch.base import SegmentationHead
 from segmentation_models_pytorch.base.initialization import initialize_decoder, initialize_head
 from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder
 from torch import Tensor, nn
 
-from resdense.backbones import FeatureExtractor
+from resdense.backbones import FeatureExtractor, pad_to_multiple
 from resdense.errors import ConfigError
 
 from .backbone_features import resolve_backbone
 
-__all__ = ["UNet", "map_smp_unet_keys", "pad_to_multiple"]
+__all__ = ["UNet", "map_smp_unet_keys"]
 
 _STAGES = ("c1", "c2", "c3", "c4", "c5")
 
@@ -31,8 +30,8 @@ class UNet(nn.Module):
     """U-Net with skips from ``c1..c5`` of a ResNet backbone, returning logits ``[N, num_classes, H, W]``.
 
     Args:
-        backbone: a backbone name (``"resnet34"``) or a feature extractor instance (a resdense ResNet built with
-            fewer ``out_features`` is widened to return ``c1..c5``).
+        backbone: a backbone name (``"resnet34"``) or a feature extractor instance (widened with its
+            ``set_out_features`` to return the ``c1..c5`` the decoder reads).
         num_classes: output channels: 1 for binary segmentation (use a sigmoid / BCE), K for K classes (softmax).
         in_channels: input channels (1 for grayscale); loaded RGB weights are adapted by ``create_backbone``.
         decoder_channels: output channels of the decoder blocks, coarse to fine; its length (1..5) is the depth,
@@ -100,15 +99,6 @@ class UNet(nn.Module):
 
     def _decode(self, features: list[Tensor]) -> Tensor:
         return self.decoder(*features) if self._star_args else self.decoder(features)
-
-
-
-def pad_to_multiple(x: Tensor, divisor: int) -> tuple[Tensor, tuple[int, int]]:
-    """``x[..., H, W]`` zero-padded at the bottom and right to sides that are multiples of ``divisor`` (``x`` itself
-    when they already are), and the original ``(H, W)`` to crop back to."""
-    h, w = x.shape[-2:]
-    ph, pw = -h % divisor, -w % divisor
-    return (F.pad(x, (0, pw, 0, ph)) if ph or pw else x), (h, w)
 
 
 def _unet_decoder(encoder_channels, decoder_channels, norm, attention, interpolation) -> nn.Module:

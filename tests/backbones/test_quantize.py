@@ -89,3 +89,14 @@ def test_refusals_name_the_problem(int8_resnet18):
         quantize_backbone(torch.nn.Conv2d(3, 8, 3), torch.zeros(1, 3, 8, 8))
     with pytest.raises(ValueError, match=r"expected input \[N, 3, H, W\], got \[2, 1, 64, 64\]"):
         int8_resnet18(torch.zeros(2, 1, 64, 64))
+
+
+def test_fx_traces_the_resnet_itself_input_check_included():
+    net = create_backbone("resnet18", in_channels=4, out_features=("c1", "c3", "c5")).eval()
+    graph = torch.fx.symbolic_trace(net)
+    x = torch.randn(1, 4, 64, 64)
+    with torch.no_grad():
+        out, ref = graph(x), net(x)
+    assert list(out) == list(ref) and all(torch.equal(out[k], ref[k]) for k in ref)
+    with pytest.raises(ValueError, match=r"^resnet18: expected input \[N, 4, H, W\], got \[1, 3, 64, 64\]$"):
+        graph(torch.randn(1, 3, 64, 64))  # the traced graph keeps the eager model's one-line check

@@ -72,6 +72,14 @@ def test_gradient_checkpointing_same_outputs_gradients_and_statistics(name):
         assert_close(b2, b, msg=n)  # running statistics updated once, not again during recomputation
 
 
+def test_set_grad_checkpointing_switches_it_after_construction():
+    net = create_backbone("resnet18")
+    net.set_grad_checkpointing()
+    assert net.grad_checkpointing and net.train()._checkpointing()
+    net.set_grad_checkpointing(False)
+    assert not net._checkpointing()
+
+
 def test_in_channels_1_is_the_rgb_model_on_a_gray_image(tmp_path):
     ref = torchvision_model("resnet18", seed=2)
     torch.save(ref.state_dict(), tmp_path / "w.pth")

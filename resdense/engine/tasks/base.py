@@ -9,6 +9,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from resdense.evaluation import scalar_metrics
+
 __all__ = ["Batch", "Task", "metric_mode"]
 
 
@@ -77,7 +79,7 @@ class Task:
 
     def summary(self, metrics: dict[str, Any]) -> dict[str, float]:
         """The scalar metrics worth a CSV column / report line."""
-        return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        return scalar_metrics(metrics)
 
 
 # A metric whose name has one of these words is minimised (mmengine's rule, less_keys = ["loss"], widened to errors).

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from resdense.evaluation import DetectionEvaluator
+from resdense.evaluation import DetectionEvaluator, scalar_metrics
 from resdense.evaluation.detection import flat_stats
 
 from ..distributed import on_main
@@ -84,8 +84,7 @@ class DetectionTask(Task):
         return result
 
     def summary(self, metrics: dict[str, Any]) -> dict[str, float]:
-        return {k: float(v) for k, v in metrics.items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and "/" in k}
+        return {k: v for k, v in scalar_metrics(metrics).items() if "/" in k}
 
     @torch.no_grad()
     def predict(self, model: nn.Module, images: list[Tensor]) -> list[dict[str, Tensor]]:
