@@ -2,7 +2,7 @@
 
 A hook overrides any of ``before_train``, ``before_step``, ``after_step``, ``after_train`` and ``close`` (as
 detectron2's ``engine/hooks.py``), and stores what a resumed run needs in the checkpoint through ``state_dict`` /
-``load_state_dict``. The trainer runs, in this order: :class:`EMA` (``train.ema_decay``), :class:`Timer`
+``load_state_dict``. The trainer runs, in this order: :class:`~resdense.engine.ema.EMA` (``train.ema_decay``), :class:`Timer`
 (``timings.train_s`` and ``train.max_minutes``), :class:`~resdense.engine.schedule.BackboneFreeze`
 (``train.freeze_backbone_iters``), :class:`Logger`, then the recipe's ``train.hooks`` and those passed in Python,
 then :class:`StopOnSignal`, :class:`Evaluator` and :class:`Checkpointer`: a user hook sees each step trained and
@@ -19,20 +19,17 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from torch.optim.swa_utils import AveragedModel
-
 from resdense.config import EvalConfig
 from resdense.errors import ConfigError, TrainingInterrupted
 from resdense.registry import HOOKS
 from resdense.version import VERSION
 
 from . import distributed
-from .ema import ema_state, load_ema_state
 from .logger import NullLogger, RunLogger
 from .mlflow_logger import MlflowLogger
 from .train_loop import HookBase
 
-__all__ = ["EMA", "Timer", "Logger", "StopOnSignal", "Evaluator", "Checkpointer", "recipe_hooks"]
+__all__ = ["Timer", "Logger", "StopOnSignal", "Evaluator", "Checkpointer", "recipe_hooks"]
 
 log = logging.getLogger("resdense.engine.trainer")  # the training messages, under the trainer's logger name
 
@@ -51,27 +48,6 @@ def recipe_hooks(entries: Sequence[str | dict[str, Any]], source: str) -> list[H
         except TypeError as err:
             raise ConfigError(f"{source}: train.hooks: {name}: {err}") from None
     return hooks
-
-
-class EMA(HookBase):
-    """Updates the weight average after every step that was not skipped (``train.ema_decay``); ``ema`` entry."""
-
-    def __init__(self, ema: AveragedModel) -> None:
-        self.ema = ema
-
-    def after_step(self) -> None:
-        if not self.trainer.skipped:
-            self.ema.update_parameters(self.trainer.model)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"ema": ema_state(self.ema)}
-
-    def load_state_dict(self, checkpoint: dict[str, Any]) -> None:
-        if checkpoint.get("ema") is not None:
-            load_ema_state(self.ema, checkpoint["ema"])
-        else:
-            log.warning("the checkpoint holds no weight average; train.ema_decay starts one at iteration %d",
-                        int(checkpoint["iteration"]))
 
 
 class Timer(HookBase):

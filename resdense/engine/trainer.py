@@ -43,9 +43,9 @@ from .checkpoint import (
     seed_everything,
     set_rng_state,
 )
-from .ema import create_ema
+from .ema import EMA, create_ema
 from .evaluate import autocast, eval_loader, evaluate
-from .hooks import EMA, Checkpointer, Evaluator, Logger, StopOnSignal, Timer, recipe_hooks
+from .hooks import Checkpointer, Evaluator, Logger, StopOnSignal, Timer, recipe_hooks
 from .logger import NullLogger
 from .sampler import ResumableSampler, SeededDataset, groups
 from .schedule import BackboneFreeze, build_optimizer, build_scheduler
