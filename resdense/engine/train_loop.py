@@ -8,6 +8,7 @@ continues every hook where it was. :class:`~resdense.engine.trainer.Trainer` is 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -86,11 +87,11 @@ class TrainLoop:
         try:
             with self.stop_request:  # SIGTERM, Ctrl-C: every rank finishes its step (see hooks.StopOnSignal)
                 self._call("before_train")
-                batches = self.batches()
-                while self.iteration < self.total_iters and self.stopped is None:
-                    self._call("before_step")
-                    self.run_step(next(batches))
-                    self._call("after_step")
+                with contextlib.closing(self.batches()) as batches:  # its loader workers end with the loop
+                    while self.iteration < self.total_iters and self.stopped is None:
+                        self._call("before_step")
+                        self.run_step(next(batches))
+                        self._call("after_step")
                 self._call("after_train")
             result = self.finish()
             status = "FINISHED"
