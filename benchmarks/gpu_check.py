@@ -45,6 +45,8 @@ import torch
 sys.path[:0] = [os.path.dirname(__file__), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
 from _timing import print_table, ratio, throughput  # noqa: E402
 
+from resdense.engine import HookBase  # noqa: E402
+
 # label, shipped recipe (the overrides of each: _overrides)
 RECIPES = (
     ("U-Net R18", "demo_shapes_unet_r18"),
@@ -81,8 +83,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class _StepClock:
-    """The Trainer's ``after_step`` hook: losses and GradScaler scale of every step, the time of the timed steps
+class _StepClock(HookBase):
+    """A training hook, after every step: losses and GradScaler scale of every step, the time of the timed steps
     (after ``warmup`` steps, to the last), and the peak CUDA memory at the last step (before the final evaluation)."""
 
     def __init__(self, warmup: int, device: torch.device) -> None:
@@ -91,11 +93,10 @@ class _StepClock:
         self.scales: list[float] = []
         self.t0 = self.t1 = None
         self.peak: float | None = None
-        self.trainer = None
 
-    def __call__(self, trainer, iteration: int, losses: dict[str, float]) -> None:
-        self.trainer = trainer
-        self.losses.append(losses["loss"])
+    def after_step(self) -> None:
+        trainer, iteration = self.trainer, self.trainer.iteration
+        self.losses.append(trainer.losses["loss"])
         self.scales.append(float(trainer.scaler.get_scale()) if trainer.scaler.is_enabled() else float("nan"))
         if iteration == self.warmup:
             _sync(self.device)
@@ -145,7 +146,7 @@ def train_all(args, device: torch.device, shapes: dict, out: Path, failures: lis
             torch.cuda.reset_peak_memory_stats(device)
         tic = time.perf_counter()
         try:
-            result = run_training(config, hooks={"after_step": clock})
+            result = run_training(config, hooks=[clock])
         except (NonFiniteLossError, RuntimeError) as err:
             failures.append(f"{label} training: {type(err).__name__}: {str(err).splitlines()[0][:300]}")
             print(f"  {label}: training FAILED: {failures[-1]}")

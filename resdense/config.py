@@ -169,6 +169,10 @@ class TrainConfig:
         resume: continue from ``output_dir/last.pt`` when it exists (refused when the checkpoint's model or data
             section differs from this recipe's, or when its global batch differs from this launch's).
         max_nonfinite: how many non-finite losses are tolerated (0: the first one stops training).
+        hooks: training hooks (``resdense.engine.HookBase`` subclasses) by their registered names
+            (``resdense.register_hook``), each a name or a ``{name: {option: value}}`` mapping whose options are the
+            hook's constructor arguments; they run after every step's logging, before its evaluation and checkpoint,
+            and each stores its own state in the checkpoints.
     """
 
     output_dir: str = "runs/{name}"
@@ -212,6 +216,7 @@ class TrainConfig:
     progress: bool = True
     resume: bool = True
     max_nonfinite: int = 0
+    hooks: list[str | dict[str, dict[str, Any] | None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _choice("train.optimizer", self.optimizer, ("adamw", "sgd"))
@@ -249,6 +254,9 @@ class TrainConfig:
         for name in self.loggers:
             if name not in LOGGERS:
                 raise ConfigError(f"train.loggers: {name!r} is not one of {', '.join(map(repr, LOGGERS))}")
+        for entry in self.hooks:
+            if isinstance(entry, dict) and len(entry) != 1:
+                raise ConfigError(f"train.hooks: {entry!r} must be a name or one {{name: {{option: value}}}} mapping")
         if "csv" not in self.loggers:
             raise ConfigError(f"train.loggers = {list(self.loggers)!r} leaves out 'csv', which resume and curves.png "
                               f"read: list it too (e.g. {['csv', *self.loggers]!r})")

@@ -21,6 +21,7 @@ from .sampler import ResumableSampler, SeededDataset, sample_seed
 from .schedule import build_optimizer, build_scheduler, lr_factor
 from .tasks import Batch, ClassificationTask, DetectionTask, SegmentationTask, Task
 from .tiling import sliced_detection, sliding_window_logits
+from .train_loop import HookBase
 from .trainer import NonFiniteLossError, Trainer
 from .tta import TTA
 
@@ -30,6 +31,7 @@ __all__ = [
     "DetectionTask",
     "ExportError",
     "ExportResult",
+    "HookBase",
     "NonFiniteLossError",
     "Package",
     "Predictor",

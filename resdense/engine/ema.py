@@ -16,6 +16,7 @@ the checkpoint stores: a resumed run continues the same average.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -25,7 +26,11 @@ from torch.optim.swa_utils import AveragedModel
 
 from resdense._torch_private import foreach_copy_, foreach_lerp_
 
-__all__ = ["EmaUpdate", "create_ema", "ema_decay_at", "ema_state", "load_ema_state"]
+from .train_loop import HookBase
+
+__all__ = ["EMA", "EmaUpdate", "create_ema", "ema_decay_at"]
+
+log = logging.getLogger("resdense.engine.trainer")  # the training messages, under the trainer's logger name
 
 
 def ema_decay_at(update: int, decay: float, warmup_iters: int = 0) -> float:
@@ -61,13 +66,25 @@ def create_ema(model: nn.Module, decay: float, warmup_iters: int = 0) -> Average
     return ema.eval()
 
 
-def ema_state(ema: AveragedModel) -> dict[str, Any]:
-    """``{"weights": state dict with the model's own keys, "updates": int}`` (plain types and tensors only), so the
-    weights load into a freshly built model with ``load_state_dict``."""
-    return {"weights": ema.module.state_dict(), "updates": int(ema.n_averaged)}
+class EMA(HookBase):
+    """The training hook that updates ``ema`` after every step that was not skipped. Its checkpoint entry ``ema`` is
+    ``{"weights": state dict with the model's own keys, "updates": int}``, so the weights load into a freshly built
+    model with ``load_state_dict``."""
 
+    def __init__(self, ema: AveragedModel) -> None:
+        self.ema = ema
 
-def load_ema_state(ema: AveragedModel, state: dict[str, Any]) -> None:
-    """Restore what :func:`ema_state` returned."""
-    ema.module.load_state_dict(state["weights"])
-    ema.n_averaged.fill_(int(state["updates"]))
+    def after_step(self) -> None:
+        if not self.trainer.skipped:
+            self.ema.update_parameters(self.trainer.model)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ema": {"weights": self.ema.module.state_dict(), "updates": int(self.ema.n_averaged)}}
+
+    def load_state_dict(self, checkpoint: dict[str, Any]) -> None:
+        if checkpoint.get("ema") is None:
+            log.warning("the checkpoint holds no weight average; train.ema_decay starts one at iteration %d",
+                        int(checkpoint["iteration"]))
+            return
+        self.ema.module.load_state_dict(checkpoint["ema"]["weights"])
+        self.ema.n_averaged.fill_(int(checkpoint["ema"]["updates"]))

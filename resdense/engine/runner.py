@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from .loading import Run, as_config, build_datasets_once, build_run, load_model
 from .package import trained_model_path
 from .predictor import Predictor
 from .report import check_report_folder, write_report
+from .train_loop import HookBase
 from .trainer import Trainer
 from .tta import TTA
 
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 
 def run_training(config: Config | str | os.PathLike, overrides: Sequence[str] = (), *,
                  output_dir: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
-                 hooks: dict[str, Callable] | None = None) -> dict[str, Any]:
+                 hooks: Sequence[HookBase] = ()) -> dict[str, Any]:
     """Train a recipe; returns the final metrics (also written to ``<output_dir>/metrics.json``).
 
     Args:
@@ -49,6 +50,7 @@ def run_training(config: Config | str | os.PathLike, overrides: Sequence[str] = 
         overrides: ``--set`` style ``key=value`` strings.
         output_dir: replaces ``train.output_dir``.
         resume: a checkpoint to resume from (default: ``<output_dir>/last.pt`` when present and ``train.resume``).
+        hooks: :class:`~resdense.engine.train_loop.HookBase` instances, run after the recipe's ``train.hooks``.
 
     Under ``torchrun`` every process calls this: they train one DistributedDataParallel model (see
     :mod:`resdense.engine.distributed`), rank 0 writes the run directory, and every rank returns the result.
@@ -65,7 +67,7 @@ def run_training(config: Config | str | os.PathLike, overrides: Sequence[str] = 
         save_config(config, run_dir / "config.yaml")
     plain = {**config.to_dict(), "class_names": run.class_names}
     trainer = Trainer(run.model, run.task, run.train_set, run.val_set, config.train, config.eval, run_dir,
-                      config=plain, hooks=hooks)
+                      config=plain, hooks=hooks, source=config.source)
     log.info("%s: %s on %s, %d iterations (%d per epoch), run directory %s", config.name, config.model["arch"],
              trainer.device, trainer.total_iters, trainer.iters_per_epoch, run_dir)
     return trainer.fit(resume=resume)

@@ -14,6 +14,8 @@ from resdense.config import TrainConfig
 from resdense.errors import ConfigError
 from resdense.heads import backbone_of
 
+from .train_loop import HookBase
+
 log = logging.getLogger(__name__)
 
 __all__ = ["BackboneFreeze", "build_optimizer", "build_scheduler", "lr_factor", "param_groups"]
@@ -92,7 +94,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total: int, cfg: TrainConf
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, total, cfg))
 
 
-class BackboneFreeze:
+class BackboneFreeze(HookBase):
     """Keep the backbone frozen for the first ``iters`` iterations (``train.freeze_backbone_iters``), then train it.
 
     While frozen, the backbone's parameters have ``requires_grad=False``, so they get no gradient and the optimizer
@@ -100,8 +102,8 @@ class BackboneFreeze:
     norm layers are in eval mode, so BatchNorm running statistics do not move. Then exactly the parameters the model
     itself made trainable train again: stages frozen by ``frozen_stages`` / ``trainable_stages`` or a
     ``Classifier(freeze_backbone=True)`` stay frozen, and ``model.train()`` re-applies the model's own mode rules.
-    The state is a function of the iteration (:meth:`apply` before every step), so a resumed run is frozen exactly
-    when the uninterrupted one was. This is the "linear probe, then fine-tune" recipe (Kumar et al. 2022, LP-FT).
+    The state is a function of the iteration (:meth:`apply` before every step: a training hook), so a resumed run is
+    frozen exactly when the uninterrupted one was. This is the "linear probe, then fine-tune" recipe (Kumar et al. 2022, LP-FT).
 
     Args:
         model: a head model (see :func:`resdense.heads.backbone_of`).
@@ -119,6 +121,9 @@ class BackboneFreeze:
             raise ConfigError(f"train.freeze_backbone_iters = {iters}: {err}") from None
         self.trainable = [p for p in self.backbone.parameters() if p.requires_grad]  # the model's own choice
         self.frozen = False
+
+    def before_step(self) -> None:
+        self.apply(self.trainer.iteration)
 
     def apply(self, iteration: int) -> None:
         """Set the state for the step that follows ``iteration`` completed iterations (call with the model in

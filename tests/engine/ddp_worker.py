@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from recipes import gn_unet_trainer, oracle_evaluation  # the script's folder is on sys.path
+from recipes import AfterStep, gn_unet_trainer, oracle_evaluation  # the script's folder is on sys.path
 
 
 def fault(recipe: str, term_at: int | None, kill_at: int | None) -> int:
@@ -41,7 +41,7 @@ def fault(recipe: str, term_at: int | None, kill_at: int | None) -> int:
             os.kill(os.getpid(), signal.SIGKILL)
 
     run_training = engine.run_training
-    engine.run_training = lambda *a, **k: run_training(*a, hooks={"after_step": after_step}, **k)
+    engine.run_training = lambda *a, **k: run_training(*a, hooks=[AfterStep(after_step)], **k)
     return main(["train", recipe])
 
 

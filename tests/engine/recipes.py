@@ -6,6 +6,18 @@ from pathlib import Path
 
 import yaml
 
+from resdense.engine import HookBase
+
+
+class AfterStep(HookBase):
+    """A probe: ``fn(trainer, iteration, losses)`` after every step."""
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+
+    def after_step(self) -> None:
+        self.fn(self.trainer, self.trainer.iteration, self.trainer.losses)
+
 
 def seg_recipe(shapes_root: Path, out: Path, **train) -> dict:
     return {

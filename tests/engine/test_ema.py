@@ -23,7 +23,7 @@ from resdense.engine import (
 )
 from resdense.errors import ConfigError
 
-from .recipes import seg_recipe, write
+from .recipes import AfterStep, seg_recipe, write
 from .test_trainer import Stripes
 
 
@@ -57,7 +57,7 @@ def test_average_follows_the_documented_rule(tmp_path, warmup):
     decay = 0.8
     seen = []
     trainer = make(tmp_path / "run", val=False, ema_decay=decay, ema_warmup_iters=warmup, iterations=7)
-    trainer.hooks = {"after_step": lambda t, it, losses: seen.append(_clone(t.model.state_dict()))}
+    trainer.register_hooks([AfterStep(lambda t, it, losses: seen.append(_clone(t.model.state_dict())))])
     trainer.fit()
     # by hand: the first update copies; update t lerps floating-point tensors with d_t, copies integer ones
     expected = _clone(seen[0])

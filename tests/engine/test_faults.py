@@ -25,7 +25,7 @@ from resdense.engine.report import write_report
 from resdense.errors import CheckpointError, DataError, WriteError
 from resdense.visualize import save_image
 
-from .recipes import seg_recipe, write
+from .recipes import AfterStep, seg_recipe, write
 
 ENOSPC = "(ENOSPC: No space left on device)"
 
@@ -202,7 +202,7 @@ def test_an_image_lost_during_training_is_one_line_naming_it(tmp_path):
     recipe = _mask_recipe(tmp_path, "raise")
     victims = sorted((tmp_path / "folder" / "images").iterdir())[:2]
     with pytest.raises(DataError) as err:
-        run_training(config_from_dict(recipe), hooks={"after_step": _rot_after(3, victims)})
+        run_training(config_from_dict(recipe), hooks=[AfterStep(_rot_after(3, victims))])
     message = str(err.value)
     assert "\n" not in message and any(v.name in message for v in victims)
     assert load_checkpoint(tmp_path / "run" / "last.pt")["iteration"] == 3  # the end-of-epoch checkpoint
@@ -212,7 +212,7 @@ def test_an_image_lost_during_training_is_skipped_and_counted_with_bad_images_sk
     recipe = _mask_recipe(tmp_path, "skip")
     victims = sorted((tmp_path / "folder" / "images").iterdir())[:2]
     with pytest.warns(UserWarning, match=r"skipped unreadable sample") as caught:
-        result = run_training(config_from_dict(recipe), hooks={"after_step": _rot_after(3, victims)})
+        result = run_training(config_from_dict(recipe), hooks=[AfterStep(_rot_after(3, victims))])
     assert result["iterations"] == 9
     named = {v.name for v in victims if any(v.name in str(w.message) for w in caught)}
     assert named == {v.name for v in victims}  # each lost file is named, every epoch it is met

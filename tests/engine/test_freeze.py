@@ -14,6 +14,7 @@ from resdense.engine.schedule import BackboneFreeze
 from resdense.errors import ConfigError
 from resdense.heads import Classifier, UNet, build_detector
 
+from .recipes import AfterStep
 from .test_trainer import Stripes, tiny_net
 
 
@@ -50,7 +51,7 @@ def test_unet_backbone_frozen_for_n_iterations_then_trained_except_its_frozen_st
     cfg = TrainConfig(iterations=iters, batch_size=4, lr=0.01, progress=False, freeze_backbone_iters=n)
     trainer = Trainer(model, SegmentationTask(2), Stripes(16), Stripes(4, seed=1), cfg,
                       EvalConfig(every_iters=2, batch_size=4), run_dir=tmp_path / "run",
-                      hooks={"after_step": after_step})
+                      hooks=[AfterStep(after_step)])
     trainer.fit()
 
     for it in range(1, n + 1):  # frozen (an evaluation at 2 in between): nothing of the backbone moves

@@ -21,7 +21,7 @@ from resdense.engine import load_config, run_training
 from resdense.engine.mlflow_logger import RUN_FILE, MlflowLogger
 from resdense.errors import ConfigError, MissingDependency, TrainingInterrupted
 
-from .recipes import seg_recipe, write
+from .recipes import AfterStep, seg_recipe, write
 
 LOGGERS = ["csv", "mlflow"]
 
@@ -122,7 +122,7 @@ def test_a_stopped_lengthened_crashed_and_resumed_run_is_one_mlflow_run(store, c
             os.kill(os.getpid(), signal.SIGTERM)  # a real signal: the step ends, last.pt, TrainingInterrupted
 
     with pytest.raises(TrainingInterrupted):
-        run_training(_recipe(store, "resumed", iterations=4), hooks={"after_step": sigterm})
+        run_training(_recipe(store, "resumed", iterations=4), hooks=[AfterStep(sigterm)])
     first = _only_run(store, "resumed")
     assert first.info.status == "KILLED"
     run_training(_recipe(store, "resumed", iterations=4))  # the same command finishes it
@@ -135,7 +135,7 @@ def test_a_stopped_lengthened_crashed_and_resumed_run_is_one_mlflow_run(store, c
 
     # longer: resumes from last.pt at 4, logs iteration 5, then crashes
     with pytest.raises(RuntimeError, match="a crash after iteration 5"):
-        run_training(_recipe(store, "resumed", iterations=6), hooks={"after_step": crash})
+        run_training(_recipe(store, "resumed", iterations=6), hooks=[AfterStep(crash)])
     crashed = _only_run(store, "resumed")
     assert crashed.info.run_id == first.info.run_id and crashed.info.status == "FAILED"
     steps = [m.step for m in store["client"].get_metric_history(first.info.run_id, "train/loss")]
@@ -163,7 +163,7 @@ def test_a_store_failing_during_training_stops_mlflow_logging_not_training(store
             store["client"].delete_run(run_id)
 
     with caplog.at_level(logging.WARNING, logger="resdense.engine.mlflow_logger"):
-        result = run_training(_recipe(store, "failing", iterations=4), hooks={"after_step": delete_run})
+        result = run_training(_recipe(store, "failing", iterations=4), hooks=[AfterStep(delete_run)])
     assert result["iterations"] == 4
     assert [r["iteration"] for r in _csv(store["runs"] / "failing" / "log.csv")] == ["1", "2", "3", "4"]
     run = _only_run(store, "failing")

@@ -17,12 +17,13 @@ from .recipes import det_recipe, seg_recipe, tensorboard_scalars, write
 
 KILLER = """
 import os, signal, sys
-from resdense.engine import run_training
+from resdense.engine import HookBase, run_training
 kill_at = int(sys.argv[2])
-def after_step(trainer, it, losses):
-    if it == kill_at:
-        os.kill(os.getpid(), signal.SIGKILL)
-run_training(sys.argv[1], hooks={"after_step": after_step})
+class Kill(HookBase):
+    def after_step(self):
+        if self.trainer.iteration == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+run_training(sys.argv[1], hooks=[Kill()])
 """
 
 

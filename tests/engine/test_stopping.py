@@ -14,6 +14,7 @@ from resdense.config import EvalConfig, TrainConfig
 from resdense.engine import SegmentationTask, load_checkpoint
 from resdense.errors import ConfigError
 
+from .recipes import AfterStep
 from .test_ema import make
 
 
@@ -54,7 +55,7 @@ def _eval_rows(run_dir):
 
 def _steps(trainer):
     done = []
-    trainer.hooks = {"after_step": lambda t, it, losses: done.append(it)}
+    trainer.register_hooks([AfterStep(lambda t, it, losses: done.append(it))])
     return done
 
 
@@ -191,7 +192,7 @@ def test_time_schedule_runs_the_cosine_over_the_budget(tmp_path, monkeypatch):
     run = tmp_path / "run"
     trainer = make(run, val=False, iterations=1000, max_minutes=1.0, schedule_by="time")
     lrs = []
-    trainer.hooks = {"after_step": lambda t, it, losses: lrs.append(t.optimizer.param_groups[0]["lr"])}
+    trainer.register_hooks([AfterStep(lambda t, it, losses: lrs.append(t.optimizer.param_groups[0]["lr"]))])
     result = trainer.fit()
     # 60 s of 5 s steps: the budget is passed during step 13; the schedule ends with it, not at iteration 1000
     assert result["stopped"] == {"reason": "max_minutes", "iteration": 13, "train_s": 65.0}

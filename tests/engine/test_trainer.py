@@ -17,7 +17,7 @@ from resdense.config import NOT_SET, EvalConfig, TrainConfig, first_difference
 from resdense.engine import NonFiniteLossError, ResumableSampler, SegmentationTask, Trainer, load_checkpoint
 from resdense.errors import ConfigError, ResdenseError, TrainingInterrupted
 
-from .recipes import tensorboard_scalars
+from .recipes import AfterStep, tensorboard_scalars
 
 
 class Stripes(Dataset):
@@ -88,7 +88,7 @@ def test_planted_nan_stops_with_iteration_losses_and_image_ids(tmp_path):
             hashes[it] = hashlib.sha256(last.read_bytes()).hexdigest()
 
     trainer = make(tmp_path, Stripes(n, nan_at=bad), checkpoint_every=1)
-    trainer.hooks = {"after_step": after_step}
+    trainer.register_hooks([AfterStep(after_step)])
     with pytest.raises(NonFiniteLossError) as err:
         trainer.fit()
     msg = str(err.value)
@@ -208,7 +208,7 @@ def test_sigterm_finishes_the_step_writes_last_pt_and_resumes_exactly(tmp_path):
     ref.fit()
     stopped = trainer("run")
     # the signal arrives after iteration 3: iteration 4 (an evaluation is due there) is finished, then last.pt
-    stopped.hooks = {"after_step": lambda t, it, losses: it == 3 and os.kill(os.getpid(), signal.SIGTERM)}
+    stopped.register_hooks([AfterStep(lambda t, it, losses: it == 3 and os.kill(os.getpid(), signal.SIGTERM))])
     with pytest.raises(TrainingInterrupted) as err:
         stopped.fit()
     last = tmp_path / "run" / "run" / "last.pt"
