@@ -1,5 +1,6 @@
-"""A user's extension module, as a recipe's ``imports:`` names it: a tiny segmentation architecture and a dataset of
-generated images, each registered by one explicit call. tests/test_registry.py trains them from a recipe."""
+"""A user's extension module, as a recipe's ``imports:`` names it: a tiny segmentation architecture, a dataset of
+generated images and a training hook, each registered by one explicit call. tests/test_registry.py trains them from
+a recipe."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from torch import Tensor, nn
 
 import resdense
 from resdense.data import MaskDataset
+from resdense.engine import HookBase
 
 
 class TinySegNet(nn.Module):
@@ -56,3 +58,26 @@ class Squares(MaskDataset):
 resdense.register_architecture("toy_segnet", tiny_segnet, task="segmentation", metric="mDice", mode="max",
                                exports=("onnx", "package"))
 resdense.register_dataset("toy_squares", Squares, task="segmentation")
+
+
+class StepCounter(HookBase):
+    """Counts the steps it saw; the count is the ``toy_steps`` entry of the checkpoints, so a resumed run goes on
+    counting, and is written to ``steps.txt`` in the run directory when training ends."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def after_step(self) -> None:
+        self.count += 1
+
+    def after_train(self) -> None:
+        (Path(self.trainer.run_dir) / "steps.txt").write_text(str(self.count))
+
+    def state_dict(self) -> dict:
+        return {"toy_steps": self.count}
+
+    def load_state_dict(self, checkpoint: dict) -> None:
+        self.count = int(checkpoint.get("toy_steps", 0))
+
+
+resdense.register_hook("toy_steps", StepCounter)

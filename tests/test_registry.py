@@ -130,7 +130,7 @@ def test_the_cli_trains_resumes_evaluates_and_predicts_a_model_the_library_never
     elsewhere.mkdir()
     recipes.mkdir()
     shutil.copy(TOY, recipes / "my_toys.py")  # a module beside the recipe, as a user keeps one
-    recipe = write(toy_recipe(tmp_path, ["my_toys"]), recipes / "toy.yaml")
+    recipe = write(toy_recipe(tmp_path, ["my_toys"], hooks=["toy_steps"]), recipes / "toy.yaml")
     run = tmp_path / "run"
 
     printed = json.loads(resdense_cli("train", str(recipe), cwd=elsewhere))
@@ -144,6 +144,7 @@ def test_the_cli_trains_resumes_evaluates_and_predicts_a_model_the_library_never
     assert metrics["iterations"] == 6 and metrics["best"]["mode"] == "max"
     steps = [int(row.split(",")[0]) for row in (run / "log.csv").read_text().splitlines()[1:]]
     assert steps == list(range(1, 7))  # 4 iterations, then 2 more: continued, not restarted
+    assert (run / "steps.txt").read_text() == "6"  # the user's hook: its count restored from last.pt, then 2 more
 
     # the run's own config.yaml, from another folder: the module is imported again from beside the recipe
     other = tmp_path / "other"

@@ -46,7 +46,7 @@ from resdense.data import (
     segmentation_transforms,
 )
 from resdense.errors import ConfigError
-from resdense.registry import DATASETS
+from resdense.registry import DATASETS, HOOKS
 from resdense.registry import Dataset as DatasetEntry
 
 from .architectures import architecture, model_params, signature_params
@@ -90,6 +90,8 @@ def check_config(config: Config) -> Config:
                           f"{entry.task} architecture")
     check_model_section(config.model, config.source)
     check_data_section(config.data, config.task, config.source)
+    for entry in config.train.hooks:  # the names now, not after the data is loaded
+        HOOKS.get(entry if isinstance(entry, str) else next(iter(entry)), config.source, "train.hooks")
     if config.eval.metric is None and entry.metric is not None:
         config.eval.metric, config.eval.mode = entry.metric, config.eval.mode or entry.mode
     config.checked = config.to_dict()
