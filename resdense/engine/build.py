@@ -164,6 +164,8 @@ def _check_kwargs(kwargs: Mapping[str, Any], params: Mapping[str, Any], section:
 
 
 def check_model_section(model: Mapping[str, Any], source: str) -> None:
+    """Check a recipe's ``model`` keys against the constructor ``model.arch`` picks; a :class:`ConfigError` names
+    ``source`` and the first unknown or mistyped key."""
     arch = model["arch"]
     task_of(arch, source)
     if arch.startswith("smp."):
@@ -187,6 +189,8 @@ def _transforms_fn(task: str) -> Callable:
 
 
 def check_data_section(section: Mapping[str, Any], task: str, source: str) -> None:
+    """Check a recipe's ``data`` keys against the dataset class and the task's transform preset; a
+    :class:`ConfigError` names ``source`` and the first unknown or mistyped key."""
     for key in section:
         if key not in _DATA_KEYS:
             raise unknown_key_error(source, f"data.{key}", _DATA_KEYS)
