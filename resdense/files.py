@@ -124,18 +124,21 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", what: str = "file", **
 
 
 def write_bytes(path: str | os.PathLike, data: bytes, what: str = "file") -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_open`); ``what`` names the file in errors."""
     with atomic_open(path, "wb", what) as f:
         f.write(data)
     return Path(path)
 
 
 def write_text(path: str | os.PathLike, text: str, what: str = "file") -> Path:
+    """Write ``text`` (UTF-8, newlines as given) to ``path`` atomically; ``what`` names the file in errors."""
     with atomic_open(path, "w", what, encoding="utf-8", newline="") as f:
         f.write(text)
     return Path(path)
 
 
 def write_json(path: str | os.PathLike, obj: Any, what: str = "file", **dump_kwargs: Any) -> Path:
+    """Write ``obj`` as JSON (indent 2 unless ``dump_kwargs`` say otherwise) to ``path`` atomically."""
     return write_text(path, json.dumps(obj, **({"indent": 2} | dump_kwargs)), what)
 
 

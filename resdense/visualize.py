@@ -219,6 +219,7 @@ def side_by_side(images: Sequence[np.ndarray], titles: Sequence[str] | None = No
 
 
 def save_image(image: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write a uint8 ``[H, W, 3]`` (or ``[H, W]``) picture atomically, in the format its suffix names (PNG else)."""
     path = Path(path)
     fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
     write_with(path, partial(Image.fromarray(image).save, format=fmt), "picture")

@@ -1,4 +1,4 @@
-"""The package's layering (STYLE.md 14; README "Architecture"), read from the source with ``ast``.
+"""The package's layering (docs/design.md, "Layers"), read from the source with ``ast``.
 
 Every import of a resdense module counts, function-level ones included: a function-level import that dodges a
 cycle is still a cycle. The checks: no import cycle among modules; every module sits on a layer of ``LAYERS``;
@@ -20,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "resdense"
 
-# The layer table (keep it equal to the README's). A module belongs to the longest unit that prefixes its name; it
+# The layer table (keep it equal to docs/design.md's). A module belongs to the longest unit that prefixes its name; it
 # may import its own unit and units of lower layers, never a unit of its own layer or above.
 LAYERS = {
     "resdense.errors": 0,  # exception types
@@ -181,12 +181,12 @@ def test_no_import_cycles():
 
 def test_every_module_has_a_layer():
     missing = [m for m in MODULES if unit_of(m) in (None, "resdense") and m != "resdense"]
-    assert not missing, f"modules in no layer of LAYERS (add them here and to the README): {missing}"
+    assert not missing, f"modules in no layer of LAYERS (add them here and to docs/design.md): {missing}"
 
 
-def test_readme_shows_the_same_layers():
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Architecture"):]
+def test_design_page_shows_the_same_layers():
+    text = (ROOT / "docs" / "design.md").read_text()
+    section = text[text.index("## Layers"):]
     shown = {}
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]

@@ -17,10 +17,12 @@ __all__ = ["BasicBlock", "Bottleneck", "conv3x3", "conv1x1"]
 
 
 def conv3x3(in_ch: int, out_ch: int, stride: int = 1, groups: int = 1, dilation: int = 1) -> nn.Conv2d:
+    """A 3x3 convolution without bias, padded to keep the size at stride 1 (torchvision's ``conv3x3``)."""
     return nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=dilation, groups=groups, bias=False, dilation=dilation)
 
 
 def conv1x1(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
+    """A 1x1 convolution without bias (torchvision's ``conv1x1``)."""
     return nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False)
 
 

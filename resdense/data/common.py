@@ -15,10 +15,12 @@ class DataWarning(UserWarning):
 
 
 def warn(message: str) -> None:
+    """Issue a :class:`DataWarning` attributed to the caller's caller (the dataset's user)."""
     warnings.warn(message, DataWarning, stacklevel=3)
 
 
 def check_choice(name: str, value, choices: tuple) -> None:
+    """Raise :class:`~resdense.errors.ConfigError` naming ``name`` when ``value`` is not one of ``choices``."""
     if value not in choices:
         raise ConfigError(f"{name} = {value!r} is not one of {', '.join(repr(c) for c in choices)}")
 

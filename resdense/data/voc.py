@@ -43,6 +43,8 @@ def voc_size(w: str | None, h: str | None) -> tuple[int, int] | None:
 
 
 def find_voc_image(images_dir: Path, filename: str | None, xml: Path) -> str:
+    """The image file of an annotation: its ``<filename>`` when that exists, else the XML's stem with an image
+    extension, else the ``<filename>`` as written (the dataset then reports it missing)."""
     if filename and os.path.exists(images_dir / filename):  # False, not OSError, for a name too long for a file
         return filename
     for ext in IMAGE_EXTENSIONS:  # <filename> is often stale (renamed files); the XML stem is the usual key

@@ -157,7 +157,8 @@ def _check_kwargs(kwargs: Mapping[str, Any], params: Mapping[str, Any], section:
 
 
 def check_model_section(model: Mapping[str, Any], source: str) -> None:
-    """``model.arch`` is a registered architecture and the other keys are arguments of its builder."""
+    """``model.arch`` is a registered architecture and the other keys are arguments of its builder; a
+    :class:`ConfigError` names ``source`` and the first unknown or mistyped key."""
     entry = architecture(model["arch"], source)
     _check_kwargs({k: v for k, v in model.items() if k != "arch"}, model_params(entry), "model", source)
 
@@ -190,6 +191,8 @@ def _split_params(entry: DatasetEntry, task: str) -> dict[str, Any]:
 
 
 def check_data_section(section: Mapping[str, Any], task: str, source: str) -> None:
+    """Check a recipe's ``data`` keys against the dataset class and the task's transform preset; a
+    :class:`ConfigError` names ``source`` and the first unknown or mistyped key."""
     for key in section:
         if key not in _DATA_KEYS:
             raise unknown_key_error(source, f"data.{key}", _DATA_KEYS)

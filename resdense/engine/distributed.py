@@ -172,6 +172,7 @@ def _leave() -> None:
 
 # ---- collectives (no-ops in one process) ---------------------------------------------------------------------------
 def barrier() -> None:
+    """Wait for every process of the group (nothing to wait for in one process)."""
     if _active():
         dist.barrier()
 

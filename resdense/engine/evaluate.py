@@ -1,7 +1,7 @@
 """Scoring a model on a dataset: the one evaluation path of training (periodic and final) and of ``resdense eval``.
 
-Under torch.distributed each process scores the images ``rank, rank + world, ...`` (:func:`~resdense.engine.
-distributed.shard`): every image exactly once, where DistributedSampler would pad the last batch with repeats. The
+Under torch.distributed each process scores the images ``rank, rank + world, ...``
+(:func:`~resdense.engine.distributed.shard`): every image exactly once, where DistributedSampler would pad the last batch with repeats. The
 task's evaluation gathers the shards (:meth:`DetectionEvaluator.gather`, :meth:`SegmentationMetrics.gather`, summed
 counts), so every rank returns the numbers one process would.
 """

@@ -87,6 +87,7 @@ def build_run(config: Config, splits: Sequence[str] = ("train", "val")) -> Run:
 
 
 def build_datasets_once(config: Config, splits: Sequence[str]) -> dict[str, Dataset]:
+    """The recipe's datasets of ``splits``, built by rank 0 first under ``torchrun`` (see below)."""
     # Under torchrun rank 0 builds first: a dataset that writes files (dataset: shapes) is complete before the other
     # ranks read it.
     with main_first():

@@ -7,15 +7,16 @@ predictions in the images' own pixels out.
 (4096, 4096)
 >>> predictor = Predictor.from_pretrained("membrane_unet/")  # a package: see resdense.engine.package  # doctest: +SKIP
 
-Images may be file paths, PIL images, ``uint8 [H, W, 3]`` RGB arrays (``[H, W]`` grey is repeated), ``uint8 [3, H,
-W]`` tensors or float ``[3, H, W]`` tensors in ``[0, 1]`` (rounded to 8 bits, as an image file holds them). They are
+Images may be file paths, PIL images, ``uint8 [H, W, 3]`` RGB arrays (``[H, W]`` grey is repeated),
+``uint8 [3, H, W]`` tensors or float ``[3, H, W]`` tensors in ``[0, 1]`` (rounded to 8 bits, as an image file holds them). They are
 preprocessed as the recipe's validation split is (``data.val_transforms``: resize, ImageNet normalisation), except
 that a tiled segmentation keeps the image's own resolution: that is what tiling is for.
 
 Outputs, one dict per image:
+
 - segmentation: ``mask`` (``int64 [H, W]``) and ``logits`` (``float32 [K, H, W]``, in the original frame);
-- detection: ``boxes`` (xyxy, original pixels), ``labels``, ``scores``; for Mask R-CNN ``masks`` (float ``[N, 1, H,
-  W]`` probabilities) or, tiled, ``rles`` (N compressed RLEs of the image, ``counts`` as ``str``: a large image with
+- detection: ``boxes`` (xyxy, original pixels), ``labels``, ``scores``; for Mask R-CNN ``masks`` (float
+  ``[N, 1, H, W]`` probabilities) or, tiled, ``rles`` (N compressed RLEs of the image, ``counts`` as ``str``: a large image with
   hundreds of instances would need gigabytes as ``masks``);
 - classification: ``probs`` (``[K]``) and ``top`` (the ``top_k`` best ``(class name, probability)``).
 """

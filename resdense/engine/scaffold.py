@@ -118,7 +118,8 @@ def _subset_name(layout: DataLayout) -> str:
 def _split(layout: DataLayout, out: Path, seed: int, section: dict[str, Any]) -> tuple[dict, dict, str]:
     """Train and val sections of one dataset: split files beside the recipe (absolute paths)."""
     folder = out.parent / f"{out.stem}_splits"
-    split = make_split(layout.path if layout.kind != "masks" else None, val=0.2, seed=seed,
+    data = {"masks": None, "voc": layout.path.parent}.get(layout.kind, layout.path)  # a VOC split reads the folder
+    split = make_split(data, val=0.2, seed=seed,
                        images=layout.images if layout.kind == "masks" else None,
                        masks=layout.path if layout.kind == "masks" else None)
     files = {p.stem: p.resolve() for p in split.write(folder)}
@@ -223,7 +224,10 @@ def _detection(layouts: list[DataLayout], out: Path, seed: int) -> DataSummary:
     else:
         parsed = [parse_voc_xml(x) for x in sorted(train.path.glob("*.xml"))]
         summary.classes = sorted({name for *_, objs in parsed for name, _, _ in objs})
-        summary.size = (int(statistics.median(p[3] for p in parsed)), int(statistics.median(p[2] for p in parsed)))
+        # <size> holds text, and may be absent: the sizes of the files that state whole numbers
+        hw = [(int(p[3]), int(p[2])) for p in parsed if str(p[2]).isdigit() and str(p[3]).isdigit()]
+        summary.size = (int(statistics.median(h for h, _ in hw)), int(statistics.median(w for _, w in hw))) \
+            if hw else (0, 0)
         section = {"images_dir": str(train.images.resolve()), "annotations_dir": str(train.path.resolve())}
     if val is None:
         train_sec, val_sec, summary.split_note = _split(train, out, seed, section)

@@ -114,6 +114,22 @@ def test_detection_from_a_coco_file(tmp_path, capsys):
     assert "bbox/AP" in metrics
 
 
+def test_detection_from_a_voc_folder(tmp_path, capsys):
+    """VOC sizes are text: the median of an even number of them is taken of numbers."""
+    voc = tmp_path / "voc"
+    (voc / "images").mkdir(parents=True)
+    (voc / "annotations").mkdir()
+    for i, (w, h) in enumerate([(64, 48), (80, 64), (96, 64), (72, 56)]):
+        Image.new("RGB", (w, h)).save(voc / "images" / f"{i}.jpg")
+        size = f"<size><width>{w}</width><height>{h}</height><depth>3</depth></size>"
+        (voc / "annotations" / f"{i}.xml").write_text(
+            f"<annotation><filename>{i}.jpg</filename>{size}<object><name>thing</name><bndbox><xmin>5</xmin>"
+            f"<ymin>5</ymin><xmax>30</xmax><ymax>30</ymax></bndbox></object></annotation>")
+    assert main(["new", "detection", str(voc), "--out", str(tmp_path / "det.yaml")]) == 0
+    assert "classes (thing)" in capsys.readouterr().out
+    assert load_config(tmp_path / "det.yaml").data["dataset"] == "voc"
+
+
 def test_no_data_found_is_one_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["new", "segmentation", str(tmp_path / "empty"), "--out", str(tmp_path / "x.yaml")]) == 2
