@@ -90,8 +90,8 @@ def check_config(config: Config) -> Config:
                           f"{entry.task} architecture")
     check_model_section(config.model, config.source)
     check_data_section(config.data, config.task, config.source)
-    for entry in config.train.hooks:  # the names now, not after the data is loaded
-        HOOKS.get(entry if isinstance(entry, str) else next(iter(entry)), config.source, "train.hooks")
+    for hook in config.train.hooks:  # the names now, not after the data is loaded
+        HOOKS.get(hook if isinstance(hook, str) else next(iter(hook)), config.source, "train.hooks")
     if config.eval.metric is None and entry.metric is not None:
         config.eval.metric, config.eval.mode = entry.metric, config.eval.mode or entry.mode
     config.checked = config.to_dict()

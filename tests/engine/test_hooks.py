@@ -63,7 +63,7 @@ def test_an_unknown_hook_is_one_line_naming_the_recipe_and_the_registered_hooks(
     recipe = write(seg_recipe(tmp_path / "shapes", tmp_path / "run", hooks=["iterations_sen"]), tmp_path / "r.yaml")
     with pytest.raises(ConfigError) as err:
         run_training(recipe)
-    assert str(err.value) == f"{recipe}: train.hooks = 'iterations_sen' is not a registered hook; one of " \
+    assert str(err.value) == f"{recipe}: train.hooks = 'iterations_sen' is not a registered hook (did you mean 'iterations_seen'?); one of " \
         f"{', '.join(HOOKS.names())}"
     assert "iterations_seen" in HOOKS.names()
 
