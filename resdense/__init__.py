@@ -34,6 +34,7 @@ _EXPORTS = {
     "TTA": ("resdense.engine", "TTA"),
     # a user's architectures, datasets and training hooks, by name in recipes (with imports: [their module])
     "register_architecture": ("resdense.registry", "register_architecture"),
+    "register_backbone": ("resdense.registry", "register_backbone"),
     "register_dataset": ("resdense.registry", "register_dataset"),
     "register_hook": ("resdense.registry", "register_hook"),
 }
@@ -52,6 +53,7 @@ __all__ = [  # = _EXPORTS and __version__ (tests/test_package.py)
     "optimize_for_inference",
     "predict",
     "register_architecture",
+    "register_backbone",
     "register_dataset",
     "register_hook",
     "smp_model",
@@ -65,7 +67,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from resdense.engine import run_prediction as predict
     from resdense.engine import run_training as train
     from resdense.heads import FPN, UNet, build_detector, create_classifier, smp_model
-    from resdense.registry import register_architecture, register_dataset, register_hook
+    from resdense.registry import register_architecture, register_backbone, register_dataset, register_hook
 
 
 def __getattr__(name: str) -> Any:

@@ -1,7 +1,7 @@
-"""Name -> entry tables: architectures, datasets and training hooks.
+"""Name -> entry tables: backbones, architectures, datasets and training hooks.
 
-Every name a recipe can hold in ``model.arch``, ``data.dataset`` or ``train.hooks`` is one entry of a
-:class:`Registry`. Recipe checking, building, ``resdense list``, the API and export read these tables, so adding an
+Every name a recipe can hold in ``model.backbone`` (``create_backbone``), ``model.arch``, ``data.dataset`` or
+``train.hooks`` is one entry of a :class:`Registry`. Recipe checking, building, ``resdense list``, the API and export read these tables, so adding an
 architecture, a dataset or a hook is one registration, in the library or in a user's module (a recipe's
 ``imports: [my_pkg.models]`` imports it before the recipe is checked)::
 
@@ -29,9 +29,11 @@ __all__ = [
     "Architecture",
     "Dataset",
     "Hook",
+    "BACKBONES",
     "ARCHITECTURES",
     "DATASETS",
     "HOOKS",
+    "register_backbone",
     "register_architecture",
     "register_dataset",
     "register_hook",
@@ -134,9 +136,21 @@ class Hook:
     cls: Callable[..., Any]
 
 
+BACKBONES: Registry[Callable[..., Any]] = Registry("backbone")  # name -> factory(weights=..., **kwargs)
 ARCHITECTURES: Registry[Architecture] = Registry("architecture")
 DATASETS: Registry[Dataset] = Registry("dataset")
 HOOKS: Registry[Hook] = Registry("hook")
+
+
+def register_backbone(name: str, factory: Callable[..., Any] | None = None, *, override: bool = False):
+    """Register ``factory(weights=..., out_features=..., **kwargs) -> FeatureExtractor`` as a
+    :func:`~resdense.backbones.create_backbone` name; without ``factory``, a decorator."""
+
+    def add(fn: Callable[..., Any]) -> Callable[..., Any]:
+        BACKBONES.add(name, fn, override)
+        return fn
+
+    return add if factory is None else add(factory)
 
 
 def register_architecture(name: str, builder: Callable[..., Any] | None = None, *, task: str,

@@ -15,6 +15,8 @@ Markers, HTML comments on the lines right above a block (Markdown renders nothin
   reason.
 - ``<!-- test-set: KEY=VALUE ... -->``: every ``resdense train`` of the block runs with these ``--set`` overrides
   added (``train.iterations=2``: the example shows the real command, the test trains two steps).
+- ``<!-- file: NAME -->``: the block (of any language: a user's module, a recipe) is written to ``NAME`` in the
+  working folder instead of being run, for the blocks below it that use the file.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FILES = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").rglob("*.md") if "_build" not in p.parts)]
 SHELLS = ("bash", "shell", "sh", "console")
 _FENCE = re.compile(r"^(?P<fence>`{3,})\s*(?P<lang>[\w+-]*)")
-_MARKER = re.compile(r"^<!--\s*(?P<kind>skip|test-set):\s*(?P<value>.*?)\s*-->$")
+_MARKER = re.compile(r"^<!--\s*(?P<kind>skip|test-set|file):\s*(?P<value>.*?)\s*-->$")
 
 
 @dataclass
@@ -44,6 +46,7 @@ class Block:
     code: str
     skip: str | None = None
     overrides: list[str] = field(default_factory=list)
+    writes: str | None = None  # written to this file of the working folder, not run
 
     @property
     def id(self) -> str:
@@ -60,16 +63,17 @@ def extract(path: Path) -> list[Block]:
             i += 1
             continue
         end = next((j for j in range(i + 1, len(lines)) if lines[j].startswith(m["fence"])), len(lines))
-        lang = m["lang"].lower()
-        if lang == "python" or lang in SHELLS:
-            block = Block(path, i + 1, lang, "\n".join(lines[i + 1:end]) + "\n")
-            k = i - 1
-            while k >= 0 and (marker := _MARKER.match(lines[k].strip())):
-                if marker["kind"] == "skip":
-                    block.skip = marker["value"]
-                else:
-                    block.overrides += marker["value"].split()
-                k -= 1
+        block = Block(path, i + 1, m["lang"].lower(), "\n".join(lines[i + 1:end]) + "\n")
+        k = i - 1
+        while k >= 0 and (marker := _MARKER.match(lines[k].strip())):
+            if marker["kind"] == "skip":
+                block.skip = marker["value"]
+            elif marker["kind"] == "file":
+                block.writes = marker["value"]
+            else:
+                block.overrides += marker["value"].split()
+            k -= 1
+        if block.writes or block.lang == "python" or block.lang in SHELLS:
             blocks.append(block)
         i = end + 1
     return blocks
@@ -130,9 +134,12 @@ def run_shell(block: Block, state: FileRun) -> None:
 
 
 def execute(block: Block, state: FileRun, monkeypatch) -> None:
-    with monkeypatch.context() as m:
-        m.chdir(state.work)
-        (run_python if block.lang == "python" else run_shell)(block, state)
+    if block.writes:
+        (state.work / block.writes).write_text(block.code)
+    else:
+        with monkeypatch.context() as m:
+            m.chdir(state.work)
+            (run_python if block.lang == "python" else run_shell)(block, state)
     state.done.add(block.line)
 
 

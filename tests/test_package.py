@@ -80,7 +80,7 @@ EXPORTS = {
     "optimize_for_inference": "resdense.backbones", "build_detector": "resdense.heads", "UNet": "resdense.heads",
     "FPN": "resdense.heads", "smp_model": "resdense.heads", "load_config": "resdense.engine",
     "Predictor": "resdense.engine", "TTA": "resdense.engine", "register_architecture": "resdense.registry",
-    "register_dataset": "resdense.registry", "register_hook": "resdense.registry",
+    "register_dataset": "resdense.registry", "register_backbone": "resdense.registry", "register_hook": "resdense.registry",
 }
 ALIASES = {"train": "run_training", "evaluate": "run_evaluation", "predict": "run_prediction"}
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import resdense
@@ -72,6 +73,30 @@ def test_the_shipped_names_are_registered_once_with_what_their_consumers_need():
     assert cfg.task == "segmentation"
     with pytest.raises(ConfigError, match="already registered"):
         resdense.register_architecture("unet", ARCHITECTURES.get("unet").builder, task="segmentation")
+
+
+def test_a_registered_backbone_is_a_name_of_create_backbone_and_of_the_heads():
+    from resdense.backbones import ResNet, create_backbone, list_backbones
+    from resdense.backbones.blocks import BasicBlock
+    from resdense.registry import BACKBONES
+
+    def slim18(**kwargs):  # a user's factory: any FeatureExtractor, here a narrow ResNet-18
+        kwargs.pop("weights", None)
+        return ResNet(BasicBlock, (1, 1, 1, 1), **kwargs)
+
+    assert set(BACKBONES) >= {"resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2"}
+    resdense.register_backbone("slim18", slim18)
+    try:
+        assert "slim18" in list_backbones()
+        assert len(create_backbone("slim18").layer1) == 1
+        unet = resdense.UNet("slim18", num_classes=3, decoder_channels=(16, 16, 16, 16, 16))
+        assert unet(torch.zeros(1, 3, 64, 64)).shape == (1, 3, 64, 64)
+        with pytest.raises(ConfigError, match="already registered"):
+            resdense.register_backbone("slim18", slim18)
+    finally:
+        BACKBONES.remove("slim18")
+    with pytest.raises(ConfigError, match="unknown backbone 'slim18'"):
+        create_backbone("slim18")
 
 
 def test_the_task_comes_from_the_architecture_when_the_recipe_leaves_it_out(tmp_path):

@@ -11,6 +11,7 @@ from typing import Any
 from torch import Tensor
 
 from resdense.errors import ConfigError
+from resdense.registry import BACKBONES, register_backbone
 
 from .blocks import BasicBlock, Bottleneck
 from .resnet import DEFAULT_OUT_FEATURES, ResNet
@@ -39,15 +40,8 @@ def _build(name: str, weights: WeightsArg, **kwargs: Any) -> ResNet:
     return load_pretrained(ResNet(**dict(ARCHS[name], **kwargs), name=name), weights, arch=name)
 
 
-# A name -> factory dict is the whole registry (torchvision-style keyword-only builders).
-BACKBONES: dict[str, Callable[..., ResNet]] = {name: partial(_build, name) for name in ARCHS}
-
-
-def register_backbone(name: str, factory: Callable[..., ResNet]) -> None:
-    """Add ``factory(weights=..., **kwargs)`` under ``name``; a name already taken is an error."""
-    if name in BACKBONES:
-        raise ConfigError(f"backbone {name!r} is already registered")
-    BACKBONES[name] = factory
+for _name in ARCHS:  # torchvision-style keyword-only builders, one registry entry each
+    register_backbone(_name, partial(_build, _name))
 
 
 def list_backbones() -> list[str]:
@@ -57,7 +51,7 @@ def list_backbones() -> list[str]:
 
 def _check_name(name: str) -> None:
     if name not in BACKBONES:
-        close = difflib.get_close_matches(str(name), BACKBONES, n=1)
+        close = difflib.get_close_matches(str(name), BACKBONES.names(), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"unknown backbone {name!r}{hint} Available: {', '.join(list_backbones())}")
 
@@ -93,7 +87,7 @@ def create_backbone(
         A :class:`ResNet` whose ``forward(x[N, C, H, W])`` returns ``dict[str, Tensor]`` described by ``feature_info``.
     """
     _check_name(name)
-    return BACKBONES[name](
+    return BACKBONES.get(name)(
         weights=weights, out_features=out_features, output_stride=output_stride, frozen_stages=frozen_stages,
         norm=norm, in_channels=in_channels, grad_checkpointing=grad_checkpointing, **kwargs,
     )
