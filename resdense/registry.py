@@ -136,9 +136,13 @@ class Hook:
     cls: Callable[..., Any]
 
 
-BACKBONES: Registry[Callable[..., Any]] = Registry("backbone")  # name -> factory(weights=..., **kwargs)
+#: ``create_backbone`` names (``model.backbone``): name -> ``factory(weights=..., out_features=..., **kwargs)``.
+BACKBONES: Registry[Callable[..., Any]] = Registry("backbone")
+#: ``model.arch`` names: name -> :class:`Architecture`.
 ARCHITECTURES: Registry[Architecture] = Registry("architecture")
+#: ``data.dataset`` names: name -> :class:`Dataset`.
 DATASETS: Registry[Dataset] = Registry("dataset")
+#: ``train.hooks`` names: name -> :class:`Hook`.
 HOOKS: Registry[Hook] = Registry("hook")
 
 

@@ -258,24 +258,56 @@ def check_public_names(app) -> None:
                                    subtype="public")
 
 
+class ApiFacade(_Generated):
+    """``.. api-facade::``: the table of what ``import resdense`` offers (``resdense._EXPORTS``), each name linked
+    to where it is documented."""
+
+    def run(self) -> list[nodes.Node]:
+        import resdense
+
+        self.env.note_dependency(resdense.__file__)
+        rows = [(f"``resdense.{name}``", f":py:obj:`{module}.{attr}`")
+                for name, (module, attr) in resdense._EXPORTS.items()]
+        rows.append(("``resdense.__version__``", "the version string"))
+        return self.render(_list_table(("name", "is"), rows, "40 60"))
+
+
 def resolve_resdense_reference(app, env, node, contnode):
     """A reference to ``resdense.a.b.Name`` where ``Name`` is documented under a package that re-exports it
-    (``resdense.a.Name``): link there. Re-exports are how the package presents its API (``__all__``)."""
+    (``resdense.a.Name``), or to a facade name (``resdense.load_config``): link to where it is documented.
+    Re-exports are how the package presents its API (``__all__``)."""
     target = node.get("reftarget", "")
     if node.get("refdomain") != "py" or not target.startswith("resdense."):
         return None
     domain = env.get_domain("py")
+    import resdense
+
+    facade = resdense._EXPORTS.get(target.partition(".")[2])
+    if facade is not None:  # resdense.load_config -> resdense.engine.load_config, then as any other target
+        target = ".".join(facade)
+        node = _retarget(node, target)
+        if target in domain.objects:
+            return domain.resolve_xref(env, node["refdoc"], app.builder, node["reftype"], target, node, contnode)
     parts = target.split(".")
     try:
         wanted = _import(target)
     except (ImportError, AttributeError):
         return None
-    for cut in range(len(parts) - 2, 0, -1):
-        candidate = ".".join(parts[:cut] + parts[-1:])
+    candidates = [".".join(parts[:cut] + parts[-1:]) for cut in range(len(parts) - 2, 0, -1)]
+    # then the same object documented under another package that re-exports it (resdense.backbones re-exports
+    # resdense.registry.register_backbone)
+    candidates += sorted(n for n in domain.objects if n.startswith("resdense.") and n.endswith("." + parts[-1]))
+    for candidate in candidates:
         if candidate in domain.objects and _import(candidate) is wanted:
             return domain.resolve_xref(env, node["refdoc"], app.builder, node["reftype"] if node["reftype"] != "mod"
                                        else "obj", candidate, node, contnode)
     return None
+
+
+def _retarget(node, target: str):
+    node = node.deepcopy()
+    node["reftarget"] = target
+    return node
 
 
 def _import(path: str):
@@ -292,6 +324,7 @@ def setup(app):
     app.add_directive("recipe-schema", RecipeSchema)
     app.add_directive("cli-reference", CliReference)
     app.add_directive("api-package", ApiPackage)
+    app.add_directive("api-facade", ApiFacade)
     app.connect("builder-inited", check_public_names)
     app.connect("missing-reference", resolve_resdense_reference)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -10,10 +10,11 @@
 ``voc``                :class:`resdense.data.VocDetection`                 detection
 ``instance_masks``     :class:`resdense.data.InstanceMaskDataset`          detection
 ``imagefolder``        :class:`resdense.data.ImageFolder`                  classification
-``shapes``             :func:`shapes_part`: :func:`resdense.data.make_shapes` writes the synthetic set first
-                       (``data.shapes``: its arguments), then a ``MaskDataset`` or a ``CocoDetection`` serves it
-                                                                           segmentation, detection
+``shapes``             :func:`shapes_part` (below)                         segmentation, detection
 =====================  ==================================================  ==========================
+
+``shapes``: :func:`resdense.data.make_shapes` writes the synthetic set first (``data.shapes``: its arguments), then
+a ``MaskDataset`` or a ``CocoDetection`` serves it.
 
 A dataset class takes its split's keys and the task preset's transforms as ``transforms=`` (or ``transform=``, as
 torchvision's folder datasets do). A user's module adds its own with :func:`resdense.register_dataset` and is named in
