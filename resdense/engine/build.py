@@ -53,23 +53,9 @@ from .architectures import architecture, model_params, signature_params
 from .datasets import SHAPES, shapes_class
 from .tasks import ClassificationTask, DetectionTask, SegmentationTask
 
-__all__ = [
-    "load_config",
-    "config_from_dict",
-    "check_config",
-    "import_extensions",
-    "is_checked",
-    "build_model",
-    "build_dataset",
-    "build_datasets",
-    "check_disjoint",
-    "build_task",
-    "check_model_section",
-    "check_data_section",
-    "classification_transforms",
-    "fill_num_classes",
-    "classes_key",
-]
+__all__ = ["load_config", "config_from_dict", "check_config", "import_extensions", "is_checked", "build_model",
+           "build_dataset", "build_datasets", "check_disjoint", "build_task", "check_model_section",
+           "check_data_section", "classification_transforms", "fill_num_classes", "classes_key"]
 
 _DATA_KEYS = ("dataset", "train", "val", "shapes", "train_transforms", "val_transforms", "allow_overlap")
 
@@ -101,8 +87,7 @@ def check_config(config: Config) -> Config:
 def import_extensions(config: Config) -> None:
     """Import the modules of ``config.imports`` (the architectures, datasets and hooks they register become names a
     recipe can use), with ``config.imports_from`` (default: the working directory) first on ``sys.path`` while
-    they are imported, as mmengine's ``custom_imports`` do with the working directory. A module imported before is
-    not run again.
+    they are imported. A module imported before is not run again.
 
     Raises:
         ConfigError: one line naming ``config.source``, ``imports``, the module and why it could not be imported.

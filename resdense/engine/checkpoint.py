@@ -7,6 +7,7 @@ new one, never a torn one.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import zipfile
@@ -21,10 +22,14 @@ from resdense.errors import CheckpointError, ConfigError, WeightsError, WriteErr
 from resdense.files import save_torch
 from resdense.typecheck import NOT_SET, first_difference
 
-__all__ = ["check_resumable", "atomic_save", "load_checkpoint", "evaluated_weights", "rng_state", "set_rng_state", "seed_everything",
+from . import distributed
+
+__all__ = ["atomic_save", "load_checkpoint", "read_resume", "check_resumable", "evaluated_weights", "rng_state",
+           "set_rng_state", "seed_everything", "seed_rank", "rng_entries", "restore_rng", "batch_words",
            "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = 1
+log = logging.getLogger("resdense.engine.trainer")  # the training messages, under the trainer's logger name
 
 
 def atomic_save(obj: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -103,8 +108,52 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
+def seed_rank(seed: int, rank: int, offset: int = 0) -> None:
+    """:func:`seed_everything` for rank ``rank``'s own random draws (dropout, detector sampling) under torchrun."""
+    seed_everything(seed + 1_000_003 * rank + offset)
+
+
+def rng_entries(world: distributed.World) -> dict[str, Any]:
+    """``rng``: :func:`rng_state`; on several processes also ``rng_ranks``, every rank's (a collective)."""
+    return {"rng": rng_state(), **({"rng_ranks": distributed.all_gather_object(rng_state())} if world.size > 1 else {})}
+
+
+def restore_rng(ckpt: dict[str, Any], world: distributed.World, seed: int, iteration: int) -> None:
+    """Restore this rank's states from :func:`rng_entries`; from another number of processes, reseed (a warning)."""
+    stored = ckpt.get("rng_ranks") or [ckpt["rng"]]
+    if len(stored) == world.size:
+        set_rng_state(stored[world.rank])
+    else:
+        seed_rank(seed, world.rank, iteration)
+        log.warning("resumed on %d processes from a run on %d: the data order continues exactly, the random "
+                    "draws of the model (dropout, detector sampling) do not", world.size, len(stored))
+
+
+def batch_words(size: int, batch_size: int, accumulate: int) -> str:
+    """How a global batch is made, as messages name it."""
+    return f"{size} processes x train.batch_size {batch_size} x train.accumulate {accumulate}"
+
+
+def read_resume(path: str | os.PathLike | None, run_dir: Path, resume: bool,
+                map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any] | None]:
+    """``path`` (else ``run_dir/last.pt``) and its checkpoint: ``None`` when missing, or ``last.pt`` without
+    ``resume``. Raises WeightsError when unreadable (for ``last.pt``: how to start afresh, or use ``best.pt``)."""
+    last = run_dir / "last.pt"
+    path = Path(path) if path else last
+    if not path.exists() or (path == last and not resume):
+        return path, None
+    try:
+        return path, load_checkpoint(path, map_location=map_location)
+    except WeightsError as err:
+        if path != last:
+            raise
+        best = run_dir / "best.pt"
+        other = f", or resume from {best} with --resume {best}" if best.exists() else ""
+        raise WeightsError(f"{err}; cannot resume: --set train.resume=false starts afresh{other}") from None
+
+
 def check_resumable(ckpt: dict[str, Any], path: Path, config: dict[str, Any], global_batch: int,
-                    batch_words: str) -> None:
+                    words: str) -> None:
     """Refuse to continue a run whose model or data section differs from this recipe's (the optimizer state, the
     schedule and the data order would continue with another model or other data), or whose global batch differs
     from this launch's (its iterations and epochs would mean other samples)."""
@@ -113,9 +162,9 @@ def check_resumable(ckpt: dict[str, Any], path: Path, config: dict[str, Any], gl
     if w is not None and w["size"] * w["batch_size"] * w["accumulate"] != global_batch:
         raise ConfigError(
             f"{path}: resuming refused: the checkpoint was trained with a global batch of "
-            f"{w['size'] * w['batch_size'] * w['accumulate']} ({w['size']} processes x train.batch_size "
-            f"{w['batch_size']} x train.accumulate {w['accumulate']}), this launch has {global_batch} "
-            f"({batch_words}){again}")
+            f"{w['size'] * w['batch_size'] * w['accumulate']} "
+            f"({batch_words(w['size'], w['batch_size'], w['accumulate'])}), this launch has {global_batch} "
+            f"({words}){again}")
     stored = ckpt.get("config") or {}
     for section in ("model", "data"):
         if section not in stored or section not in config:

@@ -4,19 +4,9 @@
 (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``).
 :func:`init_from_env` joins them into one group (gloo on CPU, NCCL on CUDA; ``train.dist_backend`` overrides)
 for the life of the process, gives each process its own device (``cuda:LOCAL_RANK``) and its share of the cores,
-and keeps the other ranks' logs quiet. Without those variables nothing here does anything: one process runs as it
-always did.
-
-What the rest of the engine uses:
-
-* :func:`world`: rank, size, local rank and local size of this process (``World()`` for one process).
-* collectives that are no-ops in one process: :func:`barrier`, :func:`broadcast_object`, :func:`all_gather_object`,
-  :func:`sum_floats`, :func:`broadcast_buffers`, and :func:`on_main` (run on rank 0, hand the result, or its
-  error, to every rank: checkpoint writes, COCO evaluation).
-* :func:`shard`: the indices ``rank::size``, so that evaluation scores each image exactly once (DistributedSampler
-  pads the last batch with repeated images instead).
-* :func:`wrap_model`: SyncBatchNorm where it can run, then DistributedDataParallel.
-* :class:`StopRequest`: SIGTERM sets a flag instead of killing the process; the trainer agrees on it across ranks.
+and keeps the other ranks' logs quiet. Without those variables nothing here does anything, and the collectives
+(:func:`barrier`, :func:`broadcast_object`, :func:`all_gather_object`, :func:`sum_floats`, :func:`broadcast_buffers`,
+:func:`on_main`) are no-ops.
 """
 
 from __future__ import annotations

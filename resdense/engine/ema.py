@@ -1,13 +1,12 @@
 """An exponential moving average (EMA) of a model's weights, kept beside the trained model (``train.ema_decay``).
 
-The average is torch's :class:`~torch.optim.swa_utils.AveragedModel` (a deep copy of the model) with an update rule
-like timm's ``ModelEmaV3``: after the optimizer step of update ``t`` (1, 2, ...), every floating-point parameter and
-buffer moves as ``ema = d_t * ema + (1 - d_t) * weight``, so the BatchNorm running statistics are averaged with the
-weights, as timm, torchvision's reference scripts and YOLOv5 do; integer buffers (``num_batches_tracked``) are
-copied. The first update copies the weights. The decay is::
+The average is torch's :class:`~torch.optim.swa_utils.AveragedModel` (a deep copy of the model): after the optimizer
+step of update ``t`` (1, 2, ...), every floating-point parameter and buffer moves as
+``ema = d_t * ema + (1 - d_t) * weight``, so the BatchNorm running statistics are averaged with the weights; integer
+buffers (``num_batches_tracked``) are copied. The first update copies the weights. The decay is::
 
     d_t = decay                                   with warmup_iters = 0
-    d_t = decay * (1 - exp(-t / warmup_iters))    otherwise (YOLOv5's ModelEMA ramp, time constant warmup_iters),
+    d_t = decay * (1 - exp(-t / warmup_iters))    otherwise (a ramp of time constant warmup_iters),
 
 so early, still-random weights are forgotten quickly. ``t`` counts EMA updates (``AveragedModel.n_averaged``), which
 the checkpoint stores: a resumed run continues the same average.

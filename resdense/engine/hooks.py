@@ -1,8 +1,8 @@
 """Training hooks: everything the loop of :class:`~resdense.engine.trainer.Trainer` does around its steps.
 
-A hook overrides any of ``before_train``, ``before_step``, ``after_step``, ``after_train`` and ``close`` (as
-detectron2's ``engine/hooks.py``), and stores what a resumed run needs in the checkpoint through ``state_dict`` /
-``load_state_dict``. The trainer runs, in this order: :class:`~resdense.engine.ema.EMA` (``train.ema_decay``), :class:`Timer`
+A hook overrides any of ``before_train``, ``before_step``, ``after_step``, ``after_train`` and ``close``, and
+stores what a resumed run needs in the checkpoint through ``state_dict`` / ``load_state_dict``. The trainer runs, in
+this order (:func:`trainer_hooks`): :class:`~resdense.engine.ema.EMA` (``train.ema_decay``), :class:`Timer`
 (``timings.train_s`` and ``train.max_minutes``), :class:`~resdense.engine.schedule.BackboneFreeze`
 (``train.freeze_backbone_iters``), :class:`Logger`, then the recipe's ``train.hooks`` and those passed in Python,
 then :class:`StopOnSignal`, :class:`Evaluator` and :class:`Checkpointer`: a user hook sees each step trained and
@@ -25,11 +25,13 @@ from resdense.registry import HOOKS
 from resdense.version import VERSION
 
 from . import distributed
+from .ema import EMA
 from .logger import NullLogger, RunLogger
 from .mlflow_logger import MlflowLogger
+from .schedule import BackboneFreeze
 from .train_loop import HookBase
 
-__all__ = ["Timer", "Logger", "StopOnSignal", "Evaluator", "Checkpointer", "recipe_hooks"]
+__all__ = ["Timer", "Logger", "StopOnSignal", "Evaluator", "Checkpointer", "recipe_hooks", "trainer_hooks"]
 
 log = logging.getLogger("resdense.engine.trainer")  # the training messages, under the trainer's logger name
 
@@ -48,6 +50,15 @@ def recipe_hooks(entries: Sequence[str | dict[str, Any]], source: str) -> list[H
         except TypeError as err:
             raise ConfigError(f"{source}: train.hooks: {name}: {err}") from None
     return hooks
+
+
+def trainer_hooks(trainer: Any, hooks: Sequence[HookBase], source: str) -> list[HookBase]:
+    """A Trainer's hooks in this module's order (``hooks`` after ``train.hooks``); needs ``trainer.evaluator``."""
+    t, cfg = trainer, trainer.cfg
+    freeze = [BackboneFreeze(t.model, cfg.freeze_backbone_iters)] if cfg.freeze_backbone_iters else []
+    return [*([EMA(t.ema)] if t.ema is not None else []), Timer(cfg.max_minutes), *freeze, Logger(),
+            *recipe_hooks(cfg.hooks, source), *hooks, StopOnSignal(), t.evaluator,
+            Checkpointer(cfg.checkpoint_every, lambda: t.evaluator.best.get("evaluated_at"))]
 
 
 class Timer(HookBase):
@@ -72,8 +83,7 @@ class Timer(HookBase):
         t = self.trainer
         if self.budget is None:
             return
-        if t.world.size > 1:
-            t.timings["train_s"] = distributed.broadcast_object(t.timings["train_s"])
+        t.timings["train_s"] = distributed.broadcast_object(t.timings["train_s"])  # rank 0's clock
         if t.timings["train_s"] > 60.0 * self.budget:
             t.request_stop("max_minutes", train_s=round(t.timings["train_s"], 3))
 

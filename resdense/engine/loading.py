@@ -87,9 +87,8 @@ def build_run(config: Config, splits: Sequence[str] = ("train", "val")) -> Run:
 
 
 def build_datasets_once(config: Config, splits: Sequence[str]) -> dict[str, Dataset]:
-    """The recipe's datasets of ``splits``, built by rank 0 first under ``torchrun`` (see below)."""
-    # Under torchrun rank 0 builds first: a dataset that writes files (dataset: shapes) is complete before the other
-    # ranks read it.
+    """The recipe's datasets of ``splits``, built by rank 0 first under ``torchrun``: a dataset that writes files
+    (``dataset: shapes``) is complete before the other ranks read it."""
     with main_first():
         return build_datasets(config.data, config.task, splits, config.source)
 
@@ -138,13 +137,10 @@ def _build_for_checkpoint(model_kwargs: dict[str, Any], source: str) -> nn.Modul
     """Build the recipe's model for weights that come from a checkpoint: no ``weights`` / ``weights_backbone``
     download, but the same modules as in training. A detector picks FrozenBatchNorm2d because it was given weights,
     so that choice is kept explicitly (and build_detector's warnings about a random backbone do not apply)."""
-    kwargs = dict(model_kwargs)
-    pretrained = any(kwargs.get(k) is not None for k in ("weights", "weights_backbone"))
-    for key in ("weights", "weights_backbone"):
-        if kwargs.get(key) is not None:
-            kwargs[key] = None
+    dropped = {k: None for k in ("weights", "weights_backbone") if model_kwargs.get(k) is not None}
+    kwargs = {**model_kwargs, **dropped}
     detector = architecture(kwargs["arch"], source).name in KINDS  # build_detector's
-    if not (pretrained and detector and isinstance(kwargs.get("backbone", ""), str)):
+    if not (dropped and detector and isinstance(kwargs.get("backbone", ""), str)):
         return build_model(kwargs, source)
     kwargs["norm"] = kwargs.get("norm") or "frozen_bn"
     with warnings.catch_warnings():

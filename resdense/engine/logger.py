@@ -17,10 +17,10 @@ from typing import Any, Protocol
 
 # The reader of the files written here lives one floor down, where plot_curves needs it; re-exported.
 from resdense.evaluation import scalar_metrics
-from resdense.files import append_text, write_text
-from resdense.visualize import read_csv
+from resdense.files import append_text, write_json, write_text
+from resdense.visualize import plot_curves, read_csv
 
-__all__ = ["NullLogger", "RunLogger", "Sink", "read_csv"]
+__all__ = ["NullLogger", "RunLogger", "Sink", "read_csv", "write_results"]
 
 log = logging.getLogger(__name__)
 
@@ -194,3 +194,12 @@ class NullLogger:
 
     def close(self, status: str = "FINISHED") -> None:
         pass
+
+
+def write_results(run_dir: Path, result: dict[str, Any]) -> None:
+    """A finished run's ``metrics.json`` (``result``) and ``curves.png`` (a failure to draw is a warning)."""
+    write_json(run_dir / "metrics.json", result)
+    try:
+        plot_curves(run_dir, run_dir / "curves.png")
+    except Exception as err:  # a plotting problem must never lose a finished run
+        logging.getLogger("resdense.engine.trainer").warning("could not draw curves: %s", err)

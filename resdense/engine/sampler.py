@@ -16,8 +16,9 @@ import torch
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from resdense.data import seed_transforms
+from resdense.errors import DataError
 
-__all__ = ["ResumableSampler", "SeededDataset", "groups", "sample_seed"]
+__all__ = ["ResumableSampler", "SeededDataset", "groups", "sample_seed", "train_sampler"]
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -122,3 +123,17 @@ def groups(batches: Iterable, k: int) -> Iterator[list]:
         if len(group) == k:
             yield group
             group = []
+
+
+def train_sampler(n: int, seed: int, batch_size: int, accumulate: int, rank: int, world_size: int,
+                  words: str) -> tuple[ResumableSampler, int]:
+    """The shuffled sampler of ``n`` training samples and its iterations per epoch of whole global batches
+    (``words``), or of one short batch; raises DataError when empty or smaller than a multi-batch global batch."""
+    global_batch = world_size * batch_size * accumulate
+    if n == 0:
+        raise DataError("the training dataset is empty")
+    if n < global_batch and global_batch > batch_size:
+        raise DataError(f"the training set has {n} images, fewer than one global batch of {global_batch} ({words})")
+    iters = max(1, n // global_batch)
+    return ResumableSampler(n, seed=seed, shuffle=True, batch_size=batch_size, rank=rank, world_size=world_size,
+                            samples_per_epoch=iters * global_batch if n >= global_batch else n), iters

@@ -24,8 +24,8 @@ _NORMS = (NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
 def param_groups(model: nn.Module, weight_decay: float, norm_weight_decay: float) -> list[dict]:
-    """Split trainable parameters: norm-layer weights and all biases get ``norm_weight_decay`` (timm's rule:
-    decaying them only shrinks a scale the next layer undoes). Frozen parameters are left out."""
+    """Split trainable parameters: norm-layer weights and all biases get ``norm_weight_decay`` (decaying them
+    only shrinks a scale the next layer undoes). Frozen parameters are left out."""
     decay, no_decay = [], []
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
@@ -39,11 +39,8 @@ def param_groups(model: nn.Module, weight_decay: float, norm_weight_decay: float
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with momentum or AdamW over the model's trainable parameters.
-
-    The fused implementations are used where torch has them (CPU and CUDA, torch >= 2.4): on a CPU the per-tensor
-    AdamW loop costs a quarter of a small U-Net's training step, the fused kernel a twentieth of that.
-    """
+    """SGD with momentum or AdamW over the model's trainable parameters: torch's fused implementation where it has
+    one (CPU and CUDA, torch >= 2.4), else the per-tensor loop."""
     groups = param_groups(model, cfg.weight_decay, cfg.norm_weight_decay)
     cls, kwargs = ((torch.optim.SGD, {"momentum": cfg.momentum}) if cfg.optimizer == "sgd"
                    else (torch.optim.AdamW, {"betas": tuple(cfg.betas)}))
@@ -59,9 +56,9 @@ def lr_factor(it: int, total: int, cfg: TrainConfig, progress: float | None = No
     """Multiplier of the base learning rate at iteration ``it`` (0-based) of ``total``, or, when ``progress`` (the
     fraction of the training-time budget spent, ``train.schedule_by: time``) is given, at that point of the run.
 
-    Linear warm-up from ``warmup_factor`` to 1 over ``warmup_iters`` (Goyal et al. 2017), then the schedule:
-    ``cosine`` decays to ``min_lr_ratio`` at ``total`` (Loshchilov & Hutter 2017) over the post-warm-up span,
-    ``step`` multiplies by ``gamma`` at each milestone, ``constant`` stays at 1.
+    Linear warm-up from ``warmup_factor`` to 1 over ``warmup_iters``, then the schedule: ``cosine`` decays to
+    ``min_lr_ratio`` at ``total`` over the post-warm-up span, ``step`` multiplies by ``gamma`` at each milestone,
+    ``constant`` stays at 1.
     """
     if cfg.warmup_iters > 0 and it < cfg.warmup_iters:
         alpha = it / cfg.warmup_iters
@@ -103,7 +100,7 @@ class BackboneFreeze(HookBase):
     itself made trainable train again: stages frozen by ``frozen_stages`` / ``trainable_stages`` or a
     ``Classifier(freeze_backbone=True)`` stay frozen, and ``model.train()`` re-applies the model's own mode rules.
     The state is a function of the iteration (:meth:`apply` before every step: a training hook), so a resumed run is
-    frozen exactly when the uninterrupted one was. This is the "linear probe, then fine-tune" recipe (Kumar et al. 2022, LP-FT).
+    frozen exactly when the uninterrupted one was.
 
     Args:
         model: a head model (see :func:`resdense.heads.backbone_of`).

@@ -1,18 +1,20 @@
 """One optimizer step's forward and backward passes over ``train.accumulate`` micro-batches, under DDP or not.
 
-The :class:`~resdense.engine.trainer.Trainer` owns what happens around it (the freeze schedule, the non-finite
-policy, gradient clipping, the optimizer, scheduler and EMA steps); this module owns the gradient arithmetic and the
-one all-reduce of a step's losses, non-finite count and stop request.
+This module owns the gradient arithmetic, the one all-reduce of a step's losses, non-finite count and stop request,
+and the optimizer, scaler and schedule steps; the :class:`~resdense.engine.trainer.Trainer` owns the non-finite
+policy, and hooks the freeze schedule and the EMA.
 """
 
 from __future__ import annotations
 
 import math
 import signal
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,7 +24,7 @@ from resdense.errors import ResdenseError
 from . import distributed
 from .tasks.base import Batch, Task
 
-__all__ = ["NonFiniteLossError", "StepResult", "forward_backward", "nonfinite_error"]
+__all__ = ["NonFiniteLossError", "StepResult", "forward_backward", "finish_step", "nonfinite_error"]
 
 
 class NonFiniteLossError(ResdenseError, FloatingPointError):
@@ -83,9 +85,29 @@ def forward_backward(net: nn.Module, task: Task, micro: list[Batch], device: tor
     return StepResult(values, bad, nonfinite, stop)
 
 
+def finish_step(optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler,
+                parameters: Iterable[nn.Parameter], grad_clip: float | None, skip: bool,
+                losses: dict[str, float]) -> None:
+    """The optimizer step (gradient norm clipped to ``grad_clip``, the norm before in ``losses["grad_norm"]``), or
+    for a ``skip``-ped step the gradients dropped; the schedule advances either way."""
+    if skip:
+        optimizer.zero_grad(set_to_none=True)
+        with warnings.catch_warnings():  # the scheduler warns of a step without an optimizer step
+            warnings.simplefilter("ignore", UserWarning)
+            scheduler.step()
+        return
+    if grad_clip is not None:
+        scaler.unscale_(optimizer)
+        losses["grad_norm"] = float(nn.utils.clip_grad_norm_(parameters, grad_clip))
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+
+
 def nonfinite_error(iteration: int, losses: dict[str, float], image_ids: list, last: Path) -> NonFiniteLossError:
     """The error that ends training at ``iteration`` (1-based) after too many non-finite losses; ``image_ids`` are
-    every rank's bad images, ``last`` the run's ``last.pt`` (left untouched)."""
+    this rank's bad images (every rank's are gathered: a collective), ``last`` the run's ``last.pt`` (untouched)."""
+    image_ids = [i for rank_ids in distributed.all_gather_object(image_ids) for i in rank_ids]
     kept = f"the last good checkpoint {last} is untouched" if last.exists() else "no checkpoint was written"
     terms = ", ".join(f"{k}={v:.6g}" for k, v in losses.items())
     err = NonFiniteLossError(f"iteration {iteration}: non-finite loss ({terms}) on the batch with image ids "

@@ -1,4 +1,4 @@
-"""The training loop: it runs steps, and hooks do the rest (detectron2's ``engine/train_loop.py``).
+"""The training loop: it runs steps, and hooks do the rest.
 
 :class:`TrainLoop` calls each hook's ``before_train``, then ``before_step``, the step and ``after_step`` until
 ``total_iters`` or a stop request, then ``after_train`` and, whatever happened, ``close``. A checkpoint is the

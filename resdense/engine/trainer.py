@@ -1,25 +1,16 @@
-"""The :class:`~resdense.engine.train_loop.TrainLoop` of resdense's tasks: one model, one task adapter, a train and a
-val dataset, a :class:`TrainConfig`, and the hooks of :mod:`resdense.engine.hooks` with the recipe's ``train.hooks``.
+"""The :class:`~resdense.engine.train_loop.TrainLoop` of resdense's tasks, with :mod:`resdense.engine.hooks`.
 
-Exact resume: every random draw is a function of the seed and the position in the run. The data order comes from
-:class:`ResumableSampler` (epoch ``e``'s permutation from ``seed + e``; a resumed epoch skips its finished
-batches), each sample's augmentation from ``(seed, epoch, index)`` (:class:`SeededDataset`), and the model's own
-randomness (dropout, RPN sampling) from the torch generator, whose state the checkpoint carries together with the
-numpy and Python ones. The loaders get private generators, so creating one never advances the global torch state.
-On CPU a run killed at any iteration and resumed ends with the same weights, bit for bit, as an uninterrupted one.
-
-Under ``torchrun`` (see :mod:`resdense.engine.distributed`) the model trains in DistributedDataParallel: each rank
-loads its slice of every global batch (the sampler's chunks), the ranks agree after each step on the logged losses,
-on a non-finite loss and on a stop request (SIGTERM), rank 0 alone logs and writes files, and every checkpoint holds
-every rank's random generator states, so a job killed and launched again resumes bit-exactly too.
+Data order and augmentation are functions of the seed and the position in the run (:mod:`resdense.engine.sampler`)
+and checkpoints carry every rank's generator states: on CPU a run killed at any iteration and resumed ends with the
+same weights, bit for bit, as an uninterrupted one, under ``torchrun`` (DistributedDataParallel) too.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,27 +20,17 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from resdense.config import EvalConfig, TrainConfig
-from resdense.errors import DataError, WeightsError
-from resdense.files import make_dir, write_json
+from resdense.files import make_dir
 from resdense.hardware import choose_memory_format, choose_precision, machine_summary
-from resdense.visualize import plot_curves
 
-from . import distributed
-from .checkpoint import (
-    CHECKPOINT_FORMAT,
-    check_resumable,
-    load_checkpoint,
-    rng_state,
-    seed_everything,
-    set_rng_state,
-)
-from .ema import EMA, create_ema
+from . import checkpoint, distributed
+from .ema import create_ema
 from .evaluate import autocast, eval_loader, evaluate
-from .hooks import Checkpointer, Evaluator, Logger, StopOnSignal, Timer, recipe_hooks
-from .logger import NullLogger
-from .sampler import ResumableSampler, SeededDataset, groups
-from .schedule import BackboneFreeze, build_optimizer, build_scheduler
-from .step import NonFiniteLossError, forward_backward, nonfinite_error
+from .hooks import Evaluator, trainer_hooks
+from .logger import NullLogger, write_results
+from .sampler import SeededDataset, groups, train_sampler
+from .schedule import build_optimizer, build_scheduler
+from .step import NonFiniteLossError, finish_step, forward_backward, nonfinite_error
 from .tasks.base import Batch, Task, metric_mode
 from .train_loop import HookBase, TrainLoop
 
@@ -73,16 +54,13 @@ class Trainer(TrainLoop):
         hooks: :class:`~resdense.engine.hooks.HookBase` instances, run after those of ``train.hooks``.
         source: the recipe's name in the messages of ``train.hooks``.
 
-    Under ``torchrun`` the process group is joined here when the caller has not (``train.dist_backend``), and
-    ``train.batch_size`` is each process's; the global batch of a step is ``world * batch_size * accumulate``.
+    Under ``torchrun`` the process group is joined here when the caller has not (``train.dist_backend``), rank 0
+    alone logs and writes files, and a step's global batch is ``world * train.batch_size * train.accumulate``.
 
     Attributes:
         world: this process's :class:`~resdense.engine.distributed.World`.
-        net: what training forward passes run through: ``DistributedDataParallel(model)`` under torchrun, else
-            ``model``.
+        net: the training forward passes' module: ``DistributedDataParallel(model)`` under torchrun, else ``model``.
         ema: the :class:`~torch.optim.swa_utils.AveragedModel` of ``train.ema_decay`` (``None`` when off).
-        hooks: the hooks, in the order they run.
-        stopped: why :meth:`fit` stopped before ``total_iters`` (``{"reason": ..., "iteration": ...}``), else ``None``.
     """
 
     def __init__(self, model: nn.Module, task: Task, train_set: Dataset, val_set: Dataset | None,
@@ -95,31 +73,21 @@ class Trainer(TrainLoop):
         self.device = device = distributed.resolve_device(train.device)
         self.precision = choose_precision(train.amp, device)
         self.amp_dtype = self.precision.dtype
+        self.autocast = functools.partial(autocast, device, self.amp_dtype)  # the training forward passes' context
         self.memory_format = choose_memory_format(train.channels_last, device, self.precision, task.name)
         model = self.memory_format.apply(model)  # before the optimizer, DDP and the EMA take the parameters
-        # SyncBatchNorm replaces modules: before the optimizer, the freeze and the EMA take theirs. While the freeze
-        # holds the backbone its parameters get no gradients, which DDP must be told to expect.
+        # SyncBatchNorm swaps modules before the optimizer, freeze and EMA take them; DDP must expect a frozen backbone
         self.model, self.net = distributed.wrap_model(model.to(device), device, sync_bn=train.sync_bn,
                                                       find_unused_parameters=train.freeze_backbone_iters > 0)
         if w.size > 1:
-            seed_everything(train.seed + 1_000_003 * w.rank)  # each rank its own dropout, RPN sampling, ...
+            checkpoint.seed_rank(train.seed, w.rank)
         self.train_set, self.val_set, self.accumulate = SeededDataset(train_set), val_set, train.accumulate
         self.global_batch = w.size * train.batch_size * train.accumulate
-        n = len(train_set)
-        if n == 0:
-            raise DataError("the training dataset is empty")
-        if n < self.global_batch and self.global_batch > train.batch_size:
-            raise DataError(f"the training set has {n} images, fewer than one global batch of {self.global_batch} "
-                            f"({self._batch_words()})")
-        # Whole global batches only (drop_last keeps BatchNorm away from a final batch of one); a set smaller than the
-        # batch of a single process without accumulation is one short batch.
-        self.drop_last = n >= self.global_batch
-        self.iters_per_epoch = n // self.global_batch if self.drop_last else 1
+        self.batch_words = checkpoint.batch_words(w.size, train.batch_size, train.accumulate)
+        self.sampler, self.iters_per_epoch = train_sampler(len(train_set), train.seed, train.batch_size,
+                                                           train.accumulate, w.rank, w.size, self.batch_words)
+        self.drop_last = len(train_set) >= self.global_batch  # whole global batches, unless one short batch
         self.total_iters = train.iterations or train.epochs * self.iters_per_epoch
-        self.sampler = ResumableSampler(n, seed=train.seed, shuffle=True, batch_size=train.batch_size, rank=w.rank,
-                                        world_size=w.size, samples_per_epoch=self.iters_per_epoch * self.global_batch
-                                        if self.drop_last else n)
-        # The optimizer holds every parameter the model trains, the backbone's too while the freeze schedule holds it.
         self.optimizer = build_optimizer(self.model, train)
         self.timings = {"train_s": 0.0, "eval_s": 0.0}  # the schedule's clock is train_s (rank 0's under torchrun)
         self.scheduler = build_scheduler(self.optimizer, self.total_iters, train, clock=lambda: self.timings["train_s"])
@@ -131,34 +99,22 @@ class Trainer(TrainLoop):
         self.logger = NullLogger()  # the Logger hook's RunLogger on rank 0 while fit() runs
         self.evaluator = Evaluator(self.eval_cfg, m := self.eval_cfg.metric or task.default_metric,
                                    metric_mode(m, self.eval_cfg.mode))
-        freeze = BackboneFreeze(self.model, train.freeze_backbone_iters) if train.freeze_backbone_iters else None
-        self.register_hooks([*([EMA(self.ema)] if self.ema else []), Timer(train.max_minutes), *filter(None, [freeze]),
-                             Logger(), *recipe_hooks(train.hooks, source), *hooks, StopOnSignal(), self.evaluator,
-                             Checkpointer(train.checkpoint_every, lambda: self.evaluator.best.get("evaluated_at"))])
+        self.register_hooks(trainer_hooks(self, hooks, source))
 
     def clock(self) -> float:
         return _now()
-
-    def _batch_words(self) -> str:
-        return (f"{self.world.size} processes x train.batch_size {self.cfg.batch_size} x train.accumulate "
-                f"{self.accumulate}")
 
     def val_loader(self) -> DataLoader | None:
         return None if self.val_set is None else eval_loader(self.task, self.val_set, self.eval_cfg,
                                                              self.cfg.num_workers)
 
-    def autocast(self):
-        return autocast(self.device, self.amp_dtype)
-
-    # ---- the loop -------------------------------------------------------------------------------------------------
     def fit(self, resume: str | os.PathLike | None = None) -> dict[str, Any]:
-        """Train to ``total_iters``, or until a hook stops it (``eval.patience``, ``train.max_minutes``), evaluate and
-        return the final metrics (also in ``run_dir/metrics.json``)."""
+        """Train to ``total_iters`` or until a hook stops it, evaluate, return the metrics of ``metrics.json``."""
         if self.world.main:
             make_dir(self.run_dir, "run directory")
         log.info("precision %s (%s)", self.precision.name, self.precision.reason)
         log.info("memory format %s (%s)", self.memory_format.name, self.memory_format.reason)
-        log.info("global batch %d (%s)", self.global_batch, self._batch_words())
+        log.info("global batch %d (%s)", self.global_batch, self.batch_words)
         self.maybe_resume(resume)
         self.model.train()
         return self.train()
@@ -186,97 +142,59 @@ class Trainer(TrainLoop):
             self.nonfinite += 1
             if self.nonfinite > self.cfg.max_nonfinite:
                 ids = [i for batch in result.bad for i in self.task.image_ids(batch, self.train_set.dataset)]
-                ids = [i for rank_ids in distributed.all_gather_object(ids) for i in rank_ids]  # every rank's
                 raise nonfinite_error(self.iteration + 1, self.losses, ids, self.run_dir / "last.pt")
             log.warning("iteration %d: non-finite loss %s, step skipped", self.iteration + 1, self.losses)
-            self.optimizer.zero_grad(set_to_none=True)
-            with warnings.catch_warnings():  # the schedule advances even though this step was skipped
-                warnings.simplefilter("ignore", UserWarning)
-                self.scheduler.step()
-        else:
-            if self.cfg.grad_clip is not None:
-                self.scaler.unscale_(self.optimizer)
-                self.losses["grad_norm"] = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip))
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
+        finish_step(self.optimizer, self.scheduler, self.scaler, self.model.parameters(), self.cfg.grad_clip,
+                    self.skipped, self.losses)
         self.iteration += 1
 
-    @property
-    def eval_model(self) -> nn.Module:
-        """The weights that evaluation scores: the EMA's once it has averaged a step, else the model."""
-        return self.ema.module if self.ema is not None and int(self.ema.n_averaged) > 0 else self.model
-
     def evaluate(self) -> dict[str, Any]:
-        """Metrics of :attr:`eval_model` on the validation set (in eval mode; train mode restored after). Under
-        torch.distributed every rank scores its shard with rank 0's BatchNorm statistics (what checkpoints hold)."""
-        distributed.broadcast_buffers(self.eval_model)
-        return evaluate(self.eval_model, self.task, self.val_set, self.eval_cfg, self.device, dtype=self.amp_dtype,
+        """Metrics on the validation set of the EMA's weights once it has averaged a step, else the model's (in eval
+        mode; train mode restored after). Under torch.distributed every rank scores its shard with rank 0's
+        BatchNorm statistics (what checkpoints hold)."""
+        model = self.ema.module if self.ema is not None and int(self.ema.n_averaged) > 0 else self.model
+        distributed.broadcast_buffers(model)
+        return evaluate(model, self.task, self.val_set, self.eval_cfg, self.device, dtype=self.amp_dtype,
                         num_workers=self.cfg.num_workers)
 
-    # ---- checkpoints ----------------------------------------------------------------------------------------------
     def own_state(self) -> dict[str, Any]:
         """Weights, optimizer, schedule, iteration, generators (every rank's: a collective under torchrun)."""
-        w = self.world
-        return {"format": CHECKPOINT_FORMAT, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "iteration": self.iteration, "epoch": self.iteration // self.iters_per_epoch, "rng": rng_state(),
-                **({"rng_ranks": distributed.all_gather_object(rng_state())} if w.size > 1 else {}),
-                "world": {"size": w.size, "batch_size": self.cfg.batch_size, "accumulate": self.accumulate},
+        return {"format": checkpoint.CHECKPOINT_FORMAT,
+                **{name: getattr(self, name).state_dict() for name in ("model", "optimizer", "scheduler", "scaler")},
+                "iteration": self.iteration, "epoch": self.iteration // self.iters_per_epoch,
+                **checkpoint.rng_entries(self.world),
+                "world": {"size": self.world.size, "batch_size": self.cfg.batch_size, "accumulate": self.accumulate},
                 "timings": dict(self.timings), "config": self.config, "hardware": self.hardware()}
 
     def load_own_state(self, ckpt: dict[str, Any]) -> None:
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
+        for name in ("model", "optimizer", "scheduler"):
+            getattr(self, name).load_state_dict(ckpt[name])
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.iteration = int(ckpt["iteration"])
         self.timings = dict(ckpt.get("timings") or self.timings)
-        stored = ckpt.get("rng_ranks") or [ckpt["rng"]]
-        if len(stored) == self.world.size:
-            set_rng_state(stored[self.world.rank])
-        else:  # the data order continues exactly (same global batch); the model's random draws cannot
-            seed_everything(self.cfg.seed + 1_000_003 * self.world.rank + self.iteration)
-            log.warning("resumed on %d processes from a run on %d: the data order continues exactly, the random "
-                        "draws of the model (dropout, detector sampling) do not", self.world.size, len(stored))
+        checkpoint.restore_rng(ckpt, self.world, self.cfg.seed, self.iteration)
 
     def maybe_resume(self, path: str | os.PathLike | None = None) -> bool:
         """Resume from ``path`` or, when ``train.resume``, from ``run_dir/last.pt`` if present."""
-        last = self.run_dir / "last.pt"
-        path = Path(path) if path else last
-        if not path.exists() or (path == last and not self.cfg.resume):
+        path, ckpt = checkpoint.read_resume(path, self.run_dir, self.cfg.resume, self.device)
+        if ckpt is None:
             return False
-        try:
-            ckpt = load_checkpoint(path, map_location=self.device)
-        except WeightsError as err:
-            if path != last:
-                raise
-            best = self.run_dir / "best.pt"
-            other = f", or resume from {best} with --resume {best}" if best.exists() else ""
-            raise WeightsError(f"{err}; cannot resume: --set train.resume=false starts afresh{other}") from None
-        check_resumable(ckpt, path, self.config, self.global_batch, self._batch_words())
+        checkpoint.check_resumable(ckpt, path, self.config, self.global_batch, self.batch_words)
         self.load_state_dict(ckpt)
         log.info("resumed from %s at iteration %d of %d", path, self.iteration, self.total_iters)
         return True
 
     def hardware(self) -> dict[str, Any]:
-        """Where and how the run trains: device, precision, memory format, processes and the machine's line
-        (:func:`resdense.hardware.machine_summary`); a package's model card quotes it."""
-        return {"device": str(self.device), "precision": self.precision.as_dict(),
-                "memory_format": self.memory_format.as_dict(), "processes": self.world.size,
-                "machine": machine_summary()}
+        """Device, precision, memory format, processes and :func:`resdense.hardware.machine_summary`."""
+        return {"device": str(self.device), "precision": self.precision.as_dict(), "memory_format":
+                self.memory_format.as_dict(), "processes": self.world.size, "machine": machine_summary()}
 
     def finish(self) -> dict[str, Any]:
-        report = self.evaluator.report()
-        result = {"task": self.task.name, "metric": report["metric"], "iterations": self.iteration,
-                  "final": report["final"], "best": report["best"], "timings": {k: round(v, 3) for k, v in self.timings.items()}, "stopped": self.stopped,
+        result = {"task": self.task.name, **self.evaluator.report(), "iterations": self.iteration,
+                  "timings": {k: round(v, 3) for k, v in self.timings.items()}, "stopped": self.stopped,
                   "evaluated_weights": "ema" if self.ema is not None else "model", **self.hardware()}
         if self.world.main:
-            write_json(self.run_dir / "metrics.json", result)
-            try:
-                plot_curves(self.run_dir, self.run_dir / "curves.png")
-            except Exception as err:  # a plotting problem must never lose a finished run
-                log.warning("could not draw curves: %s", err)
+            write_results(self.run_dir, result)
         distributed.barrier()  # the run directory is complete when fit() returns, on every rank
         return result
