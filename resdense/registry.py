@@ -134,8 +134,11 @@ class Hook:
     cls: Callable[..., Any]
 
 
+#: ``model.arch`` names: :func:`register_architecture` adds to it.
 ARCHITECTURES: Registry[Architecture] = Registry("architecture")
+#: ``data.dataset`` names: :func:`register_dataset` adds to it.
 DATASETS: Registry[Dataset] = Registry("dataset")
+#: ``train.hooks`` names: :func:`register_hook` adds to it.
 HOOKS: Registry[Hook] = Registry("hook")
 
 

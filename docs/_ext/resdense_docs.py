@@ -27,6 +27,8 @@ from docutils.utils import new_document
 from sphinx.util import logging
 from sphinx.util.docutils import SphinxDirective
 
+import resdense
+
 logger = logging.getLogger(__name__)
 
 _ENTRY = re.compile(r"^(?P<names>[A-Za-z_][\w ,/]*?):\s(?P<text>.*)$")
@@ -265,6 +267,10 @@ def resolve_resdense_reference(app, env, node, contnode):
     if node.get("refdomain") != "py" or not target.startswith("resdense."):
         return None
     domain = env.get_domain("py")
+    if target.count(".") == 1 and target[len("resdense."):] in resdense._EXPORTS:  # a facade name: where it lives
+        target = ".".join(resdense._EXPORTS[target[len("resdense."):]])
+        if target in domain.objects:
+            return domain.resolve_xref(env, node["refdoc"], app.builder, node["reftype"], target, node, contnode)
     parts = target.split(".")
     try:
         wanted = _import(target)

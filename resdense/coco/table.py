@@ -3,8 +3,8 @@
 Where a field holds the plain form JSON decoding gives (an ``int`` id, a ``list`` of 4 ``int`` / ``float`` numbers
 for ``bbox``, a list of polygons of numbers, an RLE dict), its value is stored and a mask or a kind says so. Any
 other value (a missing field, a string where a number belongs, a ``bool``, a numpy scalar in a dict built in
-Python) is not judged here: :mod:`resdense.coco.validate` gets that annotation back with :meth:`~AnnotationTable.
-fetch` and applies its per-value rules, which word every message. So a column may only send too much to the
+Python) is not judged here: :mod:`resdense.coco.validate` gets that annotation back with
+:meth:`~AnnotationTable.fetch` and applies its per-value rules, which word every message. So a column may only send too much to the
 rules, never too little.
 
 Why: a train2017 file has 860k annotations and 20M polygon coordinates. Built a chunk at a time

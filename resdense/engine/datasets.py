@@ -10,9 +10,10 @@
 ``voc``                :class:`resdense.data.VocDetection`                 detection
 ``instance_masks``     :class:`resdense.data.InstanceMaskDataset`          detection
 ``imagefolder``        :class:`resdense.data.ImageFolder`                  classification
-``shapes``             :func:`shapes_part`: :func:`resdense.data.make_shapes` writes the synthetic set first
-                       (``data.shapes``: its arguments), then a ``MaskDataset`` or a ``CocoDetection`` serves it
-                                                                           segmentation, detection
+``shapes``             :func:`resdense.data.make_shapes` writes the         segmentation, detection
+                       synthetic set first (``data.shapes``: its
+                       arguments), then a ``MaskDataset`` or a
+                       ``CocoDetection`` serves it (:func:`shapes_part`)
 =====================  ==================================================  ==========================
 
 A dataset class takes its split's keys and the task preset's transforms as ``transforms=`` (or ``transform=``, as
