@@ -21,7 +21,7 @@ from resdense.inference import TTA, Predictor, run_prediction, sliding_window_lo
 from resdense.inference.tiling import greedy_merge, merge_detections, sliced_detection, window_starts, windows
 from resdense.inference.tta import tta_detections, tta_logits, weighted_box_fusion
 
-from .recipes import det_recipe, seg_recipe, write
+from ..engine.recipes import det_recipe, seg_recipe, write
 
 
 def small_unet() -> UNet:

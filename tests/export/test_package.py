@@ -24,7 +24,7 @@ from resdense.errors import ConfigError, WeightsError
 from resdense.export import export_package
 from resdense.inference import Predictor
 
-from .recipes import det_recipe, seg_recipe, write
+from ..engine.recipes import det_recipe, seg_recipe, write
 
 FILES = {"model.safetensors", "config.yaml", "resdense.json", "README.md"}
 

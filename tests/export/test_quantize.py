@@ -9,7 +9,7 @@ from resdense.errors import ConfigError
 from resdense.export import quantize_checkpoint
 from resdense.heads import QuantizedUNet, quantize_unet
 
-from .recipes import seg_recipe, write
+from ..engine.recipes import seg_recipe, write
 
 
 def test_quantize_checkpoint_calibrates_on_the_recipe_and_agrees_with_float32(tmp_path):
