@@ -3,8 +3,9 @@ of a batch, and one image's preprocessing and prediction."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +75,16 @@ class Task:
         raise NotImplementedError
 
     # ---- evaluation -----------------------------------------------------------------------------------------------
+    def outputs(self, model: nn.Module, loader: DataLoader, device: torch.device,
+                autocast: Callable[[], Any] | None = None) -> Iterator[tuple[Batch, Any]]:
+        """``(batch, model outputs)`` for each batch of ``loader``, moved to ``device``, the forward pass under
+        ``autocast()`` when given."""
+        for batch in loader:
+            batch = self.to_device(batch, device)
+            with autocast() if autocast is not None else contextlib.nullcontext():
+                out = model(batch.inputs)
+            yield batch, out
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device, **kwargs: Any) -> dict[str, Any]:
         """Metrics over ``loader`` (model in eval mode; the caller restores train mode). A ``report=True`` keyword

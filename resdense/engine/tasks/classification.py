@@ -66,13 +66,7 @@ class ClassificationTask(Task):
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device, autocast=None,
                  **kwargs: Any) -> dict[str, Any]:
         n, top1, top5, loss = 0, 0, 0, 0.0
-        for batch in loader:
-            batch = self.to_device(batch, device)
-            if autocast is not None:
-                with autocast():
-                    logits = model(batch.inputs)
-            else:
-                logits = model(batch.inputs)
+        for batch, logits in self.outputs(model, loader, device, autocast):
             logits = logits.float()
             loss += float(F.cross_entropy(logits, batch.targets, reduction="sum"))
             k = min(5, logits.shape[1])

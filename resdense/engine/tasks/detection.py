@@ -68,13 +68,7 @@ class DetectionTask(Task):
         dataset = _base_dataset(loader.dataset)
         evaluator = DetectionEvaluator(dataset.coco, dataset.label_to_cat_id, iou_types=self.iou_types,
                                        backend=self.backend, max_dets=self.max_dets)
-        for batch in loader:
-            batch = self.to_device(batch, device)
-            if autocast is not None:
-                with autocast():
-                    outputs = model(batch.inputs)
-            else:
-                outputs = model(batch.inputs)
+        for batch, outputs in self.outputs(model, loader, device, autocast):
             outputs = [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in o.items()} for o in outputs]
             targets = [{k: v.cpu() if isinstance(v, Tensor) else v for k, v in t.items()} for t in batch.targets]
             evaluator.update(outputs, targets)

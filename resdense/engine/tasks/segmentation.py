@@ -102,10 +102,7 @@ class SegmentationTask(Task):
         also ``confusion_matrix`` (int64 [K, K], rows ground truth, columns prediction; summed over processes)."""
         metrics = SegmentationMetrics(self.num_classes, ignore_index=self.ignore_index, class_names=self.class_names)
         total, count = 0.0, 0
-        for batch in loader:
-            batch = self.to_device(batch, device)
-            with autocast() if autocast is not None else _null():
-                logits = model(batch.inputs)
+        for batch, logits in self.outputs(model, loader, device, autocast):
             logits = logits.float()
             loss = F.cross_entropy(logits, batch.targets, ignore_index=self.ignore_index, reduction="sum")
             valid = int((batch.targets != self.ignore_index).sum())
@@ -187,11 +184,3 @@ def model_divisor(model: nn.Module) -> int:
     encoder = getattr(model, "encoder", None) or getattr(model, "backbone", None)
     v = getattr(encoder, "size_divisibility", None) or getattr(encoder, "output_stride", None)
     return v if isinstance(v, int) and v > 0 else 32
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
