@@ -28,7 +28,7 @@ from _timing import ratio, throughput  # noqa: E402
 
 from resdense._torch_private import onednn_bf16_supported  # noqa: E402
 from resdense.backbones import optimize_for_inference  # noqa: E402
-from resdense.engine import ExportError, export_model  # noqa: E402
+from resdense.export import ExportError, export_model  # noqa: E402
 from resdense.hardware import cpu_capability, native_bf16  # noqa: E402
 from resdense.heads import UNet, build_detector  # noqa: E402
 from tests.backbones.reference import randomize_norm_stats  # noqa: E402

@@ -13,7 +13,7 @@ and our U-Net's training step against smp's, all measured in one run.
    stayed finite, and how many steps the scaler skipped.
 2. Evaluation: :func:`resdense.engine.run_evaluation` of each run's ``last.pt`` on the shapes validation split; the
    headline metrics (a few steps from scratch: the values only show that the path runs, not quality).
-3. ONNX: :func:`resdense.engine.export_model` of the U-Net and the Faster R-CNN (its own verification: onnxruntime's
+3. ONNX: :func:`resdense.export.export_model` of the U-Net and the Faster R-CNN (its own verification: onnxruntime's
    CPU provider against eager fp32 on the CPU), then the exported file in onnxruntime with the
    ``CUDAExecutionProvider`` when onnxruntime-gpu provides it (else the CPU provider, said so) on a validation image,
    max abs difference against eager PyTorch fp32 on the CPU (detections matched one to one first).
@@ -231,11 +231,12 @@ def _ort_session(path: Path, device: torch.device):
 
 
 def export_all(runs: dict, args, device: torch.device, out: Path, failures: list[str]) -> None:
-    from resdense.engine import ExportError, export_model, load_model
+    from resdense.engine import load_model
     from resdense.engine.build import build_dataset
-    from resdense.engine.export import TOLERANCES, match_detections
+    from resdense.export import ExportError, export_model
+    from resdense.export.model import TOLERANCES, match_detections
 
-    print("\n3. ONNX export (resdense.engine.export_model) of the trained U-Net and Faster R-CNN")
+    print("\n3. ONNX export (resdense.export.export_model) of the trained U-Net and Faster R-CNN")
     for recipe in EXPORTED:
         if recipe not in runs:
             continue

@@ -83,9 +83,10 @@ def speed(args) -> None:
 
 
 def quality(checkpoint: str, n: int) -> None:
-    from resdense.engine import load_model, quantize_checkpoint
+    from resdense.engine import load_model
     from resdense.engine.build import build_dataset
     from resdense.engine.evaluate import evaluate
+    from resdense.export import quantize_checkpoint
 
     fp32, run = load_model(checkpoint, device="cpu")
     t0 = time.perf_counter()

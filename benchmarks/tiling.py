@@ -41,7 +41,7 @@ def _model():
 
 
 def _one_mode(mode: str, size: int, tile: int, tile_batch: int) -> dict:
-    from resdense.engine import sliding_window_logits
+    from resdense.inference import sliding_window_logits
 
     model = _model()
     with torch.no_grad():
@@ -71,7 +71,8 @@ def part_tiles(size: int, tile: int) -> None:
 
 
 def part_tta(size: int) -> None:
-    from resdense.engine import TTA, Predictor, SegmentationTask
+    from resdense.engine import SegmentationTask
+    from resdense.inference import TTA, Predictor
 
     model = _model()
     image = (torch.rand(3, size, size) * 255).to(torch.uint8)
@@ -117,7 +118,8 @@ def _shapes_canvas(size: int) -> torch.Tensor:
 
 
 def _one_mask_mode(mode: str, size: int, tile: int, dets: int) -> dict:
-    from resdense.engine import DetectionTask, Predictor, sliced_detection
+    from resdense.engine import DetectionTask
+    from resdense.inference import Predictor, sliced_detection
 
     model = _mask_rcnn(dets)
     task = DetectionTask(["square", "circle", "triangle"], iou_types=("bbox", "segm"))
@@ -141,7 +143,7 @@ def _one_mask_mode(mode: str, size: int, tile: int, dets: int) -> dict:
 
 
 def _window_count(size: int, tile: int) -> int:
-    from resdense.engine.tiling import windows
+    from resdense.inference.tiling import windows
 
     return len(windows(size, size, tile, 0.25))
 

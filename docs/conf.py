@@ -55,7 +55,7 @@ nitpick_ignore_regex = [
 # The modules of the API reference: each public class and function in them needs a docstring (else a warning).
 resdense_public_modules = [  # and their submodules
     "resdense.backbones", "resdense.heads", "resdense.data", "resdense.evaluation", "resdense.coco",
-    "resdense.engine", "resdense.config", "resdense.registry", "resdense.hardware", "resdense.errors",
-    "resdense.visualize", "resdense.api", "resdense.files", "resdense.optional", "resdense.recipes",
-    "resdense.typecheck",
+    "resdense.engine", "resdense.inference", "resdense.export", "resdense.config", "resdense.registry",
+    "resdense.hardware", "resdense.errors", "resdense.visualize", "resdense.api", "resdense.files",
+    "resdense.optional", "resdense.recipes", "resdense.typecheck",
 ]

@@ -7,7 +7,7 @@
 
 The entry points below are imported on first use, as timm and smp do for their heavy parts: ``import resdense``
 alone loads no torch, so tools that only read recipes (:mod:`resdense.config`) stay quick. The subpackages hold the
-rest: ``resdense.backbones``, ``.heads``, ``.data``, ``.evaluation``, ``.engine`` (see the README's Architecture).
+rest: ``resdense.backbones``, ``.heads``, ``.data``, ``.evaluation``, ``.engine``, ``.inference``, ``.export`` (see the README's Architecture).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ _EXPORTS = {
     "load_config": ("resdense.engine", "load_config"),  # every section checked, model/data included
     "train": ("resdense.engine", "run_training"),
     "evaluate": ("resdense.engine", "run_evaluation"),
-    "predict": ("resdense.engine", "run_prediction"),
-    "Predictor": ("resdense.engine", "Predictor"),
-    "TTA": ("resdense.engine", "TTA"),
+    "predict": ("resdense.inference", "run_prediction"),
+    "Predictor": ("resdense.inference", "Predictor"),
+    "TTA": ("resdense.inference", "TTA"),
     # a user's architectures, datasets and training hooks, by name in recipes (with imports: [their module])
     "register_architecture": ("resdense.registry", "register_architecture"),
     "register_backbone": ("resdense.registry", "register_backbone"),
@@ -62,11 +62,12 @@ __all__ = [  # = _EXPORTS and __version__ (tests/test_package.py)
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports these lazily
     from resdense.backbones import create_backbone, optimize_for_inference
-    from resdense.engine import TTA, Predictor, load_config
+    from resdense.engine import load_config
     from resdense.engine import run_evaluation as evaluate
-    from resdense.engine import run_prediction as predict
     from resdense.engine import run_training as train
     from resdense.heads import FPN, UNet, build_detector, create_classifier, smp_model
+    from resdense.inference import TTA, Predictor
+    from resdense.inference import run_prediction as predict
     from resdense.registry import register_architecture, register_backbone, register_dataset, register_hook
 
 

@@ -124,7 +124,7 @@ def foreach_copy_(tensors: list[Tensor], sources: list[Tensor]) -> None:
     torch._foreach_copy_(tensors, sources)
 
 
-# ---- export (resdense.engine.export) -----------------------------------------------------------------------------
+# ---- export (resdense.export.model) -----------------------------------------------------------------------------
 def clear_forward_pre_hooks(module: nn.Module) -> None:
     """Remove every forward pre-hook of ``module`` (not of its children). ``torch.jit.script`` refuses modules with
     hooks it cannot compile, such as the detectors' target check; a module keeps no public handle list."""

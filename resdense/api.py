@@ -19,17 +19,11 @@ from torchvision.models import get_model_weights
 from resdense.backbones import list_backbones
 from resdense.config import list_configs, read_yaml
 from resdense.data import IMAGENET_MEAN, IMAGENET_STD
-from resdense.engine import (
-    ClassificationTask,
-    Predictor,
-    as_rgb,
-    run_evaluation,
-    run_prediction,
-    run_training,
-)
+from resdense.engine import ClassificationTask, run_evaluation, run_training
 from resdense.engine.architectures import builder_name
 from resdense.errors import ConfigError
 from resdense.heads import create_classifier
+from resdense.inference import Predictor, as_rgb, run_prediction
 from resdense.registry import ARCHITECTURES, DATASETS
 
 log = logging.getLogger(__name__)

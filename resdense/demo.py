@@ -18,12 +18,13 @@ import numpy as np
 from PIL import Image
 
 from resdense.data import read_image
-from resdense.engine import Predictor, load_config, run_evaluation, run_training
+from resdense.engine import load_config, run_evaluation, run_training
 from resdense.engine.build import build_dataset
 from resdense.engine.report import markdown_table
 from resdense.errors import ConfigError
 from resdense.files import make_dir, write_json, write_text
 from resdense.hardware import cpu_capability, machine_summary, native_bf16
+from resdense.inference import Predictor
 from resdense.visualize import draw_boxes, overlay_mask, save_image, side_by_side
 
 __all__ = ["run_demo", "DEMO_CONFIGS", "HEADLINE"]

@@ -39,12 +39,14 @@ LAYERS = {
     "resdense.data": 4,  # datasets, transforms, loaders, synthetic shapes, checks
     "resdense.evaluation": 4,  # COCO mAP, detection evaluator, segmentation metrics
     "resdense.visualize": 4,  # overlays, boxes, curves
-    "resdense.engine": 5,  # recipe -> objects (build, model/data checks), trainer, checkpoints, runners
-    "resdense.api": 6,  # train / evaluate / predict / classify / available over the engine
-    "resdense.demo": 6,  # the one-command demo
-    "resdense.cli": 7,  # argparse in, library call, print out
-    "resdense.__main__": 8,  # `python -m resdense`
-    "resdense": 8,  # the package facade: lazy re-exports of what a user types
+    "resdense.engine": 5,  # recipe -> objects (build, model/data checks), tasks, trainer, checkpoints, loading, runners
+    "resdense.inference": 6,  # the Predictor, tiling, TTA, `resdense predict`'s runner
+    "resdense.export": 7,  # whole-model ONNX / TorchScript / pt2, int8, writing packages
+    "resdense.api": 8,  # train / evaluate / predict / classify / available over the engine
+    "resdense.demo": 8,  # the one-command demo
+    "resdense.cli": 9,  # argparse in, library call, print out
+    "resdense.__main__": 10,  # `python -m resdense`
+    "resdense": 10,  # the package facade: lazy re-exports of what a user types
 }
 
 # Units whose functions import resdense modules on purpose, and why.

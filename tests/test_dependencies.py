@@ -85,8 +85,8 @@ def test_a_missing_optional_module_is_one_line_naming_the_extra(monkeypatch):
 def test_export_without_verification_needs_no_onnxruntime(tmp_path, monkeypatch):
     import torch
 
-    from resdense.engine.export import export_model
     from resdense.errors import MissingDependency
+    from resdense.export.model import export_model
     from resdense.heads import UNet
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)

@@ -79,10 +79,11 @@ EXPORTS = {
     "create_backbone": "resdense.backbones", "create_classifier": "resdense.heads",
     "optimize_for_inference": "resdense.backbones", "build_detector": "resdense.heads", "UNet": "resdense.heads",
     "FPN": "resdense.heads", "smp_model": "resdense.heads", "load_config": "resdense.engine",
-    "Predictor": "resdense.engine", "TTA": "resdense.engine", "register_architecture": "resdense.registry",
+    "Predictor": "resdense.inference", "TTA": "resdense.inference", "register_architecture": "resdense.registry",
     "register_dataset": "resdense.registry", "register_backbone": "resdense.registry", "register_hook": "resdense.registry",
 }
-ALIASES = {"train": "run_training", "evaluate": "run_evaluation", "predict": "run_prediction"}
+ALIASES = {"train": ("resdense.engine", "run_training"), "evaluate": ("resdense.engine", "run_evaluation"),
+           "predict": ("resdense.inference", "run_prediction")}
 
 
 def test_top_level_names_are_the_library_objects():
@@ -93,9 +94,8 @@ def test_top_level_names_are_the_library_objects():
     assert set(resdense.__all__) == {"__version__", *EXPORTS, *ALIASES} == {"__version__", *resdense._EXPORTS}
     for name, module in EXPORTS.items():
         assert getattr(resdense, name) is getattr(importlib.import_module(module), name), name
-    engine = importlib.import_module("resdense.engine")
-    for name, target in ALIASES.items():
-        assert getattr(resdense, name) is getattr(engine, target), name
+    for name, (module, target) in ALIASES.items():
+        assert getattr(resdense, name) is getattr(importlib.import_module(module), target), name
     assert set(resdense.__all__) <= set(dir(resdense))
     assert isinstance(resdense.__version__, str) and resdense.__version__.count(".") == 2
     with pytest.raises(AttributeError, match="no attribute 'create_backbon'"):

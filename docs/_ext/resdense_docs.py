@@ -27,6 +27,8 @@ from docutils.utils import new_document
 from sphinx.util import logging
 from sphinx.util.docutils import SphinxDirective
 
+import resdense
+
 logger = logging.getLogger(__name__)
 
 _ENTRY = re.compile(r"^(?P<names>[A-Za-z_][\w ,/]*?):\s(?P<text>.*)$")
@@ -263,8 +265,6 @@ class ApiFacade(_Generated):
     to where it is documented."""
 
     def run(self) -> list[nodes.Node]:
-        import resdense
-
         self.env.note_dependency(resdense.__file__)
         rows = [(f"``resdense.{name}``", f":py:obj:`{module}.{attr}`")
                 for name, (module, attr) in resdense._EXPORTS.items()]
@@ -280,8 +280,6 @@ def resolve_resdense_reference(app, env, node, contnode):
     if node.get("refdomain") != "py" or not target.startswith("resdense."):
         return None
     domain = env.get_domain("py")
-    import resdense
-
     facade = resdense._EXPORTS.get(target.partition(".")[2])
     if facade is not None:  # resdense.load_config -> resdense.engine.load_config, then as any other target
         target = ".".join(facade)

@@ -37,7 +37,7 @@ def trace_to_onnx(model: nn.Module, args: tuple, path: str | os.PathLike, *, inp
                   output_names: list[str], dynamic_axes: dict[str, dict[int, str]] | None, opset: int = 17) -> None:
     """``torch.onnx.export`` of ``model`` in eval mode with the TorchScript-based exporter (``dynamo=False``, the
     route torchvision's own ONNX tests take), its tracer warnings silenced; the train/eval mode is restored after.
-    Shared by :func:`export_onnx` and the whole-model export of :mod:`resdense.engine.export`."""
+    Shared by :func:`export_onnx` and the whole-model export of :mod:`resdense.export.model`."""
     require("onnx", "export", "ONNX export")  # torch.onnx's TorchScript exporter writes through the onnx package
     was_training = model.training
     model.eval()

@@ -32,8 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # deferred: the library loads torch (seconds); `resdense --help` should not wait for it
-    from resdense.engine import export_model, export_package
     from resdense.errors import ConfigError
+    from resdense.export import export_model, export_package
 
     config, checkpoint = (args.config, args.checkpoint) if args.checkpoint else (None, args.config)
     if args.format == "package":

@@ -41,8 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # deferred: the library loads torch (seconds); `resdense --help` should not wait for it
-    from resdense.engine import TTA, run_prediction
     from resdense.errors import ConfigError
+    from resdense.inference import TTA, run_prediction
 
     tta = None
     if args.tta or args.tta_scales:

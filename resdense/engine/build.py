@@ -14,7 +14,7 @@ them.
 
 ``data.train`` / ``data.val`` are the dataset class's keyword arguments; ``data.train_transforms`` /
 ``data.val_transforms`` those of the task's preset (:func:`resdense.data.segmentation_transforms`,
-:func:`resdense.data.detection_transforms`, or :func:`classification_transforms` below); ``null`` means no
+:func:`resdense.data.detection_transforms`, or :func:`~resdense.engine.tasks.classification_transforms`); ``null`` means no
 transforms. ``dataset: shapes`` takes ``data.shapes``, the arguments of :func:`resdense.data.make_shapes`.
 
 Every shipped dataset class takes ``split`` (a text file of sample names, or a list of them) to serve part of a
@@ -34,17 +34,10 @@ from typing import Any
 
 from torch import nn
 from torch.utils.data import Dataset
-from torchvision import transforms as T
 
 from resdense import config as recipe
 from resdense.config import Config, check_type, unknown_key_error, wrong_type_error
-from resdense.data import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    detection_transforms,
-    make_shapes,
-    segmentation_transforms,
-)
+from resdense.data import make_shapes
 from resdense.errors import ConfigError
 from resdense.registry import DATASETS, HOOKS
 from resdense.registry import Dataset as DatasetEntry
@@ -53,9 +46,22 @@ from .architectures import architecture, model_params, signature_params
 from .datasets import SHAPES, shapes_class
 from .tasks import ClassificationTask, DetectionTask, SegmentationTask
 
-__all__ = ["load_config", "config_from_dict", "check_config", "import_extensions", "is_checked", "build_model",
-           "build_dataset", "build_datasets", "check_disjoint", "build_task", "check_model_section",
-           "check_data_section", "classification_transforms", "fill_num_classes", "classes_key"]
+__all__ = [
+    "load_config",
+    "config_from_dict",
+    "check_config",
+    "import_extensions",
+    "is_checked",
+    "build_model",
+    "build_dataset",
+    "build_datasets",
+    "check_disjoint",
+    "build_task",
+    "check_model_section",
+    "check_data_section",
+    "fill_num_classes",
+    "classes_key",
+]
 
 _DATA_KEYS = ("dataset", "train", "val", "shapes", "train_transforms", "val_transforms", "allow_overlap")
 
@@ -159,8 +165,8 @@ def _dataset_entry(section: Mapping[str, Any], task: str, source: str) -> Datase
 
 
 def _transforms_fn(task: str) -> Callable:
-    return {"segmentation": segmentation_transforms, "detection": detection_transforms,
-            "classification": classification_transforms}[task]
+    return {"segmentation": SegmentationTask, "detection": DetectionTask, "classification": ClassificationTask}[
+        task].transforms
 
 
 def _split_params(entry: DatasetEntry, task: str) -> dict[str, Any]:
@@ -208,17 +214,6 @@ def check_data_section(section: Mapping[str, Any], task: str, source: str) -> No
 
 
 # ---- datasets ----------------------------------------------------------------------------------------------------
-def classification_transforms(train: bool = True, size: int = 224, *, resize: int = 256, hflip: float = 0.5,
-                              scale: tuple[float, float] = (0.08, 1.0),
-                              mean: tuple[float, float, float] = IMAGENET_MEAN,
-                              std: tuple[float, float, float] = IMAGENET_STD) -> Callable:
-    """torchvision's ImageNet recipe on PIL images: training ``RandomResizedCrop(size, scale)`` + flip; evaluation
-    ``Resize(resize)`` + ``CenterCrop(size)``; then ``[3, size, size]`` float tensors normalised with mean/std."""
-    ops = ([T.RandomResizedCrop(size, scale=tuple(scale)), T.RandomHorizontalFlip(hflip)] if train
-           else [T.Resize(resize), T.CenterCrop(size)])
-    return T.Compose([*ops, T.ToTensor(), T.Normalize(mean, std)])
-
-
 def _transforms(section: Mapping[str, Any], task: str, split: str):
     key = f"{split}_transforms"
     if key not in section or section[key] is None:

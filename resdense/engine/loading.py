@@ -1,5 +1,5 @@
 """A recipe's objects: build them for training (:func:`build_run`), or rebuild a trained model from its checkpoint
-(:func:`load_model`). The runners and the :class:`~resdense.engine.predictor.Predictor` build on these."""
+(:func:`load_model`). The runners and the :class:`~resdense.inference.predictor.Predictor` build on these."""
 
 from __future__ import annotations
 

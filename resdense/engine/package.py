@@ -8,13 +8,13 @@ A package holds:
   paths (the data folders, split files and ``train.output_dir``) are those of the training machine, left as they
   were: only ``resdense eval`` reads the data, and ``--set data.val.root=...`` points it elsewhere;
 - ``resdense.json``: the format version, the resdense and torch versions, task, architecture, class names, the input
-  preprocessing of the :class:`~resdense.engine.predictor.Predictor`, the run's metrics and hardware, and the
+  preprocessing of the :class:`~resdense.inference.predictor.Predictor`, the run's metrics and hardware, and the
   sha256 of ``model.safetensors``;
 - ``README.md``: the model card (optional when reading).
 
 :func:`read_package` checks the format version, the files and the weights' sha256 before any tensor is built;
 :func:`~resdense.engine.loading.load_model` (so :meth:`Predictor.from_pretrained`, ``resdense predict DIR`` and
-``resdense eval DIR``) rebuilds the model from it. :func:`~resdense.engine.package_export.export_package` writes it.
+``resdense eval DIR``) rebuilds the model from it. :func:`~resdense.export.package.export_package` writes it.
 """
 
 from __future__ import annotations

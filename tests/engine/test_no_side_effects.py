@@ -7,7 +7,8 @@ import logging
 
 import torch
 
-from resdense.engine import config_from_dict, run_evaluation, run_prediction, run_training
+from resdense.engine import config_from_dict, run_evaluation, run_training
+from resdense.inference import run_prediction
 
 from .recipes import det_recipe, seg_recipe
 

@@ -1,17 +1,22 @@
-"""What the trainer needs to know about a task: batching, the loss, evaluation and naming the images of a batch."""
+"""What the trainer and the predictor need to know about a task: batching, the loss, evaluation, naming the images
+of a batch, and one image's preprocessing and prediction."""
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from resdense.evaluation import scalar_metrics
 
-__all__ = ["Batch", "Task", "metric_mode"]
+__all__ = ["Batch", "Task", "metric_mode", "preset_arguments"]
 
 
 @dataclass
@@ -33,10 +38,13 @@ class Task:
         name: the task's name.
         default_metric: key of :meth:`evaluate`'s dict that selects the best checkpoint (its direction comes from
             its name: :func:`metric_mode`).
+        transforms: the task's transform preset (``data.train_transforms`` / ``data.val_transforms`` are its
+            keyword arguments).
     """
 
     name = "task"
     default_metric = "loss"
+    transforms: Callable[..., Any]
 
     # ---- batching -------------------------------------------------------------------------------------------------
     def collate(self, items: list[tuple[int, Any]]) -> Batch:
@@ -67,6 +75,16 @@ class Task:
         raise NotImplementedError
 
     # ---- evaluation -----------------------------------------------------------------------------------------------
+    def outputs(self, model: nn.Module, loader: DataLoader, device: torch.device,
+                autocast: Callable[[], Any] | None = None) -> Iterator[tuple[Batch, Any]]:
+        """``(batch, model outputs)`` for each batch of ``loader``, moved to ``device``, the forward pass under
+        ``autocast()`` when given."""
+        for batch in loader:
+            batch = self.to_device(batch, device)
+            with autocast() if autocast is not None else contextlib.nullcontext():
+                out = model(batch.inputs)
+            yield batch, out
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device, **kwargs: Any) -> dict[str, Any]:
         """Metrics over ``loader`` (model in eval mode; the caller restores train mode). A ``report=True`` keyword
@@ -80,6 +98,37 @@ class Task:
     def summary(self, metrics: dict[str, Any]) -> dict[str, float]:
         """The scalar metrics worth a CSV column / report line."""
         return scalar_metrics(metrics)
+
+    # ---- one image, for the predictor ------------------------------------------------------------------------------
+    def preprocess(self, rgb: np.ndarray, transforms: dict[str, Any], *, tiled: bool = False) -> Tensor:
+        """An RGB ``uint8 [H, W, 3]`` image -> the model's input ``[3, H, W]`` on the CPU: the validation preset with
+        ``transforms`` (``data.val_transforms`` and the predictor's ``preprocess``); ``tiled``: windows will cover
+        the image at its own resolution."""
+        raise NotImplementedError
+
+    def infer(self, predictor: Any, x: Tensor, rgb: np.ndarray) -> dict[str, Any]:
+        """The prediction of ``x`` (``rgb`` preprocessed) in ``rgb``'s frame. ``predictor``: the
+        :class:`~resdense.inference.Predictor`, whose model, settings and tiled / augmented forward passes
+        (``dense_logits``, ``detections``) this uses."""
+        raise NotImplementedError
+
+    def preprocessing(self, model: nn.Module, transforms: dict[str, Any], tile: int | None) -> dict[str, Any]:
+        """What :meth:`preprocess` does, as plain values (for users outside resdense: a package records it)."""
+        raise NotImplementedError
+
+    def picture(self, rgb: np.ndarray, pred: dict[str, Any], class_names: list[str], *,
+                score_threshold: float = 0.0) -> np.ndarray:
+        """:meth:`infer`'s prediction drawn over (or beside) the image, ``uint8 [H', W', 3]``."""
+        raise NotImplementedError
+
+
+def preset_arguments(preset: Callable[..., Any], transforms: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The arguments a transform preset gets (its defaults under ``transforms``) and its normalisation as plain
+    values: ``normalize`` (then ``(x - mean) / std``, in ``[0, 1]`` units) and, when on, ``mean`` and ``std``."""
+    kw = {k: p.default for k, p in inspect.signature(preset).parameters.items() if p.default is not p.empty}
+    kw.update(transforms)
+    normalize = bool(kw.get("normalize", True))
+    return kw, {"normalize": normalize, **({"mean": list(kw["mean"]), "std": list(kw["std"])} if normalize else {})}
 
 
 # A metric whose name has one of these words is minimised (mmengine's rule, less_keys = ["loss"], widened to errors).

@@ -2,17 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
+from torchvision import transforms as T
+
+from resdense.data import IMAGENET_MEAN, IMAGENET_STD
+from resdense.visualize import side_by_side
 
 from ..distributed import sum_floats
-from .base import Batch, Task
+from .base import Batch, Task, preset_arguments
 
-__all__ = ["ClassificationTask"]
+__all__ = ["ClassificationTask", "classification_transforms"]
+
+
+def classification_transforms(train: bool = True, size: int = 224, *, resize: int = 256, hflip: float = 0.5,
+                              scale: tuple[float, float] = (0.08, 1.0),
+                              mean: tuple[float, float, float] = IMAGENET_MEAN,
+                              std: tuple[float, float, float] = IMAGENET_STD) -> Callable:
+    """torchvision's ImageNet recipe on PIL images: training ``RandomResizedCrop(size, scale)`` + flip; evaluation
+    ``Resize(resize)`` + ``CenterCrop(size)``; then ``[3, size, size]`` float tensors normalised with mean/std."""
+    ops = ([T.RandomResizedCrop(size, scale=tuple(scale)), T.RandomHorizontalFlip(hflip)] if train
+           else [T.Resize(resize), T.CenterCrop(size)])
+    return T.Compose([*ops, T.ToTensor(), T.Normalize(mean, std)])
 
 
 class ClassificationTask(Task):
@@ -23,6 +41,7 @@ class ClassificationTask(Task):
 
     name = "classification"
     default_metric = "top1"
+    transforms = staticmethod(classification_transforms)
 
     def __init__(self, class_names: list[str], label_smoothing: float = 0.0) -> None:
         self.class_names = list(class_names)
@@ -47,13 +66,7 @@ class ClassificationTask(Task):
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device, autocast=None,
                  **kwargs: Any) -> dict[str, Any]:
         n, top1, top5, loss = 0, 0, 0, 0.0
-        for batch in loader:
-            batch = self.to_device(batch, device)
-            if autocast is not None:
-                with autocast():
-                    logits = model(batch.inputs)
-            else:
-                logits = model(batch.inputs)
+        for batch, logits in self.outputs(model, loader, device, autocast):
             logits = logits.float()
             loss += float(F.cross_entropy(logits, batch.targets, reduction="sum"))
             k = min(5, logits.shape[1])
@@ -70,3 +83,34 @@ class ClassificationTask(Task):
     def predict(self, model: nn.Module, images: list[Tensor]) -> list[Tensor]:
         """Class probabilities ``[K]`` per image."""
         return [p for p in model(torch.stack(images)).float().softmax(dim=1).cpu()]
+
+    def preprocess(self, rgb: np.ndarray, transforms: dict[str, Any], *, tiled: bool = False) -> Tensor:
+        return classification_transforms(train=False, **transforms)(Image.fromarray(rgb))
+
+    def infer(self, predictor: Any, x: Tensor, rgb: np.ndarray) -> dict[str, Any]:
+        """``probs`` (``[K]``; with TTA flips, the mean with the mirrored image's) and ``top`` (the ``top_k`` best
+        ``(class name, probability)``)."""
+        probs = self.predict(predictor.model, [x])[0]
+        if predictor.tta is not None and predictor.tta.flips:
+            flipped = self.preprocess(np.ascontiguousarray(rgb[:, ::-1]), predictor.transforms).to(x.device)
+            probs = (probs + self.predict(predictor.model, [flipped])[0]) / 2
+        values, indices = probs.topk(min(predictor.top_k, len(probs)))
+        names = predictor.class_names
+        top = [(names[i] if i < len(names) else str(i), float(p))
+               for p, i in zip(values.tolist(), indices.tolist(), strict=True)]
+        return {"probs": probs, "top": top}
+
+    def preprocessing(self, model: nn.Module, transforms: dict[str, Any], tile: int | None) -> dict[str, Any]:
+        kw, norm = preset_arguments(classification_transforms, transforms)
+        return {"scale": "1/255 (RGB in [0, 1])", "resize_shorter_side": kw["resize"], "center_crop": kw["size"],
+                **norm}
+
+    def picture(self, rgb: np.ndarray, pred: dict[str, Any], class_names: list[str], *,
+                score_threshold: float = 0.0) -> np.ndarray:
+        """A 224 px wide thumbnail beside the ``top`` classes."""
+        thumb = np.asarray(Image.fromarray(rgb).resize((224, max(1, round(224 * rgb.shape[0] / rgb.shape[1])))))
+        panel = Image.new("RGB", (220, thumb.shape[0]), (255, 255, 255))
+        draw = ImageDraw.Draw(panel)
+        for i, (name, p) in enumerate(pred["top"]):
+            draw.text((6, 6 + 16 * i), f"{name}: {p:.3f}", fill=(0, 0, 0))
+        return side_by_side([thumb, np.asarray(panel)])

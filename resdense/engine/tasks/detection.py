@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from resdense.data import detection_transforms, to_image_tensor
 from resdense.evaluation import DetectionEvaluator, scalar_metrics
 from resdense.evaluation.detection import flat_stats
+from resdense.visualize import draw_boxes
 
 from ..distributed import on_main
 from .base import Batch, Task
@@ -31,6 +34,7 @@ class DetectionTask(Task):
 
     name = "detection"
     default_metric = "bbox/AP"
+    transforms = staticmethod(detection_transforms)
 
     def __init__(self, class_names: list[str], iou_types: tuple[str, ...] = ("bbox",), backend: str = "faster",
                  max_dets: tuple[int, ...] = (1, 10, 100)) -> None:
@@ -64,13 +68,7 @@ class DetectionTask(Task):
         dataset = _base_dataset(loader.dataset)
         evaluator = DetectionEvaluator(dataset.coco, dataset.label_to_cat_id, iou_types=self.iou_types,
                                        backend=self.backend, max_dets=self.max_dets)
-        for batch in loader:
-            batch = self.to_device(batch, device)
-            if autocast is not None:
-                with autocast():
-                    outputs = model(batch.inputs)
-            else:
-                outputs = model(batch.inputs)
+        for batch, outputs in self.outputs(model, loader, device, autocast):
             outputs = [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in o.items()} for o in outputs]
             targets = [{k: v.cpu() if isinstance(v, Tensor) else v for k, v in t.items()} for t in batch.targets]
             evaluator.update(outputs, targets)
@@ -90,6 +88,25 @@ class DetectionTask(Task):
     def predict(self, model: nn.Module, images: list[Tensor]) -> list[dict[str, Tensor]]:
         """torchvision outputs (``boxes`` xyxy in the input's pixels, ``labels``, ``scores``, ``masks``)."""
         return [{k: v.cpu() for k, v in o.items()} for o in model(images)]
+
+    def preprocess(self, rgb: np.ndarray, transforms: dict[str, Any], *, tiled: bool = False) -> Tensor:
+        return to_image_tensor(rgb)  # the detector resizes and normalises inside
+
+    def infer(self, predictor: Any, x: Tensor, rgb: np.ndarray) -> dict[str, Any]:
+        """``boxes`` (xyxy, ``rgb``'s pixels), ``labels``, ``scores`` and a Mask R-CNN's ``masks`` or ``rles``."""
+        return predictor.detections(x)
+
+    def preprocessing(self, model: nn.Module, transforms: dict[str, Any], tile: int | None) -> dict[str, Any]:
+        t = getattr(model, "transform", None)  # torchvision's GeneralizedRCNNTransform
+        inside = {} if t is None else {"min_size": list(t.min_size), "max_size": t.max_size,
+                                       "mean": list(t.image_mean), "std": list(t.image_std),
+                                       "size_divisible": t.size_divisible}
+        return {"scale": "1/255 (RGB in [0, 1]); the model resizes and normalises", **inside}
+
+    def picture(self, rgb: np.ndarray, pred: dict[str, Any], class_names: list[str], *,
+                score_threshold: float = 0.0) -> np.ndarray:
+        return draw_boxes(rgb, pred["boxes"], pred["labels"], pred["scores"], class_names,
+                          score_threshold=score_threshold, masks=pred.get("rles", pred.get("masks")))
 
 
 def _base_dataset(dataset: Dataset) -> Dataset:

@@ -5,17 +5,20 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from resdense.backbones import pad_to_multiple
+from resdense.data import segmentation_transforms
 from resdense.errors import ConfigError
 from resdense.evaluation import SegmentationMetrics
+from resdense.visualize import overlay_mask
 
 from ..distributed import sum_floats
-from ..tiling import sliding_window_logits
-from .base import Batch, Task
+from .base import Batch, Task, preset_arguments
 
 __all__ = ["SegmentationTask", "model_divisor"]
 
@@ -42,6 +45,7 @@ class SegmentationTask(Task):
 
     name = "segmentation"
     default_metric = "mIoU"
+    transforms = staticmethod(segmentation_transforms)
 
     def __init__(self, num_classes: int, ignore_index: int = 255, loss: str = "ce",
                  class_weights: list[float] | None = None, class_names: list[str] | None = None,
@@ -98,10 +102,7 @@ class SegmentationTask(Task):
         also ``confusion_matrix`` (int64 [K, K], rows ground truth, columns prediction; summed over processes)."""
         metrics = SegmentationMetrics(self.num_classes, ignore_index=self.ignore_index, class_names=self.class_names)
         total, count = 0.0, 0
-        for batch in loader:
-            batch = self.to_device(batch, device)
-            with autocast() if autocast is not None else _null():
-                logits = model(batch.inputs)
+        for batch, logits in self.outputs(model, loader, device, autocast):
             logits = logits.float()
             loss = F.cross_entropy(logits, batch.targets, ignore_index=self.ignore_index, reduction="sum")
             valid = int((batch.targets != self.ignore_index).sum())
@@ -131,7 +132,36 @@ class SegmentationTask(Task):
         """Class maps ``int64 [H, W]`` for images ``[3, H, W]`` (normalised as in training; any size: padded to the
         model's divisor and cropped back)."""
         divisor = model_divisor(model)
-        return [sliding_window_logits(model, img, None, divisor=divisor).argmax(0).cpu() for img in images]
+        out = []
+        for img in images:
+            h, w = img.shape[-2:]
+            out.append(model(pad_to_multiple(img[None], divisor)[0])[0, :, :h, :w].argmax(0).cpu())
+        return out
+
+    def preprocess(self, rgb: np.ndarray, transforms: dict[str, Any], *, tiled: bool = False) -> Tensor:
+        kwargs = {k: v for k, v in transforms.items() if k != "train"}
+        kwargs["pad_divisor"] = 1  # the windows are padded to the model's divisor and cropped back
+        if tiled:
+            kwargs["size"] = None  # tiles see the image at its own resolution
+        return segmentation_transforms(train=False, **kwargs)(rgb, np.zeros(rgb.shape[:2], np.uint8))[0]
+
+    def infer(self, predictor: Any, x: Tensor, rgb: np.ndarray) -> dict[str, Any]:
+        """``mask`` (``int64 [H, W]``) and ``logits`` (``float32 [K, H, W]``) in ``rgb``'s frame."""
+        logits = predictor.dense_logits(x)
+        h, w = rgb.shape[:2]
+        if tuple(logits.shape[-2:]) != (h, w):  # the recipe resized the image: logits back to its frame
+            logits = F.interpolate(logits[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+        return {"mask": logits.argmax(0).cpu(), "logits": logits.cpu()}
+
+    def preprocessing(self, model: nn.Module, transforms: dict[str, Any], tile: int | None) -> dict[str, Any]:
+        kw, norm = preset_arguments(segmentation_transforms, transforms)
+        return {"scale": "1/255 (RGB in [0, 1])", "resize_longer_side": None if tile is not None else kw["size"],
+                **norm, "pad_to_multiple_of": model_divisor(model), "tile": tile}
+
+    def picture(self, rgb: np.ndarray, pred: dict[str, Any], class_names: list[str], *,
+                score_threshold: float = 0.0) -> np.ndarray:
+        mask = pred["mask"].numpy()
+        return overlay_mask(rgb, mask, class_names or [str(i) for i in range(int(mask.max()) + 1)])
 
 
 def _check_class_weights(weights: list[float], num_classes: int, loss: str) -> None:
@@ -154,11 +184,3 @@ def model_divisor(model: nn.Module) -> int:
     encoder = getattr(model, "encoder", None) or getattr(model, "backbone", None)
     v = getattr(encoder, "size_divisibility", None) or getattr(encoder, "output_stride", None)
     return v if isinstance(v, int) and v > 0 else 32
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False

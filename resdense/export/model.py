@@ -45,13 +45,12 @@ from resdense import _torch_private as tp
 from resdense.backbones import trace_to_onnx
 from resdense.config import Config
 from resdense.data import read_image, to_image_tensor
+from resdense.engine.architectures import architecture
+from resdense.engine.loading import load_model
+from resdense.engine.tasks.segmentation import model_divisor
 from resdense.errors import ConfigError, ResdenseError
 from resdense.files import make_dir, write_with
 from resdense.optional import require
-
-from .architectures import architecture
-from .runner import load_model
-from .tasks.segmentation import model_divisor
 
 __all__ = ["FORMATS", "TOLERANCES", "ExportError", "ExportResult", "Check", "export_model", "is_detector",
            "check_export_format"]

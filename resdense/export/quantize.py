@@ -1,6 +1,6 @@
 """A recipe's trained U-Net as an int8 CPU model, calibrated on the recipe's own training images.
 
->>> from resdense.engine import quantize_checkpoint                              # doctest: +SKIP
+>>> from resdense.export import quantize_checkpoint                              # doctest: +SKIP
 >>> model, run = quantize_checkpoint("runs/demo_shapes_unet_r18/best.pt", n=32)  # doctest: +SKIP
 >>> logits = model(images)                                                       # doctest: +SKIP
 """
@@ -11,12 +11,11 @@ import logging
 import os
 
 from resdense.config import Config
+from resdense.engine.build import build_dataset
+from resdense.engine.distributed import main_first
+from resdense.engine.loading import Run, load_model
 from resdense.errors import ConfigError
 from resdense.heads import QuantizedUNet, UNet, quantize_unet
-
-from .build import build_dataset
-from .distributed import main_first
-from .loading import Run, load_model
 
 __all__ = ["quantize_checkpoint"]
 

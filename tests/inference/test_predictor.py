@@ -13,21 +13,15 @@ from PIL import Image
 from torch import nn
 
 from resdense.backbones import create_backbone
-from resdense.engine import (
-    TTA,
-    Predictor,
-    SegmentationTask,
-    run_prediction,
-    run_training,
-    sliding_window_logits,
-)
+from resdense.engine import SegmentationTask, run_training
 from resdense.engine.tasks.segmentation import model_divisor
-from resdense.engine.tiling import greedy_merge, merge_detections, sliced_detection, window_starts, windows
-from resdense.engine.tta import tta_detections, tta_logits, weighted_box_fusion
 from resdense.errors import ConfigError, DataError
 from resdense.heads import UNet
+from resdense.inference import TTA, Predictor, run_prediction, sliding_window_logits
+from resdense.inference.tiling import greedy_merge, merge_detections, sliced_detection, window_starts, windows
+from resdense.inference.tta import tta_detections, tta_logits, weighted_box_fusion
 
-from .recipes import det_recipe, seg_recipe, write
+from ..engine.recipes import det_recipe, seg_recipe, write
 
 
 def small_unet() -> UNet:
@@ -98,7 +92,7 @@ def test_windows_run_in_batches_no_larger_than_tile_batch():
 _PEAK = textwrap.dedent("""
     import sys, torch
     from torch import nn
-    from resdense.engine import sliding_window_logits
+    from resdense.inference import sliding_window_logits
 
     def status(key):  # kB, from the kernel's account of this process
         for line in open("/proc/self/status"):

@@ -19,10 +19,12 @@ from safetensors.torch import load_file, save_file
 
 from resdense.cli import main
 from resdense.data import IMAGENET_MEAN, IMAGENET_STD
-from resdense.engine import Predictor, export_package, load_checkpoint, run_evaluation, run_training
+from resdense.engine import load_checkpoint, run_evaluation, run_training
 from resdense.errors import ConfigError, WeightsError
+from resdense.export import export_package
+from resdense.inference import Predictor
 
-from .recipes import det_recipe, seg_recipe, write
+from ..engine.recipes import det_recipe, seg_recipe, write
 
 FILES = {"model.safetensors", "config.yaml", "resdense.json", "README.md"}
 

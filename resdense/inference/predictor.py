@@ -1,7 +1,7 @@
 """One predictor for every task, like detectron2's ``DefaultPredictor``: a model (or a checkpoint) and images in,
 predictions in the images' own pixels out.
 
->>> from resdense.engine import Predictor                                  # doctest: +SKIP
+>>> from resdense.inference import Predictor                                  # doctest: +SKIP
 >>> predictor = Predictor.from_checkpoint("runs/membrane/best.pt", tile=512, overlap=0.25)  # doctest: +SKIP
 >>> predictor("big_slide.png")["mask"].shape                               # doctest: +SKIP
 (4096, 4096)
@@ -23,7 +23,6 @@ Outputs, one dict per image:
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,20 +30,19 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
 from resdense.config import Config
-from resdense.data import read_image, segmentation_transforms, to_image_tensor
+from resdense.data import read_image
+from resdense.engine.build import build_task
+from resdense.engine.loading import load_model
+from resdense.engine.package import is_package
+from resdense.engine.tasks import Task
+from resdense.engine.tasks.segmentation import model_divisor
 from resdense.errors import ConfigError, WeightsError
 from resdense.heads import has_masks, roi_mask_outputs
 
-from .build import build_task, classification_transforms
-from .loading import load_model
-from .package import is_package
-from .tasks.base import Task
-from .tasks.segmentation import model_divisor
 from .tiling import check_tiling, select_detections, sliced_detection, sliding_window_logits
 from .tta import TTA, as_tta, tta_detections, tta_logits
 
@@ -85,16 +83,16 @@ class Predictor:
         config: the recipe, for the validation preprocessing (``data.val_transforms``) and ``eval.score_threshold``.
         device: where to run (default: where the model's parameters are).
         tile: window side in pixels for large images (``None``: the whole image at once). Segmentation blends the
-            windows' logits (:func:`~resdense.engine.tiling.sliding_window_logits`); detection merges the windows'
+            windows' logits (:func:`~resdense.inference.tiling.sliding_window_logits`); detection merges the windows'
             and the whole image's detections class by class (SAHI's sliced prediction,
-            :func:`~resdense.engine.tiling.sliced_detection`), each window capped by the model's own
+            :func:`~resdense.inference.tiling.sliced_detection`), each window capped by the model's own
             ``detections_per_img``, the image not; a Mask R-CNN's masks are then RLEs (``rles``).
         overlap: fraction of a window shared with its neighbour.
         blend: ``"gaussian"`` or ``"uniform"`` weights of the segmentation windows.
         tile_batch: windows per forward pass (the activation memory is that of this many windows). ``None``: 1 on a
             CPU (fastest and leanest there: 2048 px U-Net R18, 512 px tiles, batch 1 / 2 / 4 took 7.4 / 8.9 / 9.7 s),
             4 on a GPU.
-        tta: ``True`` (flips and scales of :class:`~resdense.engine.tta.TTA`), a ``TTA``, or ``False``. Not with a
+        tta: ``True`` (flips and scales of :class:`~resdense.inference.tta.TTA`), a ``TTA``, or ``False``. Not with a
             tiled Mask R-CNN (TTA maps masks back as image-sized arrays).
         score_threshold: detections below it are dropped (default: ``eval.score_threshold`` of the recipe, else 0).
         preprocess: keyword arguments of the validation transforms that replace the recipe's (e.g. ``mean`` /
@@ -127,8 +125,8 @@ class Predictor:
         self.mask_threshold = float(mask_threshold)
         default_thr = config.eval.score_threshold if config is not None else 0.0
         self.score_threshold = default_thr if score_threshold is None else float(score_threshold)
-        self._val_tf = dict(config.data.get("val_transforms") or {}) if config is not None else {}
-        self._val_tf.update(preprocess or {})
+        self.transforms = dict(config.data.get("val_transforms") or {}) if config is not None else {}
+        self.transforms.update(preprocess or {})
         self.top_k = top_k
 
     @classmethod
@@ -161,50 +159,28 @@ class Predictor:
         ``resdense.json`` records it for users outside resdense): read from the arguments the transforms get
         (``data.val_transforms`` and ``preprocess`` over the presets' defaults) and, for a detector, from the
         detector's own transform, which resizes and normalises inside the model."""
-        if self.kind == "detection":
-            t = getattr(self.model, "transform", None)  # torchvision's GeneralizedRCNNTransform
-            inside = {} if t is None else {"min_size": list(t.min_size), "max_size": t.max_size,
-                                           "mean": list(t.image_mean), "std": list(t.image_std),
-                                           "size_divisible": t.size_divisible}
-            return {"scale": "1/255 (RGB in [0, 1]); the model resizes and normalises", **inside}
-        fn = segmentation_transforms if self.kind == "segmentation" else classification_transforms
-        kw = {name: p.default for name, p in inspect.signature(fn).parameters.items() if p.default is not p.empty}
-        kw.update(self._val_tf)
-        normalize = bool(kw.get("normalize", True))  # then (x - mean) / std, in [0, 1] units
-        norm = {"normalize": normalize, **({"mean": list(kw["mean"]), "std": list(kw["std"])} if normalize else {})}
-        if self.kind == "classification":
-            return {"scale": "1/255 (RGB in [0, 1])", "resize_shorter_side": kw["resize"], "center_crop": kw["size"],
-                    **norm}
-        return {"scale": "1/255 (RGB in [0, 1])", "resize_longer_side": None if self.tile is not None else kw["size"],
-                **norm, "pad_to_multiple_of": model_divisor(self.model), "tile": self.tile}
+        return self.task.preprocessing(self.model, self.transforms, self.tile)
 
     @property
     def kind(self) -> str:
         return self.task.name
 
+    @torch.no_grad()
     def __call__(self, image: ImageLike) -> dict[str, Any]:
-        """The prediction of one image (see the module's docstring)."""
+        """The prediction of one image (see the module's docstring): the task preprocesses it and reads the model's
+        outputs back in its frame (:meth:`~resdense.engine.tasks.Task.infer`), through :meth:`dense_logits` or
+        :meth:`detections`."""
         rgb = as_rgb(image)
-        if self.kind == "segmentation":
-            return self._segment(rgb)
-        if self.kind == "detection":
-            return self._detect(rgb)
-        return self._classify(rgb)
+        x = self.task.preprocess(rgb, self.transforms, tiled=self.tile is not None).to(self.device)
+        return self.task.infer(self, x, rgb)
 
     def predict(self, images: Sequence[ImageLike]) -> list[dict[str, Any]]:
         """Predictions of several images, in order."""
         return [self(im) for im in images]
 
-    # ---- segmentation -------------------------------------------------------------------------------------------
-    def _seg_input(self, rgb: np.ndarray) -> Tensor:
-        kwargs = {k: v for k, v in self._val_tf.items() if k != "train"}
-        kwargs["pad_divisor"] = 1  # the windows are padded to the model's divisor and cropped back
-        if self.tile is not None:
-            kwargs["size"] = None  # tiles see the image at its own resolution
-        x, _ = segmentation_transforms(train=False, **kwargs)(rgb, np.zeros(rgb.shape[:2], np.uint8))
-        return x.to(self.device)
-
-    def _seg_logits(self, x: Tensor) -> Tensor:
+    @torch.no_grad()
+    def dense_logits(self, x: Tensor) -> Tensor:
+        """Logits ``[K, H, W]`` of one preprocessed image ``[3, H, W]``: whole or in ``tile`` windows, with TTA."""
         divisor = model_divisor(self.model)
 
         def one(img: Tensor) -> Tensor:
@@ -214,14 +190,16 @@ class Predictor:
         return tta_logits(one, x, self.tta) if self.tta is not None else one(x)
 
     @torch.no_grad()
-    def _segment(self, rgb: np.ndarray) -> dict[str, Any]:
-        logits = self._seg_logits(self._seg_input(rgb))
-        h, w = rgb.shape[:2]
-        if tuple(logits.shape[-2:]) != (h, w):  # the recipe resized the image: logits back to its frame
-            logits = F.interpolate(logits[None], size=(h, w), mode="bilinear", align_corners=False)[0]
-        return {"mask": logits.argmax(0).cpu(), "logits": logits.cpu()}
+    def detections(self, image: Tensor) -> dict[str, Any]:
+        """Detections of one image ``[3, H, W]`` in ``[0, 1]``: whole or sliced (``tile``), with TTA, those scoring at
+        least ``score_threshold``, on the CPU."""
+        if self.tta is not None:
+            out = tta_detections(self._detect_one, image, self.tta, max_detections=_max_detections(self.model))
+        else:
+            out = self._detect_one(image)
+        out = select_detections(out, out["scores"] >= self.score_threshold)
+        return {k: v if isinstance(v, list) else v.cpu() for k, v in out.items()}
 
-    # ---- detection ----------------------------------------------------------------------------------------------
     def _detect_many(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
         images = [im.to(self.device) for im in images]
         if self.rles:  # RoI masks, pasted as RLEs by sliced_detection
@@ -235,30 +213,6 @@ class Predictor:
         # image holds more objects than one window)
         return sliced_detection(self._detect_many, image, self.tile, overlap=self.overlap, tile_batch=self.tile_batch,
                                 max_detections=None, mask_threshold=self.mask_threshold)
-
-    @torch.no_grad()
-    def _detect(self, rgb: np.ndarray) -> dict[str, Any]:
-        image = to_image_tensor(rgb)
-        if self.tta is not None:
-            out = tta_detections(self._detect_one, image, self.tta, max_detections=_max_detections(self.model))
-        else:
-            out = self._detect_one(image)
-        out = select_detections(out, out["scores"] >= self.score_threshold)
-        return {k: v if isinstance(v, list) else v.cpu() for k, v in out.items()}
-
-    # ---- classification -----------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def _classify(self, rgb: np.ndarray) -> dict[str, Any]:
-        tf = classification_transforms(train=False, **self._val_tf)
-        probs = self.task.predict(self.model, [tf(Image.fromarray(rgb)).to(self.device)])[0]
-        if self.tta is not None and self.tta.flips:
-            flipped = self.task.predict(self.model, [tf(Image.fromarray(np.ascontiguousarray(rgb[:, ::-1])))
-                                                     .to(self.device)])[0]
-            probs = (probs + flipped) / 2
-        values, indices = probs.topk(min(self.top_k, len(probs)))
-        top = [(self.class_names[i] if i < len(self.class_names) else str(i), float(p))
-               for p, i in zip(values.tolist(), indices.tolist(), strict=True)]
-        return {"probs": probs, "top": top}
 
 
 def _max_detections(model: nn.Module) -> int | None:

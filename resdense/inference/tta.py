@@ -57,7 +57,7 @@ def as_tta(tta: TTA | bool | None) -> TTA | None:
         return None
     if isinstance(tta, TTA):
         return tta
-    raise ConfigError(f"tta = {tta!r}: expected True, False or a resdense.engine.TTA")
+    raise ConfigError(f"tta = {tta!r}: expected True, False or a resdense.inference.TTA")
 
 
 def _flip(x: Tensor, flip: str | None) -> Tensor:

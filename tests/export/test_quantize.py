@@ -1,14 +1,15 @@
-"""resdense.engine.quantize_checkpoint: a trained recipe's U-Net as int8, calibrated on its train split."""
+"""resdense.export.quantize_checkpoint: a trained recipe's U-Net as int8, calibrated on its train split."""
 
 import pytest
 import torch
 
-from resdense.engine import load_model, quantize_checkpoint, run_training
+from resdense.engine import load_model, run_training
 from resdense.engine.build import build_dataset
 from resdense.errors import ConfigError
+from resdense.export import quantize_checkpoint
 from resdense.heads import QuantizedUNet, quantize_unet
 
-from .recipes import seg_recipe, write
+from ..engine.recipes import seg_recipe, write
 
 
 def test_quantize_checkpoint_calibrates_on_the_recipe_and_agrees_with_float32(tmp_path):

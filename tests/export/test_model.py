@@ -1,4 +1,4 @@
-"""Whole-model export (resdense.engine.export): onnxruntime / TorchScript / torch.export against eager, on tiny
+"""Whole-model export (resdense.export.model): onnxruntime / TorchScript / torch.export against eager, on tiny
 random-init models at two input sizes (the export size and another one, batch 2 for dense models), detectors also
 with zero detections (a blank image under a raised score threshold)."""
 
@@ -12,8 +12,8 @@ from PIL import Image
 from torch import nn
 from torch.testing import assert_close
 
-from resdense.engine.export import TOLERANCES, ExportError, export_model, match_detections
 from resdense.errors import ConfigError
+from resdense.export.model import TOLERANCES, ExportError, export_model, match_detections
 from resdense.heads import KINDS, UNet, build_detector
 
 SIZE = (128, 160)

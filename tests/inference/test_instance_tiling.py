@@ -15,11 +15,11 @@ from pycocotools.cocoeval import COCOeval
 from scipy import ndimage
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-from resdense.engine import DetectionTask, Predictor, sliced_detection
-from resdense.engine.runner import prediction_picture, prediction_results
-from resdense.engine.tiling import greedy_merge, windows
+from resdense.engine import DetectionTask
 from resdense.errors import ConfigError
 from resdense.heads import build_detector, paste_rles, roi_mask_outputs
+from resdense.inference import Predictor, prediction_picture, prediction_results, sliced_detection
+from resdense.inference.tiling import greedy_merge, windows
 
 
 def tiny_mask_rcnn() -> torch.nn.Module:

@@ -1,7 +1,8 @@
 """Write a trained checkpoint as a package (see :mod:`resdense.engine.package`): ``model.safetensors``,
 ``config.yaml``, ``resdense.json`` and a ``README.md`` model card.
 
->>> from resdense.engine import export_package, Predictor                    # doctest: +SKIP
+>>> from resdense.export import export_package                              # doctest: +SKIP
+>>> from resdense.inference import Predictor                                 # doctest: +SKIP
 >>> export_package("runs/membrane/best.pt", "membrane_unet")                 # doctest: +SKIP
 >>> Predictor.from_pretrained("membrane_unet")("slide.png")["mask"]          # doctest: +SKIP
 """
@@ -20,15 +21,23 @@ from safetensors.torch import save
 from torch import Tensor
 
 from resdense.config import Config, save_config
+from resdense.engine.checkpoint import evaluated_weights, load_checkpoint
+from resdense.engine.loading import load_model
+from resdense.engine.package import (
+    CARD_FILE,
+    CONFIG_FILE,
+    INFO_FILE,
+    PACKAGE_FORMAT,
+    PACKAGE_KIND,
+    WEIGHTS_FILE,
+    is_package,
+)
 from resdense.errors import WeightsError
 from resdense.files import make_dir, write_bytes, write_json, write_text
+from resdense.inference import Predictor
 from resdense.version import VERSION
 
-from .checkpoint import evaluated_weights, load_checkpoint
-from .export import check_export_format
-from .loading import load_model
-from .package import CARD_FILE, CONFIG_FILE, INFO_FILE, PACKAGE_FORMAT, PACKAGE_KIND, WEIGHTS_FILE, is_package
-from .predictor import Predictor
+from .model import check_export_format
 
 __all__ = ["export_package"]
 
@@ -212,7 +221,7 @@ def model_card(info: dict[str, Any], config: Config, folder: Path) -> str:
         + "; ".join(f"{k} {json.dumps(v)}" for k, v in pre.items()) + ".", "",
         "## Use", "",
         "```python",
-        "from resdense.engine import Predictor",
+        "from resdense.inference import Predictor",
         "",
         f'predictor = Predictor.from_pretrained("{folder.name}")',
         'prediction = predictor("image.png")  # ' + {"segmentation": '["mask"]: int64 [H, W]',
