@@ -166,14 +166,7 @@ def check_ground_truth(data, source: str, *, renumber_ann_ids: bool = False,
             :func:`~resdense.coco.io.walk_instances`); ``data["annotations"]`` is not read then.
     """
     out = CheckedCoco(source)
-    if not isinstance(data, Mapping):
-        out.add("structure", f"top level is a {type(data).__name__}, expected a COCO object with 'images'")
-        return out
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list) and not (key == "annotations" and annotations is not None):
-            found = "missing or not a list" if key not in data else f"a {type(data[key]).__name__}, expected a list"
-            out.add("structure", f"field '{key}' is {found}")
-    if out.problems:
+    if not _check_structure(data, annotations is not None, out):
         return out
     _check_categories(data["categories"], out)
     _check_images(data["images"], image_fields, out)
@@ -183,6 +176,29 @@ def check_ground_truth(data, source: str, *, renumber_ann_ids: bool = False,
     if not renumber_ann_ids:
         _check_annotation_ids(table, out)
     ok = _screen_annotations(table, annotation_fields, out)
+    _check_unscreened(table, ok, annotation_fields, out)
+    out.passed = np.flatnonzero(ok)
+    out.new_ids = np.arange(1, len(table) + 1)[out.passed] if renumber_ann_ids else _ids(table, out.passed)
+    return out
+
+
+def _check_structure(data, has_table: bool, out: CheckedCoco) -> bool:
+    """Whether ``data`` is an object with the lists ``images``, ``annotations`` (unless ``has_table``) and
+    ``categories``; each one wrong is added to ``out``."""
+    if not isinstance(data, Mapping):
+        out.add("structure", f"top level is a {type(data).__name__}, expected a COCO object with 'images'")
+        return False
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list) and not (key == "annotations" and has_table):
+            found = "missing or not a list" if key not in data else f"a {type(data[key]).__name__}, expected a list"
+            out.add("structure", f"field '{key}' is {found}")
+    return not out.problems
+
+
+def _check_unscreened(table: AnnotationTable, ok: np.ndarray, annotation_fields: Sequence[str],
+                      out: CheckedCoco) -> None:
+    """Run the rules on the annotations the screen could not vouch for (and every segmentation, where asked),
+    updating ``ok``, the table's rows and ``out``."""
     check_segm = "segmentation" in annotation_fields
     # What the screen cannot vouch for goes through the rules, in file order; segmentations (only where asked:
     # the evaluation's ground truth) are checked one by one, in the same order.
@@ -207,9 +223,6 @@ def check_ground_truth(data, source: str, *, renumber_ann_ids: bool = False,
             ok[i] = False
             kind, message, values = problem
             out.add(kind, f"annotation id {table.id_of(i)}: {message}", values)
-    out.passed = np.flatnonzero(ok)
-    out.new_ids = np.arange(1, len(table) + 1)[out.passed] if renumber_ann_ids else _ids(table, out.passed)
-    return out
 
 
 def _ids(t: AnnotationTable, rows: np.ndarray) -> np.ndarray:

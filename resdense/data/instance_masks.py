@@ -247,51 +247,76 @@ def read_instance_folder(images_dir, masks_dir, classes: ClassesArg = ("person",
     check_choice("id_rule", id_rule, ID_RULES)
     check_choice("bad_images", bad_images, ("raise", "skip"))
     known = _class_ids(classes)
-    if class_masks_dir is not None and id_rule == "cityscapes":
-        raise ConfigError("class_masks_dir and id_rule='cityscapes' both give classes; choose one")
-    if class_masks_dir is None and id_rule == "plain" and len(known) > 1:
-        raise ConfigError(f"classes names {len(known)} classes but nothing gives an instance its class: pass "
-                          "class_masks_dir (class-id masks) or id_rule='cityscapes'")
+    _check_class_source(known, class_masks_dir, id_rule)
     images_dir, masks_dir = Path(images_dir), Path(masks_dir)
     suffix = find_mask_suffix(images_dir, masks_dir) if mask_suffix is None else mask_suffix
     entries = _entries(images_dir, masks_dir, suffix)
     ids_of = {image: i for i, (image, _) in enumerate(entries, start=1)}
     if split is not None:
         entries = [entries[i] for i in select_split([name_keys(e[0].name) for e in entries], split, str(images_dir))]
-    class_masks, csuffix = {}, None
-    if class_masks_dir is not None:
-        csuffix = find_mask_suffix(images_dir, class_masks_dir) if class_mask_suffix is None else class_mask_suffix
-        class_masks = dict(pair_by_stem(images_dir, class_masks_dir, csuffix)[0])
+    class_masks, csuffix = _class_masks(images_dir, class_masks_dir, class_mask_suffix)
     found = InstanceFolder({"images": [], "annotations": [],
                             "categories": [{"id": cid, "name": n} for cid, n in known.items()]}, suffix, csuffix)
     single = next(iter(known)) if len(known) == 1 else None
     for image, mask in entries:
         try:
-            if mask is None:
-                raise DataError(f"{image}: no instance mask for this image in {masks_dir} (mask_suffix {suffix!r})")
-            if class_masks_dir is not None and image not in class_masks:
-                raise DataError(f"{image}: no class mask for this image in {class_masks_dir}")
-            h, w = image_size(image)
-            ids = read_instance_ids(mask)
-            if ids.shape != (h, w):
-                raise DataError(f"{mask}: instance mask is {ids.shape[1]}x{ids.shape[0]} (width x height) but its "
-                                f"image {image} is {w}x{h}")
-            class_map = _read_class_map(class_masks[image], (h, w), image) if class_masks_dir is not None else None
-            instances = _instances(ids, class_map, id_rule, single, known, found.left_out)
+            h, w, instances = _image_instances(image, mask, masks_dir, suffix, class_masks_dir, class_masks,
+                                               id_rule=id_rule, single=single, known=known, left_out=found.left_out)
         except DataError as err:
             if bad_images == "raise":
                 raise
             found.problems.append(str(err))
             continue
-        image_id = ids_of[image]
-        found.data["images"].append({"id": image_id, "file_name": image.name, "height": h, "width": w,
-                                     "mask_file": mask.name})
-        for value, cid, rle in instances:
-            found.data["annotations"].append({
-                "id": len(found.data["annotations"]) + 1, "image_id": image_id, "category_id": cid, "iscrowd": 0,
-                "segmentation": {"size": [h, w], "counts": rle["counts"].decode("ascii")},
-                "area": float(mask_utils.area(rle)), "bbox": mask_utils.toBbox(rle).tolist(), "instance_id": value})
+        _add_image(found.data, ids_of[image], image, mask, (h, w), instances)
     return found
+
+
+def _check_class_source(known: dict[int, str], class_masks_dir, id_rule: str) -> None:
+    """Refuse two sources of classes, or several classes with no source that tells them apart."""
+    if class_masks_dir is not None and id_rule == "cityscapes":
+        raise ConfigError("class_masks_dir and id_rule='cityscapes' both give classes; choose one")
+    if class_masks_dir is None and id_rule == "plain" and len(known) > 1:
+        raise ConfigError(f"classes names {len(known)} classes but nothing gives an instance its class: pass "
+                          "class_masks_dir (class-id masks) or id_rule='cityscapes'")
+
+
+def _class_masks(images_dir: Path, class_masks_dir, class_mask_suffix: str | None) -> tuple[dict, str | None]:
+    """The class mask of each image (``{image path: class mask path}``) and their suffix; ``({}, None)`` without
+    ``class_masks_dir``."""
+    if class_masks_dir is None:
+        return {}, None
+    csuffix = find_mask_suffix(images_dir, class_masks_dir) if class_mask_suffix is None else class_mask_suffix
+    return dict(pair_by_stem(images_dir, class_masks_dir, csuffix)[0]), csuffix
+
+
+def _image_instances(image: Path, mask: Path | None, masks_dir: Path, suffix: str, class_masks_dir,
+                     class_masks: dict, *, id_rule: str, single: int | None, known: dict[int, str],
+                     left_out: Counter) -> tuple[int, int, list]:
+    """One image's height, width and instances ``(id, class id, RLE)``; a missing or mismatched mask raises
+    :class:`DataError`."""
+    if mask is None:
+        raise DataError(f"{image}: no instance mask for this image in {masks_dir} (mask_suffix {suffix!r})")
+    if class_masks_dir is not None and image not in class_masks:
+        raise DataError(f"{image}: no class mask for this image in {class_masks_dir}")
+    h, w = image_size(image)
+    ids = read_instance_ids(mask)
+    if ids.shape != (h, w):
+        raise DataError(f"{mask}: instance mask is {ids.shape[1]}x{ids.shape[0]} (width x height) but its "
+                        f"image {image} is {w}x{h}")
+    class_map = _read_class_map(class_masks[image], (h, w), image) if class_masks_dir is not None else None
+    return h, w, _instances(ids, class_map, id_rule, single, known, left_out)
+
+
+def _add_image(data: dict, image_id: int, image: Path, mask: Path, size: tuple[int, int], instances: list) -> None:
+    """Append an image and its instances' annotations to the COCO dict ``data``."""
+    h, w = size
+    data["images"].append({"id": image_id, "file_name": image.name, "height": h, "width": w,
+                           "mask_file": mask.name})
+    for value, cid, rle in instances:
+        data["annotations"].append({
+            "id": len(data["annotations"]) + 1, "image_id": image_id, "category_id": cid, "iscrowd": 0,
+            "segmentation": {"size": [h, w], "counts": rle["counts"].decode("ascii")},
+            "area": float(mask_utils.area(rle)), "bbox": mask_utils.toBbox(rle).tolist(), "instance_id": value})
 
 
 class InstanceMaskDataset(CocoDetection):

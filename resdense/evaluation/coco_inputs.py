@@ -127,6 +127,19 @@ def load_results(results: Any, gt: dict, iou_type: str) -> list[dict]:
         raise EvaluationError(f"{source} must be a list of result dicts, got {type(results).__name__}")
     geometry = "bbox" if iou_type == "bbox" else "segmentation"
     _check_keys(results, ("image_id", "category_id", "score", geometry), f"{source} entry", by_index=True)
+    image_ids, cat_ids = _result_ids(results, gt, source)
+    scores = _result_scores(results, source)
+    if iou_type == "bbox":
+        boxes = _check_boxes([r["bbox"] for r in results], range(len(results)), source, "entry")
+        return [
+            {"image_id": i, "category_id": c, "bbox": b, "score": s}
+            for i, c, b, s in zip(image_ids, cat_ids, boxes.tolist(), scores.tolist(), strict=True)
+        ]
+    return _segm_results(results, gt, image_ids, cat_ids, scores, source)
+
+
+def _result_ids(results: Sequence, gt: dict, source: str) -> tuple[list, list]:
+    """The results' image and category ids as plain values; ids that are not hashable or not in ``gt`` raise."""
     # Plain ints: numpy / torch scalars hash differently from the GT's ints (torch) or trip json (numpy).
     image_ids = [_plain(r["image_id"]) for r in results]
     cat_ids = [_plain(r["category_id"]) for r in results]
@@ -141,6 +154,11 @@ def load_results(results: Any, gt: dict, iou_type: str) -> list[dict]:
     unknown_cats = set(cat_ids) - {c["id"] for c in gt["categories"]}
     if unknown_cats:
         raise EvaluationError(f"{source}: category ids absent from the ground truth: {_listed(unknown_cats)}")
+    return image_ids, cat_ids
+
+
+def _result_scores(results: Sequence, source: str) -> np.ndarray:
+    """The results' scores as float64; a score that is not a finite number raises."""
     try:
         scores = np.asarray([r["score"] for r in results], dtype=np.float64)
     except (TypeError, ValueError):
@@ -150,13 +168,12 @@ def load_results(results: Any, gt: dict, iou_type: str) -> list[dict]:
         raise EvaluationError(
             f"{source}: {bad.size} non-finite score(s), first at entry {int(bad[0])}: {scores[bad[0]]}"
         )
+    return scores
 
-    if iou_type == "bbox":
-        boxes = _check_boxes([r["bbox"] for r in results], range(len(results)), source, "entry")
-        return [
-            {"image_id": i, "category_id": c, "bbox": b, "score": s}
-            for i, c, b, s in zip(image_ids, cat_ids, boxes.tolist(), scores.tolist(), strict=True)
-        ]
+
+def _segm_results(results: Sequence, gt: dict, image_ids: list, cat_ids: list, scores: np.ndarray,
+                  source: str) -> list[dict]:
+    """Segm results with compressed-RLE masks at their image's size, without ``bbox``."""
     if any("bbox" in r for r in results):
         logger.debug("segm results: ignoring their 'bbox' field so that areas come from the masks")
     sizes = {img["id"]: [int(img["height"]), int(img["width"])] for img in gt["images"]}

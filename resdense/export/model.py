@@ -151,13 +151,32 @@ def export_model(model_or_checkpoint: nn.Module | str | os.PathLike, path: str |
     size = _check_size(input_size)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ConfigError(f"export: batch={batch!r} must be a positive int")
-    if isinstance(model_or_checkpoint, nn.Module):
-        model = copy.deepcopy(model_or_checkpoint).cpu().float().eval()
-    else:
-        model, run = load_model(model_or_checkpoint, config, device="cpu")
-        check_export_format(run.config, format)
-        model.float()
+    model = _eager_model(model_or_checkpoint, config, format)
     detector = is_detector(model)
+    _check_detector_arguments(detector, format, batch, verify_images)
+    images = [_verify_image(im) for im in verify_images]
+    path = Path(path)
+    make_dir(path.parent)
+    writer = _DETECTOR_WRITERS[format] if detector else _DENSE_WRITERS[format]
+    run = writer(model, path, size, opset)
+    result = ExportResult(path, format, detector, size)
+    if verify:
+        _verify(result, model, run, batch, images)
+    return result
+
+
+def _eager_model(model_or_checkpoint: nn.Module | str | os.PathLike, config, format: str) -> nn.Module:
+    """The model to export, on the CPU in float32 and in eval mode: a copy of a model, or a checkpoint's rebuilt."""
+    if isinstance(model_or_checkpoint, nn.Module):
+        return copy.deepcopy(model_or_checkpoint).cpu().float().eval()
+    model, run = load_model(model_or_checkpoint, config, device="cpu")
+    check_export_format(run.config, format)
+    return model.float()
+
+
+def _check_detector_arguments(detector: bool, format: str, batch: int, verify_images: Sequence) -> None:
+    """Refuse what a detector cannot be exported with (``pt2``, an ONNX batch) and ``verify_images`` for a dense
+    model."""
     if detector and format == "pt2":
         raise ConfigError("export: format='pt2' is not available for detectors (torchvision's post-processing does "
                           "not torch.export with dynamic sizes); use onnx or torchscript")
@@ -168,26 +187,24 @@ def export_model(model_or_checkpoint: nn.Module | str | os.PathLike, path: str |
     if verify_images and not detector:
         raise ConfigError("export: verify_images are for detectors (images in [0, 1]); a dense model's input is "
                           "normalised by the recipe, so it is verified on random tensors")
-    images = [_verify_image(im) for im in verify_images]
-    path = Path(path)
-    make_dir(path.parent)
-    writer = _DETECTOR_WRITERS[format] if detector else _DENSE_WRITERS[format]
-    run = writer(model, path, size, opset)
-    result = ExportResult(path, format, detector, size)
-    if verify:
-        if detector:
-            result.checks = _verify_detector(model, run, size, batch if format == "torchscript" else 1, images)
-            if not any(c.detections for c in result.checks):
-                log.warning("export %s: the model detected nothing on any verification image, so no detection was "
-                            "compared; pass verify_images (--verify-image) with objects in them", path.name)
-        else:
-            result.checks = _verify_dense(model, run, size, batch)
-        for check in result.checks:
-            log.info("export %s: %s", path.name, check)
-        bad = [c for c in result.checks if not c.ok]
-        if bad:
-            raise ExportError(f"{path}: the {format} export differs from the eager model: {bad[0]}")
-    return result
+
+
+def _verify(result: ExportResult, model: nn.Module, run, batch: int, images: list) -> None:
+    """Compare the export (``run``) with the eager model, filling ``result.checks``; raise on the first check
+    outside its tolerance."""
+    path, format, size = result.path, result.format, result.input_size
+    if result.detector:
+        result.checks = _verify_detector(model, run, size, batch if format == "torchscript" else 1, images)
+        if not any(c.detections for c in result.checks):
+            log.warning("export %s: the model detected nothing on any verification image, so no detection was "
+                        "compared; pass verify_images (--verify-image) with objects in them", path.name)
+    else:
+        result.checks = _verify_dense(model, run, size, batch)
+    for check in result.checks:
+        log.info("export %s: %s", path.name, check)
+    bad = [c for c in result.checks if not c.ok]
+    if bad:
+        raise ExportError(f"{path}: the {format} export differs from the eager model: {bad[0]}")
 
 
 def check_export_format(config: Config, format: str) -> None:

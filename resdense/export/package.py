@@ -177,6 +177,32 @@ def _data_paths(config: Config) -> list[str]:
 def model_card(info: dict[str, Any], config: Config, folder: Path) -> str:
     """The ``README.md`` of a package: what the model is, the data its recipe names, the run's metrics and
     hardware, the input it expects and how to use it."""
+    train = info["training"]
+    metrics = info["metrics"]
+    pre = info["preprocessing"]
+    lines = [
+        f"# {info['name']}", "",
+        f"A {info['task']} model trained with resdense: `{WEIGHTS_FILE}` (the weights, safetensors: no pickle), "
+        f"`{CONFIG_FILE}` (the recipe) and `{INFO_FILE}` (this description, machine-readable; format "
+        f"{info['format']} version {info['format_version']}).", "",
+        "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in _card_rows(info)], "",
+        "## Data", "",
+        "What the recipe names (paths of the training machine):", "", *_data_lines(config), "",
+        "## Metrics", "",
+        "The run's evaluation of these weights on its validation split (`data.val`), at iteration "
+        f"{_value(train['iteration'])}:", "",
+        *(["| metric | value |", "|---|---|", *[f"| {k} | {_value(v)} |" for k, v in metrics.items()]] if metrics
+          else ["(no evaluation recorded)"]), "",
+        "## Input", "",
+        "RGB images of any size; the predictor applies: "
+        + "; ".join(f"{k} {json.dumps(v)}" for k, v in pre.items()) + ".", "",
+        *_card_use(info["task"], config, folder),
+    ]
+    return "\n".join(lines)
+
+
+def _card_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
+    """The model card's summary table: ``(field, value)`` rows."""
     arch = info["architecture"]
     train = info["training"]
     hw = train["hardware"]
@@ -186,7 +212,7 @@ def model_card(info: dict[str, Any], config: Config, folder: Path) -> str:
                else "the trained weights")
     precision = hw.get("precision", {})
     memory = hw.get("memory_format", {})
-    rows = [
+    return [
         ("task", info["task"]),
         ("architecture", f"{arch['arch']}{backbone} ({arch['parameters']:,} parameters)"),
         ("classes", f"{len(names)}: {', '.join(names)}" if names else "-"),
@@ -201,24 +227,11 @@ def model_card(info: dict[str, Any], config: Config, folder: Path) -> str:
         ("machine", hw.get("machine", "not recorded")),
         ("software", f"resdense {info['resdense_version']}, torch {info['torch_version']}"),
     ]
-    metrics = info["metrics"]
-    pre = info["preprocessing"]
-    lines = [
-        f"# {info['name']}", "",
-        f"A {info['task']} model trained with resdense: `{WEIGHTS_FILE}` (the weights, safetensors: no pickle), "
-        f"`{CONFIG_FILE}` (the recipe) and `{INFO_FILE}` (this description, machine-readable; format "
-        f"{info['format']} version {info['format_version']}).", "",
-        "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], "",
-        "## Data", "",
-        "What the recipe names (paths of the training machine):", "", *_data_lines(config), "",
-        "## Metrics", "",
-        "The run's evaluation of these weights on its validation split (`data.val`), at iteration "
-        f"{_value(train['iteration'])}:", "",
-        *(["| metric | value |", "|---|---|", *[f"| {k} | {_value(v)} |" for k, v in metrics.items()]] if metrics
-          else ["(no evaluation recorded)"]), "",
-        "## Input", "",
-        "RGB images of any size; the predictor applies: "
-        + "; ".join(f"{k} {json.dumps(v)}" for k, v in pre.items()) + ".", "",
+
+
+def _card_use(task: str, config: Config, folder: Path) -> list[str]:
+    """The model card's "Use" section: loading the package in Python and with the command line."""
+    return [
         "## Use", "",
         "```python",
         "from resdense.inference import Predictor",
@@ -226,7 +239,7 @@ def model_card(info: dict[str, Any], config: Config, folder: Path) -> str:
         f'predictor = Predictor.from_pretrained("{folder.name}")',
         'prediction = predictor("image.png")  # ' + {"segmentation": '["mask"]: int64 [H, W]',
                                                     "detection": '["boxes"], ["labels"], ["scores"]',
-                                                    "classification": '["top"]: (class, probability)'}[info["task"]],
+                                                    "classification": '["top"]: (class, probability)'}[task],
         "```", "",
         "```bash",
         f"resdense predict {folder.name} image.png --out preds/   # PNG overlays",
@@ -238,4 +251,3 @@ def model_card(info: dict[str, Any], config: Config, folder: Path) -> str:
         "`train.output_dir`): `resdense predict` reads none of them; for `resdense eval`, point them elsewhere "
         "with `--set`.", "",
     ]
-    return "\n".join(lines)

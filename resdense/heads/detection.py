@@ -140,26 +140,14 @@ def anchor_generator_for(kind: str, feature_info, sizes: Sequence[Sequence[float
     return AnchorGenerator(tuple(tuple(v if isinstance(v, int) else float(v) for v in lvl) for lvl in sizes), ratios)
 
 
-def build_detector(
-    kind: str,
-    *,
-    backbone: str | FeatureExtractor = "resnet50",
-    num_classes: int,
-    weights: str | os.PathLike | Mapping[str, Tensor] | None = None,
-    weights_backbone: Any = None,
-    trainable_stages: int = 3,
-    norm: str | Callable[[int], nn.Module] | None = None,
-    p6_from: str = "p5",
-    returned_layers: Sequence[int] | None = None,
-    fpn_channels: int = 256,
-    anchor_sizes: Sequence[Sequence[float] | float] | None = None,
-    aspect_ratios: Sequence[Sequence[float] | float] | float | None = None,
-    representation_size: int | None = None,
-    mask_head_layers: Sequence[int] | None = None,
-    mask_roi_size: int = 14,
-    train_resize: bool = True,
-    **kwargs: Any,
-) -> nn.Module:
+def build_detector(kind: str, *, backbone: str | FeatureExtractor = "resnet50", num_classes: int,
+                   weights: str | os.PathLike | Mapping[str, Tensor] | None = None, weights_backbone: Any = None,
+                   trainable_stages: int = 3, norm: str | Callable[[int], nn.Module] | None = None,
+                   p6_from: str = "p5", returned_layers: Sequence[int] | None = None, fpn_channels: int = 256,
+                   anchor_sizes: Sequence[Sequence[float] | float] | None = None,
+                   aspect_ratios: Sequence[Sequence[float] | float] | float | None = None,
+                   representation_size: int | None = None, mask_head_layers: Sequence[int] | None = None,
+                   mask_roi_size: int = 14, train_resize: bool = True, **kwargs: Any) -> nn.Module:
     """Build a torchvision detector on a resdense backbone.
 
     Args:
@@ -173,52 +161,58 @@ def build_detector(
             ``num_classes`` keep their initialisation.
         weights_backbone: backbone weights (tag or path) passed to ``create_backbone`` when ``weights`` is None.
         trainable_stages: torchvision's ``trainable_backbone_layers``: 0..5 backbone stages trained, counted from
-            layer4 back to the stem (3: layer2-layer4); a backbone instance's stages are its
-            ``stage_modules()``, counted back from the last one in the same way. It applies when weights are loaded;
-            a backbone trained from scratch trains every stage, as torchvision does.
+            layer4 (an instance: its last ``stage_modules()``) back to the stem. Without weights, all 5 train.
         norm: backbone norm for a backbone name; default ``"frozen_bn"`` (FrozenBatchNorm2d) when weights are loaded,
-            else ``"bn"``: frozen statistics of a random backbone are never learnt (torchvision PR 5443); asking
-            for ``"frozen_bn"`` without weights warns.
+            else ``"bn"``; ``"frozen_bn"`` without weights warns.
         p6_from: RetinaNet/FCOS input of P6: ``"p5"`` (torchvision's v1 recipes; default) or ``"c5"`` (v2 / paper).
-        returned_layers: which of ``layer1..layer4`` (``c2..c5``) feed the FPN, as in torchvision's
-            ``resnet_fpn_backbone``: default ``[1, 2, 3, 4]`` for the two-stage detectors, ``[2, 3, 4]`` for the
-            one-stage ones. Consecutive; the backbone is built up to the last one, so ``[1, 2, 3]`` drops
-            ``layer4`` (a cheaper step, for small objects; backbone weights without ``layer4`` load).
-        fpn_channels: width of every pyramid level; the RPN, box, mask and one-stage heads follow it (torchvision:
-            256; narrower is cheaper per step).
+        returned_layers: the consecutive ``layer1..layer4`` (``c2..c5``) that feed the FPN (torchvision's
+            ``resnet_fpn_backbone``): default ``[1, 2, 3, 4]`` two-stage, ``[2, 3, 4]`` one-stage. The backbone
+            is built up to the last one.
+        fpn_channels: width of every pyramid level and of the heads on it (torchvision: 256).
         anchor_sizes, aspect_ratios: anchors per pyramid level (see :func:`anchor_generator_for`); default
             torchvision's, derived from the strides.
         representation_size: width of the two-stage box head's MLP (torchvision: 1024).
         mask_head_layers: Mask R-CNN: the widths of the mask head's 3x3 convolutions (torchvision's
-            ``MaskRCNNHeads(layers=...)``, default ``[256, 256, 256, 256]``); the predictor's transposed convolution
-            keeps the last width. The head runs on every positive RoI, so narrower or fewer convolutions make each
-            step cheaper.
-        mask_roi_size: Mask R-CNN: the side of the RoIAlign grid the mask head sees (torchvision: 14); the
-            predicted masks are twice that (28 x 28) before they are pasted into the image.
-        train_resize: ``False``: in training the images reach the network at the size the data pipeline gave them
-            (torchvision's ``_skip_resize``, which its references set for large-scale jitter), while evaluation
-            still resizes to ``min_size`` / ``max_size``. This trains on crops at the scale of the whole images the
-            evaluation sees (``min_size = max_size =`` their side), where the resize would enlarge every crop.
+            ``MaskRCNNHeads(layers=...)``, default ``[256, 256, 256, 256]``); the predictor keeps the last width.
+        mask_roi_size: Mask R-CNN: the side of the mask head's RoIAlign grid (torchvision: 14); masks are twice it.
+        train_resize: ``False``: training images reach the network at the size the data pipeline gave them
+            (torchvision's ``_skip_resize``); evaluation still resizes to ``min_size`` / ``max_size``.
         **kwargs: passed to the torchvision class (``min_size``, ``max_size``, ``box_score_thresh``,
             ``rpn_anchor_generator`` / ``anchor_generator`` for an ``AnchorGenerator`` of your own, ...).
 
     Returns:
-        The torchvision model (``FasterRCNN``, ``MaskRCNN``, ``RetinaNet`` or ``FCOS``), whose ``backbone`` is a
-        :class:`DetectionBackbone`. Its inputs follow torchvision: a list of ``[3, H, W]`` float images in [0, 1]
-        (normalised inside the model) and, in training, targets with ``boxes`` float ``[N, 4]`` xyxy and ``labels``
-        int64 ``[N]`` (``masks`` ``[N, H, W]`` for Mask R-CNN). Targets are validated first (degenerate boxes or
-        labels out of range raise :class:`~resdense.errors.DataError`); an image with zero boxes trains as a
-        negative. ``model.load_report`` tells what ``weights`` loaded.
+        The torchvision model (``FasterRCNN``, ``MaskRCNN``, ``RetinaNet`` or ``FCOS``) on a
+        :class:`DetectionBackbone`; ``model.load_report`` tells what ``weights`` loaded. Inputs as torchvision's:
+        ``[3, H, W]`` float images in [0, 1] and, in training, targets with ``boxes`` float ``[N, 4]`` xyxy and
+        ``labels`` int64 ``[N]`` (``masks`` ``[N, H, W]`` for Mask R-CNN); degenerate boxes or labels out of range
+        raise :class:`~resdense.errors.DataError`, an image with zero boxes trains as a negative.
     """
-    # (Long only by its docstring, the public reference of every argument; the steps are the helpers below.)
     anchor_key = "rpn_anchor_generator" if kind in TWO_STAGE else "anchor_generator"
     _check_arguments(kind, num_classes, trainable_stages, weights, weights_backbone, fpn_channels,
                      representation_size, anchor_key, anchor_sizes is not None or aspect_ratios is not None, kwargs)
     _check_mask_head(kind, weights, mask_head_layers, mask_roi_size, kwargs)
+    _set_train_resize(train_resize, kwargs)
+    detection_backbone, trainable = _detection_backbone(kind, backbone, returned_layers, p6_from, weights,
+                                                        weights_backbone, norm, trainable_stages, fpn_channels)
+    kwargs.setdefault(anchor_key, anchor_generator_for(kind, detection_backbone.feature_info, anchor_sizes,
+                                                       aspect_ratios))
+    model = _assemble(kind, detection_backbone, num_classes, representation_size, mask_head_layers, mask_roi_size,
+                      kwargs)
+    return _finish(model, kind, detection_backbone.body, num_classes, trainable, weights)
+
+
+def _set_train_resize(train_resize: Any, kwargs: dict[str, Any]) -> None:
+    """Check ``train_resize``; ``False`` asks torchvision's transform to skip its resize in training."""
     if not isinstance(train_resize, bool):
         raise ConfigError(f"build_detector: train_resize={train_resize!r} must be true or false")
     if not train_resize:
         kwargs["_skip_resize"] = True  # popped by GeneralizedRCNNTransform, which skips its resize in training
+
+
+def _detection_backbone(kind: str, backbone: str | FeatureExtractor, returned_layers: Any, p6_from: str,
+                        weights: Any, weights_backbone: Any, norm: Any, trainable_stages: int,
+                        fpn_channels: int) -> tuple[DetectionBackbone, int]:
+    """The backbone and FPN of :func:`build_detector`, and how many backbone stages train."""
     in_features, extra = _RECIPE[kind]
     if returned_layers is not None:
         in_features = _returned_features(kind, returned_layers, p6_from)
@@ -229,10 +223,12 @@ def build_detector(
     body = _body(kind, backbone, in_features, weights_backbone, norm, pretrained, trainable)
     in_info = tuple(f for f in body.feature_info if f.name in in_features)
     fpn = FPN(in_info, fpn_channels, extra, p6_from=p6_from)
-    detection_backbone = DetectionBackbone(body, fpn)
-    kwargs.setdefault(anchor_key, anchor_generator_for(kind, fpn.feature_info, anchor_sizes, aspect_ratios))
-    model = _assemble(kind, detection_backbone, num_classes, representation_size, mask_head_layers, mask_roi_size,
-                      kwargs)
+    return DetectionBackbone(body, fpn), trainable
+
+
+def _finish(model: nn.Module, kind: str, body: FeatureExtractor, num_classes: int, trainable: int,
+            weights: Any) -> nn.Module:
+    """Record the recipe on ``model``, load ``weights`` and install the target check and float32 box deltas."""
     model.resdense_cfg = {"kind": kind, "backbone": getattr(body, "name", type(body).__name__),
                           "num_classes": num_classes, "trainable_stages": trainable}
     if weights is not None:
@@ -360,7 +356,7 @@ def _body(kind: str, backbone: str | FeatureExtractor, in_features: tuple[str, .
     if not pretrained and any(isinstance(m, FrozenBatchNorm2d) for m in body.modules()):
         warnings.warn(
             f"{kind}: FrozenBatchNorm2d on a randomly initialised backbone keeps its statistics at 0/1 forever "
-            "(torchvision PR 5443); use norm='bn' or load weights", stacklevel=3,
+            "(torchvision PR 5443); use norm='bn' or load weights", stacklevel=4,
         )
     return body
 
@@ -371,7 +367,7 @@ def _trainable(trainable_stages: int, pretrained: bool) -> int:
     if trainable_stages not in (3, 5):
         warnings.warn(
             f"trainable_stages={trainable_stages} has no effect without weights or weights_backbone: a backbone "
-            "trained from scratch trains all 5 stages (torchvision's rule)", stacklevel=3,
+            "trained from scratch trains all 5 stages (torchvision's rule)", stacklevel=4,
         )
     return 5
 
