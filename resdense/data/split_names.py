@@ -3,8 +3,9 @@
 A split is a text file of sample names, one per line, as in Pascal VOC's ``ImageSets/*/train.txt`` and mmseg's
 ``ann_file``; blank lines are skipped and ``#`` starts a comment (at the start of a line or after a space). It may
 also be given as a list of names. A name is a sample's file name or stem (the path below the dataset's folder, with
-or without its extension, or just the last part of it when that is unambiguous). The dataset keeps its own order
-(sorted file names, or the annotation file's order) and serves the samples the split names; the order of the lines
+or without its extension, or just the last part of it when that is unambiguous; a sample's whole path always names
+that sample, also where it is another sample's stem). The dataset keeps its own order (sorted file names, or the
+annotation file's order) and serves the samples the split names; the order of the lines
 does not matter, so two split files with the same names give the same dataset.
 """
 
@@ -85,11 +86,12 @@ def select_split(keys: Sequence[Iterable[str]], split: SplitArg, what: str) -> l
             name that fits several samples, two names for one sample.
     """
     names, where = read_split(split)
-    owner: dict[str, int] = {}
-    ambiguous: set[str] = set()
+    keys = [tuple(ks) for ks in keys]
+    exact = {ks[0]: i for i, ks in enumerate(keys) if ks}  # a whole path names its sample, even where it is
+    owner, ambiguous = dict(exact), set()                   # another sample's stem ("x" beside "x.png")
     for i, ks in enumerate(keys):
-        for k in ks:
-            if owner.setdefault(k, i) != i:
+        for k in ks[1:]:
+            if k not in exact and owner.setdefault(k, i) != i:
                 ambiguous.add(k)
     missing = [n for n in names if n not in owner]
     if missing:

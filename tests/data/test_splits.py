@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from resdense.data import CocoDetection, CocoSemantic, ImageFolder, MaskDataset, VocDetection
+from resdense.data.split_names import name_keys, select_split
 from resdense.errors import ConfigError, DataError
 
 from .conftest import make_coco, make_mask_folder, make_voc, write_image
@@ -132,3 +133,11 @@ def test_imagefolder_split(tmp_path):
     assert len(ImageFolder(tmp_path)) == 6
     with pytest.raises(DataError, match=r"'0' fits several samples of .*; give the path with its extension"):
         ImageFolder(tmp_path, split=["0"])
+
+
+def test_a_whole_file_name_names_its_sample_where_it_is_also_another_samples_stem():
+    keys = [name_keys(n) for n in ("1.0", "1.0.png", "b/1.0.jpg")]  # '1.0' is a file and two other files' stem
+    assert select_split(keys, ["1.0"], "the dataset") == [0]
+    assert select_split(keys, ["1.0.png", "b/1.0"], "the dataset") == [1, 2]
+    with pytest.raises(DataError, match="listed twice"):
+        select_split(keys, ["1.0", "1.0"], "the dataset")
