@@ -44,6 +44,7 @@ from resdense.registry import Dataset as DatasetEntry
 
 from .architectures import architecture, model_params, signature_params
 from .datasets import SHAPES, shapes_class
+from .hooks import hook_entry
 from .tasks import ClassificationTask, DetectionTask, SegmentationTask
 
 __all__ = [
@@ -83,7 +84,7 @@ def check_config(config: Config) -> Config:
     check_model_section(config.model, config.source)
     check_data_section(config.data, config.task, config.source)
     for hook in config.train.hooks:  # the names now, not after the data is loaded
-        HOOKS.get(hook if isinstance(hook, str) else next(iter(hook)), config.source, "train.hooks")
+        HOOKS.get(hook_entry(hook)[0], config.source, "train.hooks")
     if config.eval.metric is None and entry.metric is not None:
         config.eval.metric, config.eval.mode = entry.metric, config.eval.mode or entry.mode
     config.checked = config.to_dict()

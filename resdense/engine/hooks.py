@@ -36,12 +36,17 @@ __all__ = ["Timer", "Logger", "StopOnSignal", "Evaluator", "Checkpointer", "reci
 log = logging.getLogger("resdense.engine.trainer")  # the training messages, under the trainer's logger name
 
 
+def hook_entry(entry: str | dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
+    """``(name, options)`` of one ``train.hooks`` entry: a name, or ``{name: {option: value}}``."""
+    return (entry, None) if isinstance(entry, str) else next(iter(entry.items()))
+
+
 def recipe_hooks(entries: Sequence[str | dict[str, Any]], source: str) -> list[HookBase]:
     """The hooks of a recipe's ``train.hooks``: names of :data:`resdense.registry.HOOKS`, or ``{name: {option:
     value}}`` entries whose options are the hook's keyword arguments."""
     hooks = []
     for entry in entries:
-        name, options = (entry, None) if isinstance(entry, str) else next(iter(entry.items()))
+        name, options = hook_entry(entry)
         if not HOOKS:
             raise ConfigError(f"{source}: train.hooks = {name!r} is not a registered hook; none is registered")
         cls = HOOKS.get(name, source, "train.hooks").cls
