@@ -21,10 +21,11 @@ from resdense.config import list_configs, read_yaml
 from resdense.data import IMAGENET_MEAN, IMAGENET_STD
 from resdense.engine import ClassificationTask, run_evaluation, run_training
 from resdense.engine.architectures import builder_name
+from resdense.engine.build import import_modules
 from resdense.errors import ConfigError
 from resdense.heads import create_classifier
 from resdense.inference import Predictor, as_rgb, run_prediction
-from resdense.registry import ARCHITECTURES, DATASETS
+from resdense.registry import ARCHITECTURES, DATASETS, HOOKS
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +83,16 @@ def _imagenet_categories(arch: str) -> list[str] | None:
         return None
 
 
-def available() -> dict[str, list[tuple[str, str]]]:
+def available(imports: Sequence[str] = ()) -> dict[str, list[tuple[str, str]]]:
     """What ``resdense list`` prints: backbones, heads (the registered architectures: the recipe ``model.arch``
-    that selects each, its task and builder), datasets (``data.dataset``, the tasks it serves and its class) and the
-    shipped recipes."""
+    that selects each, its task and builder), datasets (``data.dataset``, the tasks it serves and its class), training
+    hooks (``train.hooks``) and the shipped recipes; ``imports``: modules imported first (from the working directory,
+    as a recipe's ``imports``), whose registrations are listed too."""
+    import_modules(imports, source="resdense list")
     backbones = [(name, "") for name in list_backbones()]
     heads = [(name, f"{entry.task}: {builder_name(entry.builder)}") for name, entry in ARCHITECTURES.items()]
     datasets = [(name, f"{' / '.join(entry.tasks)}: {builder_name(entry.cls)}") for name, entry in DATASETS.items()]
+    hooks = [(name, builder_name(entry.cls)) for name, entry in HOOKS.items()]
     configs = []
     for path in list_configs():
         try:
@@ -98,4 +102,4 @@ def available() -> dict[str, list[tuple[str, str]]]:
         except ConfigError as err:
             note = f"(unreadable: {err})"
         configs.append((path.stem, note))
-    return {"backbones": backbones, "heads": heads, "datasets": datasets, "configs": configs}
+    return {"backbones": backbones, "heads": heads, "datasets": datasets, "hooks": hooks, "configs": configs}

@@ -107,6 +107,10 @@ class Architecture:
         mode: ``max`` or ``min``: the direction of ``metric`` (``None``: from the metric's name).
         exports: the ``resdense export --format`` values the architecture supports.
         signature: callables whose keyword parameters are the accepted ``model`` keys (default: ``[builder]``).
+        iou_types: detection: the COCO IoU types its runs are scored on (``("bbox", "segm")`` for a model whose
+            outputs hold ``masks``).
+        pretrained_norm: the ``norm`` its builder picks when given pretrained weights (detectors: ``frozen_bn``); a
+            model rebuilt for a checkpoint's weights, without the download, is given the same.
     """
 
     name: str
@@ -117,6 +121,8 @@ class Architecture:
     mode: str | None = None
     exports: tuple[str, ...] = ("onnx", "torchscript", "pt2", "package")
     signature: tuple[Callable[..., Any], ...] = field(default=())
+    iou_types: tuple[str, ...] = ("bbox",)
+    pretrained_norm: str | None = None
 
 
 @dataclass(frozen=True)
@@ -160,15 +166,17 @@ def register_backbone(name: str, factory: Callable[..., Any] | None = None, *, o
 def register_architecture(name: str, builder: Callable[..., Any] | None = None, *, task: str,
                           classes_key: str = "num_classes", metric: str | None = None, mode: str | None = None,
                           exports: tuple[str, ...] = ("onnx", "torchscript", "pt2", "package"),
-                          signature: tuple[Callable[..., Any], ...] = (), override: bool = False):
-    """Register ``builder`` as ``model.arch: name``; without ``builder``, a decorator."""
+                          signature: tuple[Callable[..., Any], ...] = (), iou_types: tuple[str, ...] = ("bbox",),
+                          pretrained_norm: str | None = None, override: bool = False):
+    """Register ``builder`` as ``model.arch: name`` (the keywords are :class:`Architecture`'s fields); without
+    ``builder``, a decorator."""
     _check_task(task, f"architecture {name!r}")
     if mode not in (None, "max", "min"):
         raise ConfigError(f"architecture {name!r}: mode = {mode!r} is not one of max, min")
 
     def add(fn: Callable[..., Any]) -> Callable[..., Any]:
         ARCHITECTURES.add(name, Architecture(name, fn, task, classes_key, metric, mode, tuple(exports),
-                                             tuple(signature) or (fn,)), override)
+                                             tuple(signature) or (fn,), tuple(iou_types), pretrained_norm), override)
         return fn
 
     return add if builder is None else add(builder)

@@ -149,6 +149,52 @@ def test_a_module_that_cannot_be_imported_is_one_line_naming_the_recipe_and_the_
         resdense.load_config(write({**toy_recipe(tmp_path, []), "imports": "tests.extension_toy"}, tmp_path / "s.yaml"))
 
 
+def test_resdense_list_shows_the_registrations_of_a_users_module(tmp_path):
+    shutil.copy(TOY, tmp_path / "my_toys.py")
+    out = resdense_cli("list", "--imports", "my_toys", cwd=tmp_path)
+    sections = {}
+    for line in out.splitlines():
+        if line.endswith(":") and not line.startswith(" "):
+            current = sections.setdefault(line[:-1], [])
+        elif line.strip():
+            current.append(line.split()[0])
+    assert {"toy_segnet", "unet", "mask_rcnn"} <= set(sections["heads"])
+    assert {"toy_squares", "mask"} <= set(sections["datasets"])
+    assert sections["hooks"] == ["toy_steps"]  # the shipped hooks come from train keys, not names
+    assert resdense_cli("list", "hooks", cwd=tmp_path).strip() == "hooks:"
+    with pytest.raises(AssertionError, match="cannot import 'nowhere_toys'"):
+        resdense_cli("list", "--imports", "nowhere_toys", cwd=tmp_path)
+
+
+def test_what_a_detector_is_scored_on_and_rebuilt_with_comes_from_its_entry(tmp_path):
+    """A user's detector registered with ``iou_types=("bbox", "segm")`` is scored on masks as Mask R-CNN is, and
+    ``pretrained_norm`` is the norm its checkpoint is rebuilt with when the recipe downloaded weights."""
+    from resdense.engine.build import build_task
+    from resdense.engine.loading import _build_for_checkpoint
+    from resdense.heads import build_detector
+
+    seen = []
+
+    def my_detector(num_classes: int = 2, norm: str | None = None, weights_backbone: str | None = None):
+        seen.append(norm)
+        return build_detector("mask_rcnn", num_classes=num_classes, backbone="resnet18", norm=norm or "bn",
+                              min_size=64, max_size=64)
+
+    resdense.register_architecture("my_instances", my_detector, task="detection", iou_types=("bbox", "segm"),
+                                   pretrained_norm="frozen_bn")
+    try:
+        cfg = config_from_dict({"model": {"arch": "my_instances", "num_classes": 2},
+                                "data": {"dataset": "coco"}, "train": {"iterations": 1}})
+        assert build_task("detection", ["a", "b"], cfg).iou_types == ("bbox", "segm")
+        assert ARCHITECTURES.get("faster_rcnn").iou_types == ("bbox",)
+        assert ARCHITECTURES.get("mask_rcnn").iou_types == ("bbox", "segm")
+        _build_for_checkpoint({"arch": "my_instances", "num_classes": 2, "weights_backbone": "imagenet"}, "t.yaml")
+        _build_for_checkpoint({"arch": "my_instances", "num_classes": 2}, "t.yaml")
+        assert seen == ["frozen_bn", None]
+    finally:
+        ARCHITECTURES.remove("my_instances")
+
+
 @pytest.mark.slow
 def test_the_cli_trains_resumes_evaluates_and_predicts_a_model_the_library_never_saw(tmp_path):
     recipes, elsewhere = tmp_path / "recipes", tmp_path / "elsewhere"

@@ -47,7 +47,8 @@ for _name in smp_architectures():
 for _kind in KINDS:
     _build = functools.partial(build_detector, _kind)
     register_architecture(_kind, _build, task="detection", exports=_DETECTOR_EXPORTS,
-                          signature=(_build, _DETECTOR_CLASSES[_kind]))
+                          signature=(_build, _DETECTOR_CLASSES[_kind]), pretrained_norm="frozen_bn",
+                          iou_types=("bbox", "segm") if _kind == "mask_rcnn" else ("bbox",))
 register_architecture("classifier", Classifier, task="classification")
 
 

@@ -92,25 +92,30 @@ def check_config(config: Config) -> Config:
 
 
 def import_extensions(config: Config) -> None:
-    """Import the modules of ``config.imports`` (the architectures, datasets and hooks they register become names a
-    recipe can use), with ``config.imports_from`` (default: the working directory) first on ``sys.path`` while
-    they are imported. A module imported before is not run again.
+    """Import the modules of ``config.imports`` (:func:`import_modules` from ``config.imports_from``)."""
+    import_modules(config.imports, config.imports_from, config.source)
+
+
+def import_modules(names: Sequence[str], folder: str | None = None, source: str = "<imports>") -> None:
+    """Import the modules ``names`` (the architectures, datasets and hooks they register become names a recipe
+    can use), with ``folder`` (default: the working directory) first on ``sys.path`` while they are imported. A
+    module imported before is not run again.
 
     Raises:
-        ConfigError: one line naming ``config.source``, ``imports``, the module and why it could not be imported.
+        ConfigError: one line naming ``source``, ``imports``, the module and why it could not be imported.
     """
-    if not config.imports:
+    if not names:
         return
-    folder = config.imports_from or os.getcwd()
+    folder = folder or os.getcwd()
     sys.path.insert(0, folder)
     importlib.invalidate_caches()  # a module written since the last import (beside a recipe just made) is seen
     try:
-        for name in config.imports:
+        for name in names:
             try:
                 importlib.import_module(name)
             except Exception as err:  # whatever the module's own code raised: the user's to fix, named in one line
                 why = (str(err).strip().splitlines() or [""])[0]
-                raise ConfigError(f"{config.source}: imports: cannot import {name!r} from {folder} or sys.path "
+                raise ConfigError(f"{source}: imports: cannot import {name!r} from {folder} or sys.path "
                                   f"({type(err).__name__}: {why})") from err
     finally:
         sys.path.remove(folder)
@@ -329,6 +334,6 @@ def build_task(task: str, class_names: list[str], config) -> Any:
         except ConfigError as err:
             raise ConfigError(f"{config.source}: {err}") from None
     if task == "detection":
-        iou = ("bbox", "segm") if architecture(config.model["arch"], config.source).name == "mask_rcnn" else ("bbox",)
+        iou = architecture(config.model["arch"], config.source).iou_types
         return DetectionTask(class_names, iou_types=iou, backend=config.eval.backend, max_dets=config.eval.max_dets)
     return ClassificationTask(class_names)

@@ -16,7 +16,6 @@ from torch.utils.data import Dataset
 
 from resdense.config import Config
 from resdense.errors import ConfigError, WeightsError
-from resdense.heads import KINDS
 
 from .architectures import architecture
 from .build import (
@@ -135,14 +134,14 @@ def load_exactly(model: nn.Module, state: dict[str, Tensor], source: str | os.Pa
 
 def _build_for_checkpoint(model_kwargs: dict[str, Any], source: str) -> nn.Module:
     """Build the recipe's model for weights that come from a checkpoint: no ``weights`` / ``weights_backbone``
-    download, but the same modules as in training. A detector picks FrozenBatchNorm2d because it was given weights,
-    so that choice is kept explicitly (and build_detector's warnings about a random backbone do not apply)."""
+    download, but the same modules as in training: the norm the builder picked because it was given weights (the
+    entry's ``pretrained_norm``) is kept explicitly, and the warnings about a random backbone do not apply."""
     dropped = {k: None for k in ("weights", "weights_backbone") if model_kwargs.get(k) is not None}
     kwargs = {**model_kwargs, **dropped}
-    detector = architecture(kwargs["arch"], source).name in KINDS  # build_detector's
-    if not (dropped and detector and isinstance(kwargs.get("backbone", ""), str)):
+    norm = architecture(kwargs["arch"], source).pretrained_norm
+    if not (dropped and norm and isinstance(kwargs.get("backbone", ""), str)):
         return build_model(kwargs, source)
-    kwargs["norm"] = kwargs.get("norm") or "frozen_bn"
+    kwargs["norm"] = kwargs.get("norm") or norm
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*FrozenBatchNorm2d on a randomly initialised backbone")
         warnings.filterwarnings("ignore", message=".*has no effect without weights")
