@@ -39,7 +39,8 @@ One run's margin is not a result (single runs moved by up to 0.06 mIoU): ``--see
 ``benchmarks/results/quality.jsonl`` (task, seed, both scores, iterations, precision, machine, commit, and the
 recipe's version: a hash of the recipe file and its split files), so the seeds of a task can be run hours apart;
 ``--summary`` prints the mean ± std of each side and the per-seed margins over the runs of the current recipe
-versions and budgets only.
+versions and budgets only. A seed run again (say, because the machine was busy the first time) counts once, by its
+latest run; the summary says how many runs were replaced so, and the file keeps them all.
 
 Usage: ``python benchmarks/quality.py [--task membrane|camvid|raccoon|cells|all] [--seeds N] [--seed0 S]
 [--minutes M] [--out DIR] [--threads N] [--cells-coco FILE]`` (default: membrane, 5 min; CamVid, raccoon and cells
@@ -343,16 +344,18 @@ def summary(path: Path = RESULTS) -> str:
     lines = [f"{len(rows)} runs recorded in {path}"]
     for name, bench in TASKS.items():
         version = recipe_version(bench.recipe) if Path(bench.recipe).is_file() else None
-        runs = [r for r in rows if r["task"] == name and r["recipe_version"] == version
-                and r["budget_min"] == bench.minutes]
-        stale = sum(r["task"] == name for r in rows) - len(runs)
+        current = [r for r in rows if r["task"] == name and r["recipe_version"] == version
+                   and r["budget_min"] == bench.minutes]
+        runs = list({r["seed"]: r for r in current}.values())  # the latest run of each seed
+        stale = sum(r["task"] == name for r in rows) - len(current)
+        rerun = f", {len(current) - len(runs)} replaced by a later run of their seed" if len(current) > len(runs) else ""
         if not runs:
             lines.append(f"{name}: no run of the current recipe ({version}, {bench.minutes:g} min)"
                          + (f"; {stale} of other versions or budgets left out" if stale else ""))
             continue
         machines = sorted({_machine_line(r["machine"]) for r in runs})
         lines.append(f"{name} ({bench.recipe}, version {version}, {bench.minutes:g} min, seeds "
-                     f"{sorted(r['seed'] for r in runs)}; {stale} runs of other versions left out)")
+                     f"{sorted(r['seed'] for r in runs)}; {stale} runs of other versions left out{rerun})")
         for key in bench.metrics:
             ours_v = [r["scores"][key]["ours"] for r in runs]
             peer_v = [r["scores"][key]["peer"] for r in runs]
