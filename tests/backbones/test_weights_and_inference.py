@@ -219,8 +219,10 @@ def test_bfloat16_inference_mode_is_as_close_as_autocast(name):
         err = (got[k].float() - want[k]).abs().max() / scale
         err_autocast = (autocast[k].float() - want[k]).abs().max() / scale
         assert err < max(2 * err_autocast, 1e-2), (k, err, err_autocast)
-    # the fused bf16 kernels wherever the CPU has native bf16 (this project's Zen 4 machine does); F.conv2d elsewhere
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    # the fused bf16 kernels wherever the CPU has native bf16 and oneDNN may use it (ONEDNN_MAX_CPU_ISA=AVX2 caps it);
+    # F.conv2d elsewhere
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported() and (
+        torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     assert ("mkldnn::_convolution_pointwise" in ops) == native
     # converting the module back converts the inputs it expects
     back = fast.float()(x)
